@@ -1,0 +1,82 @@
+"""The SSH command grammar (protocol v1).
+
+The client runs exactly one exec request; OpenSSH hands its command string to the receiver as
+``SSH_ORIGINAL_COMMAND``. The receiver matches it against this exact grammar: no shell, no
+shlex, no tolerance for extra spaces. Everything else (an interactive shell, sftp, scp, rsync)
+is refused with a line telling the person to use the dittohead client.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dittohead.core import PROTOCOL_VERSION
+from dittohead.core.errors import ProtocolError
+
+STUDY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+SOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_UPLOAD_RE = re.compile(
+    r"dittohead upload (?P<version>v[0-9]{1,3}) (?P<study>[a-z0-9][a-z0-9_-]{0,31}) "
+    r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+)
+_USE_CLIENT = "this server only accepts uploads from the dittohead client; use 'dittohead send'"
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """``dittohead upload v1 <study> <source>``"""
+
+    study: str
+    source: str
+
+    def command(self) -> str:
+        return f"dittohead upload {PROTOCOL_VERSION} {self.study} {self.source}"
+
+
+def check_study(study: str) -> str:
+    if not STUDY_RE.fullmatch(study):
+        raise ProtocolError(
+            f"{study!r} is not a valid study name (lower-case letters, digits, '-' and '_', "
+            "at most 32 characters, starting with a letter or digit)"
+        )
+    return study
+
+
+def check_source(source: str) -> str:
+    if not SOURCE_RE.fullmatch(source):
+        raise ProtocolError(
+            f"{source!r} is not a valid station id (letters, digits, '.', '-' and '_', "
+            "at most 64 characters, starting with a letter or digit)"
+        )
+    return source
+
+
+def parse_command(command: str | None) -> UploadRequest:
+    """Parse the SSH command string, or raise `ProtocolError` with words for the person."""
+    if command is None or command.strip() == "":
+        raise ProtocolError(f"no command was given: {_USE_CLIENT}")
+    match = _UPLOAD_RE.fullmatch(command)
+    if match is None:
+        if command.startswith("dittohead upload "):
+            parts = command.split(" ")
+            if (
+                len(parts) > 2
+                and re.fullmatch(r"v[0-9]{1,3}", parts[2])
+                and (parts[2] != PROTOCOL_VERSION)
+            ):
+                raise ProtocolError(
+                    f"protocol version {parts[2]} is not supported by this server "
+                    f"(it speaks {PROTOCOL_VERSION}); install the matching dittohead client"
+                )
+            raise ProtocolError(
+                "malformed upload request; expected "
+                f"'dittohead upload {PROTOCOL_VERSION} <study> <station>' ({_USE_CLIENT})"
+            )
+        raise ProtocolError(_USE_CLIENT)
+    if match["version"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {match['version']} is not supported by this server "
+            f"(it speaks {PROTOCOL_VERSION}); install the matching dittohead client"
+        )
+    return UploadRequest(study=match["study"], source=match["source"])

@@ -1,0 +1,151 @@
+"""The path policy: which relative names may be sent and stored.
+
+One function decides, and both sides call it: the client before it sends (so a collector hears
+about a bad name on their own PC, before anything crosses the network) and the receiver and the
+processor on what arrives (where it is enforced). A name must be safe as a POSIX path *and* as a
+Windows path, because study data goes back and forth between both.
+
+Pure functions only; nothing here touches the file system.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+
+from dittohead.core.errors import NameRejected
+
+MAX_PATH_BYTES = 1024
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 32
+
+#: The first path component reserved for dittohead's own members (the manifest).
+RESERVED_TOP = ".dittohead"
+
+# Device names that Windows resolves in every folder, with or without an extension
+# (``CON``, ``con.txt``, ``COM1.log``); the superscript digits count as digits there too.
+_WINDOWS_DEVICES = re.compile(
+    r"(CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3])"
+    r"(\..*)?",
+    re.IGNORECASE,
+)
+# Characters Windows refuses in a file name (besides control characters and the separators).
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+def _reject(name: str, why: str) -> NameRejected:
+    return NameRejected(f"{name!r} is not an allowed name: {why}")
+
+
+def _check_characters(name: str) -> None:
+    for ch in name:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            raise _reject(name, "it is not valid UTF-8")
+        if ch == "\x00":
+            raise _reject(name, "it contains a NUL byte")
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            raise _reject(name, "it contains a control character")
+        if ch == "\\":
+            raise _reject(name, "it contains a backslash")
+        if ch in _WINDOWS_FORBIDDEN:
+            raise _reject(name, f"it contains {ch!r}, which Windows does not allow")
+
+
+def _check_component(name: str, part: str) -> None:
+    if part == "":
+        raise _reject(name, "it has an empty path component")
+    if part in (".", ".."):
+        raise _reject(name, f"it has a {part!r} path component")
+    if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        raise _reject(name, f"a path component is longer than {MAX_COMPONENT_BYTES} bytes")
+    if part.endswith((".", " ")):
+        raise _reject(name, "a path component ends with a dot or a space (not portable to Windows)")
+    if _WINDOWS_DEVICES.fullmatch(part.rstrip(" ")):
+        raise _reject(name, f"{part!r} is a reserved device name on Windows")
+
+
+def normalize(name: str) -> str:
+    """Strip the one leading ``./`` a tar tool may put in front of a name."""
+    return name[2:] if name.startswith("./") else name
+
+
+def check_path(name: str, *, allow_reserved: bool = False) -> str:
+    """Return `name` (one leading ``./`` stripped) if it is an allowed relative path.
+
+    Raises `NameRejected` naming the rule otherwise. `allow_reserved` lets the receiver check
+    the manifest's own name; user files may never live under ``.dittohead/``.
+    """
+    name = normalize(name)
+    if name == "":
+        raise _reject(name, "it is empty")
+    _check_characters(name)
+    if name.startswith("/"):
+        raise _reject(name, "it is an absolute path")
+    if len(name.encode("utf-8")) > MAX_PATH_BYTES:
+        raise _reject(name, f"it is longer than {MAX_PATH_BYTES} bytes")
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise _reject(name, f"it is nested deeper than {MAX_DEPTH} folders")
+    for part in parts:
+        _check_component(name, part)
+    if not allow_reserved and fold(parts[0]) == fold(RESERVED_TOP):
+        raise _reject(name, f"the folder {RESERVED_TOP!r} is reserved for dittohead itself")
+    return name
+
+
+def fold(name: str) -> str:
+    """The key under which Windows (and macOS) would see two names as the same file."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def parents(path: str) -> Iterator[str]:
+    """``a/b/c`` → ``a``, ``a/b`` (the folders a path lives in, outermost first)."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+class NameSet:
+    """The names of one upload, checked as they are added.
+
+    Refuses a name seen before, a name that differs from an earlier one only in case or Unicode
+    normalization (they would be one file on Windows), and a file that is also used as a folder
+    (or the reverse). Folders that only appear as parents of files count as folders.
+    """
+
+    def __init__(self) -> None:
+        # folded path -> (spelling, is_dir, explicit)
+        self._seen: dict[str, tuple[str, bool, bool]] = {}
+
+    def __contains__(self, path: str) -> bool:
+        return fold(path) in self._seen
+
+    def _claim(self, path: str, is_dir: bool, explicit: bool) -> None:
+        key = fold(path)
+        old = self._seen.get(key)
+        if old is None:
+            self._seen[key] = (path, is_dir, explicit)
+            return
+        spelling, old_is_dir, old_explicit = old
+        if spelling != path:
+            raise _reject(
+                path, f"it would be the same file as {spelling!r} on Windows (case or accents)"
+            )
+        if old_is_dir != is_dir:
+            raise _reject(path, "it is used both as a file and as a folder")
+        if not is_dir or (explicit and old_explicit):
+            raise _reject(path, "it appears twice in the upload")
+        if explicit:
+            self._seen[key] = (path, True, True)
+
+    def add_file(self, path: str) -> None:
+        for parent in parents(path):
+            self._claim(parent, True, False)
+        self._claim(path, False, True)
+
+    def add_dir(self, path: str) -> None:
+        for parent in parents(path):
+            self._claim(parent, True, False)
+        self._claim(path, True, True)

@@ -1,0 +1,180 @@
+"""The server's one YAML configuration file, as frozen pydantic models.
+
+Unknown keys are errors, and every error names the file and the field, so that an admin who
+mistypes ``uploaders`` hears about it at once instead of wondering why nobody may upload.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from dittohead.core.errors import ConfigError
+from dittohead.core.grammar import SOURCE_RE, STUDY_RE
+
+DEFAULT_CONFIG = Path("/etc/dittohead/dittohead.yaml")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept ``1073741824``, ``"1 GiB"`` or ``"500MB"`` for byte counts."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match[2].lower() not in _UNITS:
+            raise ValueError(f"{value!r} is not a size such as 500MB or 2GiB")
+        return int(float(match[1]) * _UNITS[match[2].lower()])
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    """Caps on what one upload may bring (the receiver enforces; the processor re-checks)."""
+
+    max_upload_bytes: Size = 1024**4
+    max_files: int = Field(default=1_000_000, ge=1)
+    max_file_bytes: Size = 256 * 1024**3
+    max_concurrent_uploads: int = Field(default=4, ge=1)
+    #: seconds without a byte from the client before the receiver gives up
+    stall_timeout: float = Field(default=300.0, gt=0)
+    #: keep this much free on the inbox's file system; refuse uploads that would eat it
+    min_free_bytes: Size = 1024**3
+
+
+class Study(_Model):
+    destination: Path
+    uploaders: tuple[str, ...] = Field(min_length=1)
+    #: people told by mail about this study's uploads (used by the notifier)
+    notify: tuple[str, ...] = ()
+
+    @field_validator("destination")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class ProcessorSettings(_Model):
+    #: seconds the socket-activated processor waits for more work before it exits
+    idle_timeout: float = Field(default=60.0, gt=0)
+
+
+class Config(_Model):
+    dropbox: Path
+    socket: Path = Path("/run/dittohead/processor.sock")
+    state_dir: Path = Path("/var/lib/dittohead")
+    #: the account the processor runs as, owner of everything it stores
+    user: str = "dittohead"
+    sources: dict[str, str] = Field(default_factory=dict)
+    studies: dict[str, Study] = Field(default_factory=dict)
+    limits: Limits = Limits()
+    processor: ProcessorSettings = ProcessorSettings()
+
+    @field_validator("dropbox", "socket", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("studies")
+    @classmethod
+    def _study_names(cls, value: dict[str, Study]) -> dict[str, Study]:
+        for name in value:
+            if not STUDY_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a valid study name (lower-case letters, digits, '-', '_')"
+                )
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not SOURCE_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid station id")
+        return value
+
+    def study(self, name: str) -> Study:
+        try:
+            return self.studies[name]
+        except KeyError:
+            raise ConfigError(f"there is no study {name!r} in the configuration") from None
+
+    def source_name(self, source: str) -> str:
+        return self.sources.get(source, source)
+
+    def study_dir(self, study: str) -> Path:
+        return self.dropbox / study
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(data: Any, origin: str) -> Config:
+    if data is None:
+        raise ConfigError(f"{origin}: the file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{origin}: {_field(err['loc'])}: {message}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the YAML file at `path`; raise `ConfigError` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the file is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,186 @@
+"""Safe file-system primitives, all relative to directory file descriptors.
+
+Everything the receiver and the processor do to the disk goes through these few functions, so
+that the rules are in one place: never follow a symlink, never overwrite, never resolve a path
+from the root when a held directory fd can be used instead. The Linux-only calls that Python
+does not wrap (``renameat2``, ``openat2``, ``syncfs``) are reached through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+AT_SYMLINK_FOLLOW = 0x400
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437  # same number on every architecture (added after the syscall-table unification)
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "ppc64le": 357, "s390x": 347}
+
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _raise_errno(what: str, path: str | None = None) -> None:
+    err = ctypes.get_errno()
+    raise (
+        OSError(err, os.strerror(err), path)
+        if path
+        else OSError(err, f"{what}: {os.strerror(err)}")
+    )
+
+
+def renameat2(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+    """Rename that fails with EEXIST when `dst` exists (``RENAME_NOREPLACE``).
+
+    Raises OSError(EINVAL) where the file system refuses the flag (NFS, CephFS); callers fall
+    back to a link-based scheme that keeps the same no-overwrite guarantee.
+    """
+    flags = RENAME_NOREPLACE if noreplace else 0
+    func = getattr(_libc, "renameat2", None)
+    if func is not None:
+        result = func(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags)
+    else:  # pragma: no cover - glibc < 2.28
+        number = _SYS_RENAMEAT2.get(os.uname().machine)
+        if number is None:
+            raise OSError(errno.ENOSYS, "renameat2 is not available")
+        result = _libc.syscall(number, src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags)
+    if result != 0:
+        _raise_errno("renameat2", dst)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+# Whether this kernel has openat2 (None: not tried yet). A dict so no `global` is needed.
+_kernel: dict[str, bool] = {}
+
+
+def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, *, resolve: int) -> int:
+    """``openat2(2)``; raises OSError(ENOSYS) where the kernel lacks it."""
+    how = _OpenHow(flags, mode, resolve)
+    fd = _libc.syscall(
+        _SYS_OPENAT2,
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        _raise_errno("openat2", path)
+    return int(fd)
+
+
+def open_beneath(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """Open `path` strictly beneath `root_fd`, following no symlink on the way.
+
+    Uses ``openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)``; where the kernel lacks it, walks one
+    component at a time with ``O_NOFOLLOW|O_DIRECTORY``. Either way a symlink anywhere in the
+    path (or as the final component) fails with ELOOP/ENOTDIR instead of being followed.
+    """
+    if path in ("", "."):
+        return os.open(".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=root_fd)
+    if _kernel.get("openat2", True):
+        try:
+            fd = openat2(
+                root_fd,
+                path,
+                flags | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode,
+                resolve=RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+            )
+            _kernel["openat2"] = True
+            return fd
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            _kernel["openat2"] = False
+    return _walk_open(root_fd, path, flags, mode)
+
+
+def _walk_open(root_fd: int, path: str, flags: int, mode: int) -> int:
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EXDEV, "path escapes its root", path)
+    current = root_fd
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, DIR_FLAGS, dir_fd=current)
+            if current != root_fd:
+                os.close(current)
+            current = nxt
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=current)
+    finally:
+        if current != root_fd:
+            os.close(current)
+
+
+def makedirs_beneath(root_fd: int, path: str, mode: int) -> int:
+    """Create (as needed) and open directory `path` beneath `root_fd`, one component at a time.
+
+    Returns an fd for the directory. Never follows a symlink: a symlink, file or anything else
+    already standing where a directory is wanted raises OSError(ENOTDIR/ELOOP).
+    """
+    current = os.dup(root_fd)
+    try:
+        for part in path.split("/") if path else []:
+            if part in ("", ".", ".."):
+                raise OSError(errno.EXDEV, "path escapes its root", path)
+            with suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=current)
+            nxt = os.open(part, DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = nxt
+        return current
+    except BaseException:
+        os.close(current)
+        raise
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole file system that `fd` lives on (one call instead of a fsync per file)."""
+    if _libc.syncfs(fd) != 0:
+        _raise_errno("syncfs")
+
+
+def link_tmpfile(tmp_fd: int, dir_fd: int, name: str) -> None:
+    """Give an ``O_TMPFILE`` inode the name `name` in `dir_fd`; EEXIST if the name is taken.
+
+    ``linkat`` never replaces an existing name, so this is a no-overwrite publish. The
+    ``/proc/self/fd`` form works without CAP_DAC_READ_SEARCH (which ``AT_EMPTY_PATH`` needs).
+    """
+    os.link(f"/proc/self/fd/{tmp_fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+@contextmanager
+def opened(path: str, flags: int, mode: int = 0, *, dir_fd: int | None = None) -> Iterator[int]:
+    fd = os.open(path, flags | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def is_plain_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode)
+
+
+def is_plain_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)

@@ -32,17 +32,17 @@ class Manifest:
     entries: tuple[ManifestEntry, ...]
 
     @property
-    def files(self) -> int:
+    def file_count(self) -> int:
         return len(self.entries)
 
     @property
-    def bytes(self) -> int:
+    def byte_count(self) -> int:
         return sum(e.size for e in self.entries)
 
     def to_json(self) -> bytes:
         doc = {
-            "files": self.files,
-            "bytes": self.bytes,
+            "files": self.file_count,
+            "bytes": self.byte_count,
             "entries": [{"path": e.path, "size": e.size, "sha256": e.sha256} for e in self.entries],
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -88,7 +88,7 @@ def parse_manifest(data: bytes, *, max_files: int | None = None) -> Manifest:
         names.add_file(path)
         entries.append(ManifestEntry(path, size, digest))
     manifest = Manifest(tuple(entries))
-    if manifest.files != files or manifest.bytes != total:
+    if manifest.file_count != files or manifest.byte_count != total:
         raise _bad("its totals do not match its entries")
     return manifest
 

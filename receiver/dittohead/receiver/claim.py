@@ -1,0 +1,125 @@
+"""Claim: take a committed entry out of the inbox, by file descriptor, into ``processing/``.
+
+The inbox is writable by everyone, so nothing in it is trusted but what the kernel says: an
+entry is a directory (not a symlink) with a well-formed name, owned by a uid that may upload to
+this study. The entry is opened ``O_DIRECTORY|O_NOFOLLOW`` first and its ``(st_dev, st_ino)``
+compared after the move, so a swap between look-up and rename is noticed. The collector's held
+fds keep working after the move: everything after the claim assumes they still write into it.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dittohead.receiver import fsops
+
+log = logging.getLogger(__name__)
+
+ENTRY_RE = re.compile(
+    r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})-(?P<time>[0-9]{8}T[0-9]{6}Z)-(?P<rand>[0-9a-f]{16})"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    uid: int
+    ctime_ns: int
+    dev: int
+    ino: int
+
+    @property
+    def source(self) -> str:
+        match = ENTRY_RE.fullmatch(self.name)
+        assert match is not None
+        return match["source"]
+
+
+class ClaimLost(Exception):
+    """The entry vanished or changed before it could be claimed (not an error: skip it)."""
+
+
+class EntryRejected(Exception):
+    """An entry breaks the rules; it goes to quarantine with this reason for the admin."""
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def uploader_groups(uid: int) -> set[str]:
+    """The names of every group `uid` belongs to, through NSS (so LDAP accounts work)."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    names = set()
+    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names
+
+
+def may_upload(uid: int, uploaders: tuple[str, ...]) -> bool:
+    return bool(uploader_groups(uid) & set(uploaders))
+
+
+def committed_entries(inbox_fd: int) -> list[Candidate]:
+    """Committed entries waiting in the inbox, oldest commit first.
+
+    Dot entries are still being written (the janitor deals with stale ones); anything that is
+    not a real directory with an entry name is logged and left alone, never followed.
+    """
+    found: list[Candidate] = []
+    with os.scandir(inbox_fd) as it:
+        for item in it:
+            name = item.name
+            if name.startswith("."):
+                continue
+            try:
+                st = os.stat(name, dir_fd=inbox_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or not ENTRY_RE.fullmatch(name):
+                log.warning("inbox: ignoring %r (not an upload entry)", name)
+                continue
+            found.append(Candidate(name, st.st_uid, st.st_ctime_ns, st.st_dev, st.st_ino))
+    # The rename that commits an entry sets its ctime: ctime order is commit order.
+    found.sort(key=lambda c: (c.ctime_ns, c.name))
+    return found
+
+
+def claim(inbox_fd: int, processing_fd: int, cand: Candidate) -> None:
+    """Move `cand` from the inbox into processing/, making sure it is what was looked at."""
+    try:
+        fd = os.open(cand.name, fsops.DIR_FLAGS, dir_fd=inbox_fd)
+    except (FileNotFoundError, NotADirectoryError, OSError) as exc:
+        raise ClaimLost(f"{cand.name}: {exc}") from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (cand.dev, cand.ino):
+            raise ClaimLost(f"{cand.name}: replaced before it was claimed")
+        fsops.renameat2(inbox_fd, cand.name, processing_fd, cand.name)
+        moved = os.stat(cand.name, dir_fd=processing_fd, follow_symlinks=False)
+        if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+            # Something else was renamed in its place between the open and the rename. It is in
+            # processing/ now and is nobody's honest upload: quarantine it.
+            raise EntryRejected("the entry was swapped for another directory while claimed")
+    finally:
+        os.close(fd)
+
+
+def iso_utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

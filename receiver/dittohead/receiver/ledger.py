@@ -1,0 +1,186 @@
+"""The per-study ledger: one hash-chained JSON line per file that ever arrived.
+
+It lives beside the data it describes, in ``<destination>/.dittohead/ledger.jsonl`` (owned by
+dittohead, readable by the study's group), so the record travels with the tree. Each record
+carries ``prev`` (the previous record's ``hash``) and ``hash`` (sha256 over ``prev`` and the
+record's canonical JSON), so editing, dropping or reordering any line breaks the chain, which
+``dittohead-admin verify`` reports.
+
+The file is only ever appended to. A crash can leave a torn last line; it is cut off when the
+ledger is next opened for writing (it was never acknowledged: the processor only moves an entry
+to ``done/`` after the ledger's fsync), and the processor then re-records the file from its
+journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from dittohead.core.errors import DittoheadError
+from dittohead.receiver import fsops
+
+LEDGER_DIR = ".dittohead"
+LEDGER_NAME = "ledger.jsonl"
+GENESIS = "0" * 64
+
+Outcome = Literal["stored", "duplicate"]
+
+
+class LedgerError(DittoheadError):
+    """The ledger is damaged; ask the admin to run 'dittohead-admin verify'."""
+
+    exit_code = 65
+
+
+@dataclass(frozen=True)
+class Record:
+    upload: str
+    uploader: str
+    uid: int
+    source: str
+    path: str
+    stored_as: str
+    size: int
+    sha256: str
+    outcome: Outcome
+    received_at: str
+    recorded_at: str
+
+    def body(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def chain_hash(prev: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(prev.encode() + b"\n" + _canonical(body)).hexdigest()
+
+
+def encode_line(seq: int, prev: str, record: Record) -> tuple[bytes, str]:
+    body = {"seq": seq, **record.body()}
+    digest = chain_hash(prev, {**body, "prev": prev})
+    line = _canonical({**body, "prev": prev, "hash": digest}) + b"\n"
+    return line, digest
+
+
+def parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
+    """The complete records in `data` (a torn last line, with no newline, is not one)."""
+    for raw in data.split(b"\n")[:-1]:
+        if raw.strip():
+            try:
+                yield json.loads(raw)
+            except ValueError as exc:
+                raise LedgerError(f"the ledger has a line that is not JSON: {raw[:80]!r}") from exc
+
+
+def check_chain(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """Problems in the hash chain, in words (empty when it is intact)."""
+    problems: list[str] = []
+    prev = GENESIS
+    for expected_seq, doc in enumerate(docs, start=1):
+        body = {k: v for k, v in doc.items() if k != "hash"}
+        if doc.get("seq") != expected_seq:
+            problems.append(f"record {expected_seq}: sequence number is {doc.get('seq')!r}")
+        if doc.get("prev") != prev:
+            problems.append(f"record {expected_seq}: does not follow the record before it")
+        if chain_hash(str(doc.get("prev")), body) != doc.get("hash"):
+            problems.append(f"record {expected_seq}: its content does not match its hash")
+        prev = str(doc.get("hash"))
+    return problems
+
+
+class Ledger:
+    """One study's ledger, opened for reading and appending by the processor."""
+
+    def __init__(self, dest_fd: int) -> None:
+        self._dir_fd = fsops.makedirs_beneath(dest_fd, LEDGER_DIR, 0o2750)
+        self._fd = os.open(
+            LEDGER_NAME,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o640,
+            dir_fd=self._dir_fd,
+        )
+        data = _read_all(self._fd)
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            # A torn line from a crash: never acknowledged, cut it off (see module docstring).
+            os.ftruncate(self._fd, len(complete))
+            os.fsync(self._fd)
+        self.records: list[dict[str, Any]] = list(parse_lines(complete))
+        self._prev = self.records[-1]["hash"] if self.records else GENESIS
+        self._pending: list[bytes] = []
+        # path as sent -> {sha256: stored_as}: what "the same content for that path" means
+        self._versions: dict[str, dict[str, str]] = {}
+        self._seen: dict[tuple[str, str], dict[str, Any]] = {}
+        for doc in self.records:
+            self._index(doc)
+
+    def _index(self, doc: dict[str, Any]) -> None:
+        self._versions.setdefault(doc["path"], {}).setdefault(doc["sha256"], doc["stored_as"])
+        self._seen[(doc["upload"], doc["path"])] = doc
+
+    def stored_version(self, path: str, sha256: str) -> str | None:
+        """Where content `sha256` of `path` is already stored, if it is."""
+        return self._versions.get(path, {}).get(sha256)
+
+    def recorded(self, upload: str, path: str) -> dict[str, Any] | None:
+        """The record of `path` from `upload`, if the ledger has it (replays use this)."""
+        return self._seen.get((upload, path))
+
+    def append(self, record: Record) -> None:
+        """Queue a record; it is written (and made durable) by `flush`."""
+        line, digest = encode_line(len(self.records) + 1, self._prev, record)
+        doc = json.loads(line)
+        self.records.append(doc)
+        self._index(doc)
+        self._prev = digest
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        os.lseek(self._fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fsync(self._fd)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self._fd)
+        os.close(self._dir_fd)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_ledger(dest_fd: int) -> list[dict[str, Any]]:
+    """All complete records of the ledger under `dest_fd` (read-only; for the admin tool)."""
+    try:
+        fd = fsops.open_beneath(dest_fd, f"{LEDGER_DIR}/{LEDGER_NAME}", os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    try:
+        return list(parse_lines(_read_all(fd)))
+    finally:
+        os.close(fd)

@@ -1,0 +1,306 @@
+"""The processor: finalize committed uploads into each study's destination tree.
+
+``claim → verify → publish → ledger → done``, one entry at a time in commit order, under a lock
+so only one processor works at once. This is dittohead's security boundary (DESIGN.md, "Trust
+boundaries"): it runs as the dittohead user and trusts nothing in the inbox but the kernel. It is
+also the one place where acknowledged data could be lost, so every step is journaled and
+idempotent (see `journal`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
+from dittohead.receiver import fsops
+from dittohead.receiver.claim import (
+    ClaimLost,
+    EntryRejected,
+    claim,
+    committed_entries,
+    iso_utc,
+    may_upload,
+    user_name,
+)
+from dittohead.receiver.config import Config, Study
+from dittohead.receiver.journal import Journal, JournalEntry
+from dittohead.receiver.ledger import LEDGER_DIR, Ledger
+from dittohead.receiver.publish import TreeDirs, Upload, make_dirs, publish_file
+from dittohead.receiver.verify import stage_entry
+
+log = logging.getLogger(__name__)
+
+
+class KernelSettingError(DittoheadError):
+    """fs.protected_hardlinks is off: collectors could hard-link files they do not own into
+    their uploads. Set it (sysctl -w fs.protected_hardlinks=1, and in /etc/sysctl.d/) and start
+    the processor again."""
+
+    exit_code = 78
+
+
+@dataclass
+class Summary:
+    entries: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    deferred: int = 0
+    finalized: list[str] = field(default_factory=list)
+
+    def add(self, other: Summary) -> None:
+        self.entries += other.entries
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.deferred += other.deferred
+        self.finalized += other.finalized
+
+
+def check_kernel(proc: Path = Path("/proc/sys/fs/protected_hardlinks")) -> None:
+    try:
+        value = proc.read_text().strip()
+    except OSError:
+        return  # not Linux /proc: nothing to check
+    if value != "1":
+        raise KernelSettingError()
+
+
+@contextlib.contextmanager
+def processor_lock(state_dir: Path) -> Iterator[None]:
+    """One processor at a time: a second one waits for the first to finish."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "processor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_sub(parent_fd: int, name: str, mode: int = 0o700) -> int:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    return os.open(name, fsops.DIR_FLAGS, dir_fd=parent_fd)
+
+
+class StudyRun:
+    """One pass over one study: open folders, the ledger, and the journal."""
+
+    def __init__(self, config: Config, name: str, study: Study) -> None:
+        self.config = config
+        self.name = name
+        self.study = study
+        self._fds: list[int] = []
+        study_fd = self._keep(os.open(config.study_dir(name), fsops.DIR_FLAGS))
+        self.inbox = self._keep(os.open("inbox", fsops.DIR_FLAGS, dir_fd=study_fd))
+        self.processing = self._keep(_open_sub(study_fd, "processing"))
+        self.done = self._keep(_open_sub(study_fd, "done"))
+        self.quarantine = self._keep(_open_sub(study_fd, "quarantine"))
+        self.dest = self._keep(os.open(study.destination, fsops.DIR_FLAGS))
+        meta = self._keep(fsops.makedirs_beneath(self.dest, LEDGER_DIR, 0o2750))
+        # Private to dittohead: copies wait here, on the destination's file system (so that
+        # publishing is a rename), until the whole entry has been verified.
+        self.staging_root = self._keep(_open_sub(meta, "staging", 0o2700))
+        self.inbox_dev = os.fstat(self.inbox).st_dev
+        self.ledger = Ledger(self.dest)
+        self.journal = Journal(config.state_dir, name)
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        self.ledger.close()
+        for fd in self._fds:
+            os.close(fd)
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        summary = Summary()
+        # First finish whatever a previous run was doing when it stopped.
+        for entry in self.journal.entries():
+            item = self.journal.read(entry)
+            if item is not None:
+                summary.add(self._resume(item))
+        for cand in committed_entries(self.inbox):
+            if not may_upload(cand.uid, self.study.uploaders):
+                log.warning(
+                    "%s: inbox entry %s belongs to %s, who may not upload to this study; "
+                    "left alone",
+                    self.name,
+                    cand.name,
+                    user_name(cand.uid),
+                )
+                continue
+            item = JournalEntry(
+                entry=cand.name,
+                study=self.name,
+                step="claiming",
+                uid=cand.uid,
+                received_at=iso_utc(cand.ctime_ns),
+                dev=cand.dev,
+                ino=cand.ino,
+            )
+            self.journal.write(item)
+            try:
+                claim(self.inbox, self.processing, cand)
+            except ClaimLost as exc:
+                log.info("%s: %s", self.name, exc)
+                self.journal.remove(cand.name)
+                continue
+            except EntryRejected as exc:
+                summary.add(self._quarantine(cand.name, str(exc)))
+                continue
+            summary.add(self._resume(item))
+        return summary
+
+    def _resume(self, item: JournalEntry) -> Summary:
+        if self._exists(self.done, item.entry):
+            # Finished before the journal could be removed.
+            self._cleanup(item.entry)
+            return Summary()
+        if not self._exists(self.processing, item.entry):
+            if item.step == "claiming":
+                # The claim never happened (crash between journal and rename): forget it.
+                self.journal.remove(item.entry)
+                return Summary()
+            raise ServerError(f"{self.name}: {item.entry} is journaled but not in processing/")
+        try:
+            if item.step == "claiming":
+                self._stage(item)
+            return self._publish(item)
+        except EntryRejected as exc:
+            return self._quarantine(item.entry, str(exc))
+        except OutOfSpace as exc:
+            log.error("%s: %s: %s; will retry on a later run", self.name, item.entry, exc.message)
+            self._remove_staging(item.entry)
+            return Summary(deferred=1)
+
+    def _stage(self, item: JournalEntry) -> None:
+        self._remove_staging(item.entry)  # a partial copy from an interrupted run
+        staging = _open_sub(self.staging_root, item.entry)
+        entry_fd = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.processing)
+        try:
+            try:
+                staged = stage_entry(
+                    entry_fd, item.uid, self.inbox_dev, self.config.limits, staging
+                )
+            except OSError as exc:
+                if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                    raise OutOfSpace("the study's destination is out of space") from exc
+                raise
+            fsops.syncfs(staging)
+        finally:
+            os.close(entry_fd)
+            os.close(staging)
+        item.step = "staged"
+        item.files = list(staged.files)
+        item.dirs = list(staged.dirs)
+        self.journal.write(item)
+
+    def _publish(self, item: JournalEntry) -> Summary:
+        up = Upload(
+            upload=item.entry,
+            uploader=user_name(item.uid),
+            uid=item.uid,
+            source=_source_of(item.entry),
+            received_at=item.received_at,
+            recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        )
+        summary = Summary(entries=1, finalized=[item.entry])
+        staging = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.staging_root)
+        tree = TreeDirs(self.dest)
+        try:
+            make_dirs(tree, tuple(item.dirs))
+            for staged in item.files:
+                record = publish_file(tree, staging, self.ledger, up, staged)
+                if record.outcome == "stored":
+                    summary.stored += 1
+                else:
+                    summary.duplicates += 1
+            # Data and names on disk before the ledger says "stored" (one syncfs, not one
+            # fsync per file); then the ledger; only then is the entry done.
+            fsops.syncfs(self.dest)
+            self.ledger.flush()
+        finally:
+            tree.close()
+            os.close(staging)
+        fsops.renameat2(self.processing, item.entry, self.done, item.entry)
+        os.fsync(self.done)
+        os.fsync(self.processing)
+        self._cleanup(item.entry)
+        log.info(
+            "%s: finalized %s from %s (%d stored, %d duplicates)",
+            self.name,
+            item.entry,
+            up.uploader,
+            summary.stored,
+            summary.duplicates,
+        )
+        return summary
+
+    def _quarantine(self, entry: str, reason: str) -> Summary:
+        log.error("%s: quarantined %s: %s", self.name, entry, reason)
+        with contextlib.suppress(FileNotFoundError):
+            fsops.renameat2(self.processing, entry, self.quarantine, entry)
+        fd = os.open(
+            f"{entry}.reason",
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o640,
+            dir_fd=self.quarantine,
+        )
+        try:
+            os.write(fd, f"{reason}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(self.quarantine)
+        self._cleanup(entry)
+        return Summary(quarantined=1)
+
+    def _cleanup(self, entry: str) -> None:
+        self._remove_staging(entry)
+        self.journal.remove(entry)
+
+    def _remove_staging(self, entry: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(entry, dir_fd=self.staging_root)
+
+    @staticmethod
+    def _exists(dir_fd: int, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _source_of(entry: str) -> str:
+    return entry.rsplit("-", 2)[0]
+
+
+def run_once(config: Config) -> Summary:
+    """Finalize everything pending in every study; return what was done."""
+    summary = Summary()
+    with processor_lock(config.state_dir):
+        for name, study in config.studies.items():
+            try:
+                run = StudyRun(config, name, study)
+            except FileNotFoundError as exc:
+                log.error("%s: %s is missing; run 'dittohead-admin init'", name, exc.filename)
+                continue
+            try:
+                summary.add(run.run())
+            finally:
+                run.close()
+    return summary

@@ -1,0 +1,230 @@
+"""Verify: walk a claimed entry without trusting it, and copy every byte into dittohead's hands.
+
+The collector owns the entry and may still hold fds inside it, so every object is looked at
+through an fd opened with ``O_NOFOLLOW`` (``O_PATH`` for anything that might be a file, so a
+FIFO or device is never really opened) and judged by ``fstat`` alone: directories and regular
+files only, one link, owned by the entry's owner, on the inbox's device, no set-id bits, within
+the size caps and listed in the manifest with that size. Regular files are then read through
+their own ``O_PATH`` fd (re-opened via ``/proc/self/fd``, which reaches exactly that inode) and
+copied into a new dittohead-owned file in the study's private staging folder, hashed in the same
+pass; a file whose size, mtime or ctime moved during the copy is refused.
+
+Nothing is published here: the whole entry must pass before `publish` touches the tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+from dittohead.core.errors import DittoheadError
+from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, Manifest, parse_manifest
+from dittohead.core.names import NameSet, check_path
+from dittohead.receiver import fsops
+from dittohead.receiver.claim import EntryRejected
+from dittohead.receiver.config import Limits
+
+_BUF = 1 << 20
+#: bytes of manifest JSON allowed per listed file, on top of a fixed allowance
+_MANIFEST_PER_FILE = 1536
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: str  # as sent
+    size: int
+    sha256: str
+    staged: str  # name inside the staging folder
+    ino: int  # inode of the staged copy: lets a replay find it again after its rename
+
+
+@dataclass(frozen=True)
+class StagedEntry:
+    files: tuple[StagedFile, ...]
+    dirs: tuple[str, ...]
+
+
+class _Walker:
+    def __init__(
+        self, owner: int, dev: int, limits: Limits, manifest: Manifest, staging_fd: int
+    ) -> None:
+        self.owner = owner
+        self.dev = dev
+        self.limits = limits
+        self.expected = manifest.by_path()
+        self.staging_fd = staging_fd
+        self.names = NameSet()
+        self.files: list[StagedFile] = []
+        self.dirs: list[str] = []
+        self.buf = bytearray(_BUF)
+
+    def _judge(self, rel: str, st: os.stat_result, *, is_dir: bool) -> None:
+        kind = "folder" if is_dir else "file"
+        if st.st_uid != self.owner:
+            raise EntryRejected(f"{rel!r}: {kind} is not owned by the uploader (uid {st.st_uid})")
+        if st.st_dev != self.dev:
+            raise EntryRejected(f"{rel!r}: {kind} is on another file system (a mount?)")
+        if st.st_mode & _SETID and not is_dir:
+            raise EntryRejected(f"{rel!r}: file has a set-id bit")
+        if not is_dir and st.st_nlink != 1:
+            raise EntryRejected(f"{rel!r}: file has {st.st_nlink} hard links")
+
+    def walk(self, dir_fd: int, prefix: str) -> None:
+        with os.scandir(dir_fd) as it:
+            names = sorted(item.name for item in it)
+        for name in names:
+            rel = f"{prefix}{name}"
+            if rel in (MANIFEST_DIR, MANIFEST_PATH):
+                continue  # read separately, before the walk
+            try:
+                check_path(rel)
+            except DittoheadError as exc:
+                raise EntryRejected(exc.message) from None
+            path_fd = os.open(name, fsops.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                st = os.fstat(path_fd)
+                if stat.S_ISDIR(st.st_mode):
+                    self._judge(rel, st, is_dir=True)
+                    self._add(rel, is_dir=True)
+                    self.dirs.append(rel)
+                    sub = os.open(".", fsops.DIR_FLAGS, dir_fd=path_fd)
+                    try:
+                        again = os.fstat(sub)
+                        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                            raise EntryRejected(f"{rel!r}: folder changed while being read")
+                        self.walk(sub, rel + "/")
+                    finally:
+                        os.close(sub)
+                elif stat.S_ISREG(st.st_mode):
+                    self._judge(rel, st, is_dir=False)
+                    self._add(rel, is_dir=False)
+                    self._copy(rel, path_fd, st)
+                else:
+                    raise EntryRejected(f"{rel!r}: not a regular file or folder")
+            finally:
+                os.close(path_fd)
+
+    def _add(self, rel: str, *, is_dir: bool) -> None:
+        try:
+            (self.names.add_dir if is_dir else self.names.add_file)(rel)
+        except DittoheadError as exc:
+            raise EntryRejected(exc.message) from None
+
+    def _copy(self, rel: str, path_fd: int, st: os.stat_result) -> None:
+        want = self.expected.get(rel)
+        if want is None:
+            raise EntryRejected(f"{rel!r}: file is not listed in the manifest")
+        if st.st_size != want.size:
+            raise EntryRejected(f"{rel!r}: size {st.st_size} differs from the manifest")
+        if st.st_size > self.limits.max_file_bytes:
+            raise EntryRejected(f"{rel!r}: larger than the per-file limit")
+        if len(self.files) >= self.limits.max_files:
+            raise EntryRejected(f"more than {self.limits.max_files} files")
+        # Re-open the very inode judged above; /proc/self/fd never resolves a path again.
+        src = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        staged = f"{len(self.files):08d}"
+        dst = os.open(
+            staged,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o440,
+            dir_fd=self.staging_fd,
+        )
+        try:
+            before = os.fstat(src)
+            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
+                raise EntryRejected(f"{rel!r}: file was replaced while being read")
+            digest, copied = _copy_hashing(src, dst, want.size + 1, self.buf)
+            after = os.fstat(src)
+            ino = os.fstat(dst).st_ino
+        finally:
+            os.close(src)
+            os.close(dst)
+        changed = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+        )
+        if changed or copied != want.size:
+            raise EntryRejected(f"{rel!r}: file changed while it was being copied")
+        if digest != want.sha256:
+            raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
+        self.files.append(StagedFile(rel, want.size, digest, staged, ino))
+
+
+def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, int]:
+    """Copy at most `limit` bytes from `src` to `dst`, hashing them in the same pass."""
+    hasher = hashlib.sha256()
+    view = memoryview(buf)
+    total = 0
+    while total < limit:
+        n = os.readv(src, [view[: min(len(view), limit - total)]])
+        if n == 0:
+            break
+        chunk = view[:n]
+        hasher.update(chunk)
+        while chunk:
+            chunk = chunk[os.write(dst, chunk) :]
+        total += n
+    return hasher.hexdigest(), total
+
+
+def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Manifest:
+    """The entry's manifest, read through the same rules as any other file in it."""
+    try:
+        dir_fd = os.open(MANIFEST_DIR, fsops.DIR_FLAGS, dir_fd=entry_fd)
+    except OSError:
+        raise EntryRejected("the entry has no manifest (.dittohead/manifest.json)") from None
+    try:
+        with os.scandir(dir_fd) as it:
+            extra = sorted(i.name for i in it if i.name != "manifest.json")
+        if extra:
+            raise EntryRejected(f"unexpected {extra[0]!r} in the .dittohead folder")
+        try:
+            fd = os.open(
+                "manifest.json", fsops.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError:
+            raise EntryRejected("the entry has no manifest (.dittohead/manifest.json)") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or st.st_nlink != 1:
+            raise EntryRejected("the manifest is not a plain file of the uploader's")
+        if st.st_dev != dev:
+            raise EntryRejected("the manifest is on another file system")
+        cap = 65536 + _MANIFEST_PER_FILE * limits.max_files
+        if st.st_size > cap:
+            raise EntryRejected("the manifest is larger than any honest one")
+        src = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            data = os.read(src, st.st_size + 1)
+        finally:
+            os.close(src)
+    finally:
+        os.close(fd)
+    try:
+        return parse_manifest(data, max_files=limits.max_files)
+    except DittoheadError as exc:
+        raise EntryRejected(exc.message) from None
+
+
+def stage_entry(
+    entry_fd: int, owner: int, dev: int, limits: Limits, staging_fd: int
+) -> StagedEntry:
+    """Check the whole entry and copy its files into `staging_fd`; raise `EntryRejected`."""
+    manifest = read_manifest(entry_fd, owner, dev, limits)
+    walker = _Walker(owner, dev, limits, manifest, staging_fd)
+    walker.walk(entry_fd, "")
+    got = {f.path for f in walker.files}
+    missing = [e.path for e in manifest.entries if e.path not in got]
+    if missing:
+        raise EntryRejected(f"{missing[0]!r} is listed in the manifest but missing")
+    if sum(f.size for f in walker.files) > limits.max_upload_bytes:
+        raise EntryRejected("larger than the per-upload limit")
+    order = {e.path: i for i, e in enumerate(manifest.entries)}
+    files = sorted(walker.files, key=lambda f: order[f.path])
+    return StagedEntry(tuple(files), tuple(walker.dirs))

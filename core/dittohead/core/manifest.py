@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dittohead.core.errors import UploadRejected
+from dittohead.core.errors import NameRejected, UploadRejected
 from dittohead.core.names import NameSet, check_path
 
 MANIFEST_PATH = ".dittohead/manifest.json"
@@ -82,10 +82,13 @@ def parse_manifest(data: bytes, *, max_files: int | None = None) -> Manifest:
             raise _bad("an entry has a field of the wrong type")
         if not _HEX64.fullmatch(digest):
             raise _bad(f"the sha256 of {path!r} is not 64 lower-case hex digits")
-        checked = check_path(path)
+        try:
+            checked = check_path(path)
+            names.add_file(path)
+        except NameRejected as exc:
+            raise _bad(exc.message) from None
         if checked != path:
             raise _bad(f"{path!r} is not in normal form")
-        names.add_file(path)
         entries.append(ManifestEntry(path, size, digest))
     manifest = Manifest(tuple(entries))
     if manifest.file_count != files or manifest.byte_count != total:

@@ -1,0 +1,57 @@
+"""The manifest: strict parsing, totals and names checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dittohead.core.errors import UploadRejected
+from dittohead.core.manifest import Manifest, ManifestEntry, parse_manifest
+
+
+def entry(path: str, data: bytes) -> ManifestEntry:
+    return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8}){0,2}\.txt", fullmatch=True),
+                       st.binary(max_size=64), max_size=20))  # fmt: skip
+def test_round_trip(files: dict[str, bytes]) -> None:
+    # Generated names can collide as file-vs-folder ("a.txt" is never a folder, so they cannot).
+    manifest = Manifest.of(entry(p, d) for p, d in files.items())
+    assert parse_manifest(manifest.to_json()) == manifest
+
+
+def good() -> dict[str, object]:
+    return json.loads(Manifest.of([entry("a.txt", b"x")]).to_json())
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda d: d.update(files=2), "totals"),
+        (lambda d: d.update(bytes=0), "totals"),
+        (lambda d: d.update(extra=1), "exactly the keys"),
+        (lambda d: d["entries"][0].update(sha256="ZZ" * 32), "64 lower-case hex"),
+        (lambda d: d["entries"][0].update(size=-1), "wrong type"),
+        (lambda d: d["entries"][0].update(size=True), "wrong type"),
+        (lambda d: d["entries"][0].update(path="../x"), "'..'"),
+        (lambda d: d["entries"].append(dict(d["entries"][0])), "appears twice"),
+    ],
+)
+def test_bad_manifests_are_refused(change: object, why: str) -> None:
+    doc = good()
+    change(doc)  # type: ignore[operator]
+    with pytest.raises(UploadRejected) as info:
+        parse_manifest(json.dumps(doc).encode())
+    assert why in info.value.message
+
+
+def test_not_json_and_too_many_files() -> None:
+    with pytest.raises(UploadRejected, match="not JSON"):
+        parse_manifest(b"\xff{")
+    with pytest.raises(UploadRejected, match="more than 0 files"):
+        parse_manifest(Manifest.of([entry("a", b"")]).to_json(), max_files=0)

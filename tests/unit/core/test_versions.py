@@ -65,6 +65,6 @@ def test_no_sequence_of_arrivals_overwrites_or_loses_a_version(
         assert name not in tree  # never overwrite
         tree[name] = content
         known[content] = name
-    for path, known in versions.items():
+    for known in versions.values():
         for content, name in known.items():
             assert tree[name] == content  # never lose

@@ -100,7 +100,7 @@ class Ledger:
     """One study's ledger, opened for reading and appending by the processor."""
 
     def __init__(self, dest_fd: int) -> None:
-        self._dir_fd = fsops.makedirs_beneath(dest_fd, LEDGER_DIR, 0o2750)
+        self._dir_fd = fsops.makedirs_beneath(dest_fd, LEDGER_DIR, 0o750)  # setgid: inherited
         self._fd = os.open(
             LEDGER_NAME,
             os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,22 @@ class KernelSettingError(DittoheadError):
     the processor again."""
 
     exit_code = 78
+
+
+class Stopped(Exception):
+    """A stop was requested (SIGTERM); the pass ended between two files.
+
+    Safe at that point: the files published so far are synced and in the ledger, and the
+    entry's journal says where to carry on, so the next run finishes it.
+    """
+
+
+@dataclass
+class Hooks:
+    """How a caller watches a pass and asks it to stop (the service: STATUS=, SIGTERM)."""
+
+    progress: Callable[[str], None] = lambda _message: None
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -95,10 +111,11 @@ def _open_sub(parent_fd: int, name: str, mode: int = 0o700) -> int:
 class StudyRun:
     """One pass over one study: open folders, the ledger, and the journal."""
 
-    def __init__(self, config: Config, name: str, study: Study) -> None:
+    def __init__(self, config: Config, name: str, study: Study, hooks: Hooks | None = None) -> None:
         self.config = config
         self.name = name
         self.study = study
+        self.hooks = hooks or Hooks()
         self._fds: list[int] = []
         study_fd = self._keep(os.open(config.study_dir(name), fsops.DIR_FLAGS))
         self.inbox = self._keep(os.open("inbox", fsops.DIR_FLAGS, dir_fd=study_fd))
@@ -106,10 +123,12 @@ class StudyRun:
         self.done = self._keep(_open_sub(study_fd, "done"))
         self.quarantine = self._keep(_open_sub(study_fd, "quarantine"))
         self.dest = self._keep(os.open(study.destination, fsops.DIR_FLAGS))
-        meta = self._keep(fsops.makedirs_beneath(self.dest, LEDGER_DIR, 0o2750))
+        # Plain modes: the setgid bit is inherited from the destination (2750); asking mkdir()
+        # for it would be refused by the unit's RestrictSUIDSGID= seccomp filter.
+        meta = self._keep(fsops.makedirs_beneath(self.dest, LEDGER_DIR, 0o750))
         # Private to dittohead: copies wait here, on the destination's file system (so that
         # publishing is a rename), until the whole entry has been verified.
-        self.staging_root = self._keep(_open_sub(meta, "staging", 0o2700))
+        self.staging_root = self._keep(_open_sub(meta, "staging", 0o700))
         self.inbox_dev = os.fstat(self.inbox).st_dev
         self.ledger = Ledger(self.dest)
         self.journal = Journal(config.state_dir, name)
@@ -129,10 +148,12 @@ class StudyRun:
         summary = Summary()
         # First finish whatever a previous run was doing when it stopped.
         for entry in self.journal.entries():
+            self._check_stop()
             item = self.journal.read(entry)
             if item is not None:
                 summary.add(self._resume(item))
         for cand in committed_entries(self.inbox):
+            self._check_stop()
             if not may_upload(cand.uid, self.study.uploaders):
                 log.warning(
                     "%s: inbox entry %s belongs to %s, who may not upload to this study; "
@@ -177,6 +198,7 @@ class StudyRun:
             raise ServerError(f"{self.name}: {item.entry} is journaled but not in processing/")
         try:
             if item.step == "claiming":
+                self.hooks.progress(f"verifying {self.name} {item.entry}")
                 self._stage(item)
             return self._publish(item)
         except EntryRejected as exc:
@@ -222,7 +244,15 @@ class StudyRun:
         tree = TreeDirs(self.dest)
         try:
             make_dirs(tree, tuple(item.dirs))
-            for staged in item.files:
+            total = len(item.files)
+            for done, staged in enumerate(item.files):
+                self.hooks.progress(f"finalizing {self.name} {item.entry}: {done}/{total} files")
+                if self.hooks.stop_requested():
+                    # Between two files: make what is published durable and recorded, then
+                    # leave the entry in processing/ with its journal for the next run.
+                    fsops.syncfs(self.dest)
+                    self.ledger.flush()
+                    raise Stopped()
                 record = publish_file(tree, staging, self.ledger, up, staged)
                 if record.outcome == "stored":
                     summary.stored += 1
@@ -276,6 +306,10 @@ class StudyRun:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(entry, dir_fd=self.staging_root)
 
+    def _check_stop(self) -> None:
+        if self.hooks.stop_requested():
+            raise Stopped()
+
     @staticmethod
     def _exists(dir_fd: int, name: str) -> bool:
         try:
@@ -289,13 +323,16 @@ def _source_of(entry: str) -> str:
     return entry.rsplit("-", 2)[0]
 
 
-def run_once(config: Config) -> Summary:
-    """Finalize everything pending in every study; return what was done."""
+def run_once(config: Config, hooks: Hooks | None = None) -> Summary:
+    """Finalize everything pending in every study; return what was done.
+
+    Raises `Stopped` when `hooks` asks to stop; the work is then resumed by the next run.
+    """
     summary = Summary()
     with processor_lock(config.state_dir):
         for name, study in config.studies.items():
             try:
-                run = StudyRun(config, name, study)
+                run = StudyRun(config, name, study, hooks)
             except FileNotFoundError as exc:
                 log.error("%s: %s is missing; run 'dittohead-admin init'", name, exc.filename)
                 continue

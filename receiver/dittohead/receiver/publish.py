@@ -32,7 +32,9 @@ from dittohead.receiver.verify import StagedFile
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o2750
+#: Linux ignores S_ISGID in mkdir()'s mode anyway (folders inherit it from the 2750
+#: destination), and asking for it would be refused by the unit's RestrictSUIDSGID= filter.
+DIR_MODE = 0o750
 #: how many taken names past the last one we look at when searching for a renamed copy
 _SEARCH_SLACK = 16
 

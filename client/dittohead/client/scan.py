@@ -1,0 +1,232 @@
+"""Scan: turn the collector's FOLDER (or some of its THING subfolders) into a plan.
+
+The plan is the sorted list of regular files (relative POSIX path, size, mtime_ns) and folders
+that could be sent. Every name is checked here, on the collector's PC, with the same policy the
+server enforces (`dittohead.core.names`), and *all* bad names are reported together: a
+collector should be able to fix their folder in one go, not discover one bad name per attempt.
+Nothing here reads file contents or touches the network.
+
+Symbolic links and special files (FIFOs, sockets, devices, Windows junctions) are skipped with a
+warning: the protocol only carries folders and regular files, and following a link could send
+something from outside FOLDER (or loop forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dittohead.core.errors import LocalFileError, NameRejected, describe_os_error
+from dittohead.core.names import NameSet, check_path, parents
+
+log = logging.getLogger(__name__)
+
+#: How many bad names the one-line error spells out before it says "and N more".
+SHOWN_PROBLEMS = 20
+
+_IS_WINDOWS = os.name == "nt"
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    """One regular file as it was when scanned."""
+
+    path: str  # relative POSIX path, checked by the name policy
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a folder holds: files and folders, sorted so that parents come first."""
+
+    root: str  # absolute path of FOLDER
+    files: tuple[FileItem, ...]
+    dirs: tuple[str, ...]  # every folder in the scanned part (THING folders included)
+    #: folders with no file anywhere below them in the scanned part; they are sent along so
+    #: that an (intentionally) empty folder exists on the server too
+    empty_dirs: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def with_files(self, files: Iterable[FileItem]) -> Plan:
+        """The same folder with only `files` (for example those not yet confirmed)."""
+        return Plan(self.root, tuple(files), self.dirs, self.empty_dirs)
+
+
+class NamesRejected(NameRejected):
+    """Some file or folder names cannot be sent; nothing was sent."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        #: every (name, reason) found, for a GUI or ``-v`` to list in full
+        self.problems: tuple[tuple[str, str], ...] = tuple(problems)
+        count = len(self.problems)
+        noun = "name cannot" if count == 1 else "names cannot"
+        shown = "; ".join(f"{name!r} ({why})" for name, why in self.problems[:SHOWN_PROBLEMS])
+        more = count - SHOWN_PROBLEMS
+        tail = f"; and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{count} {noun} be sent (nothing was sent): {shown}{tail}; "
+            "rename them (or move them out of the folder) and send again"
+        )
+
+
+def path_key(path: str) -> tuple[str, ...]:
+    """Sort key that puts a folder before everything inside it (``a`` < ``a/b`` < ``a.txt``)."""
+    return tuple(path.split("/"))
+
+
+def _reason(exc: NameRejected, name: str) -> str:
+    # The policy's messages read "'<name>' is not an allowed name: <why>"; the one-line summary
+    # names each path once, so keep only the why (or the whole message if the wording changes).
+    prefix = f"{name!r} is not an allowed name: "
+    return exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
+
+
+def _is_junction(entry: os.DirEntry[str]) -> bool:
+    """A Windows junction or mount point looks like a folder but leads elsewhere."""
+    if not _IS_WINDOWS:
+        return False
+    attributes: int = getattr(entry.stat(follow_symlinks=False), "st_file_attributes", 0)
+    return bool(attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT)
+
+
+def _cannot_read(path: str, exc: OSError) -> LocalFileError:
+    exc.filename = path
+    return LocalFileError(
+        f"cannot read the folder {describe_os_error(exc)}; nothing was sent "
+        "(check that the folder exists and that you may read it)"
+    )
+
+
+class _Walker:
+    """Collects files, folders and bad names below one root."""
+
+    def __init__(self) -> None:
+        self.files: list[FileItem] = []
+        self.dirs: list[str] = []
+        self.problems: list[tuple[str, str]] = []
+
+    def _name_ok(self, rel: str) -> bool:
+        try:
+            check_path(rel)
+        except NameRejected as exc:
+            self.problems.append((rel, _reason(exc, rel)))
+            return False
+        return True
+
+    def walk(self, top: str, top_rel: str) -> None:
+        """Walk `top` (whose relative name is `top_rel`, "" for FOLDER itself)."""
+        # An explicit stack instead of recursion: deep trees cannot hit the recursion limit, and
+        # os.scandir gives the entry type without a stat call on POSIX (one lstat per file).
+        stack = [(top, top_rel)]
+        while stack:
+            abs_dir, rel_dir = stack.pop()
+            try:
+                with os.scandir(abs_dir) as it:
+                    entries = list(it)
+            except OSError as exc:
+                raise _cannot_read(abs_dir, exc) from exc
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    self._visit(entry, rel, stack)
+                except FileNotFoundError:
+                    # Deleted between listing and stat: it is simply not part of this send.
+                    log.warning("%s disappeared while the folder was scanned; skipped", rel)
+                except OSError as exc:
+                    raise _cannot_read(entry.path, exc) from exc
+
+    def _visit(self, entry: os.DirEntry[str], rel: str, stack: list[tuple[str, str]]) -> None:
+        if entry.is_symlink():
+            log.warning("skipped %s: it is a symbolic link (only real files are sent)", rel)
+        elif entry.is_dir(follow_symlinks=False):
+            if _is_junction(entry):
+                log.warning("skipped %s: it is a junction (only real folders are sent)", rel)
+            elif self._name_ok(rel):
+                # A folder with a bad name is reported once; its contents would only repeat
+                # the same complaint, and they get checked again once it is renamed.
+                self.dirs.append(rel)
+                stack.append((entry.path, rel))
+        elif entry.is_file(follow_symlinks=False):
+            if self._name_ok(rel):
+                st = entry.stat(follow_symlinks=False)
+                self.files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
+        else:
+            log.warning("skipped %s: it is not a regular file or folder", rel)
+
+
+def _check_thing(root: str, thing: str) -> str:
+    # Tab completion leaves a trailing separator ("eprime/" or "eprime\" on Windows).
+    name = thing.rstrip("/" + os.sep)
+    if "/" in name or os.sep in name or name in ("", ".", ".."):
+        raise LocalFileError(
+            f"{thing!r} is not the name of a folder directly inside {root}; "
+            "give the names of subfolders (such as eprime), nothing was sent"
+        )
+    try:
+        check_path(name)
+    except NameRejected as exc:
+        raise NamesRejected([(name, _reason(exc, name))]) from None
+    path = os.path.join(root, name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise LocalFileError(f"there is no folder {name!r} in {root}; nothing was sent") from None
+    except OSError as exc:
+        raise _cannot_read(path, exc) from exc
+    if not stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        raise LocalFileError(f"{name!r} in {root} is not a folder; nothing was sent")
+    return name
+
+
+def scan(folder: str | os.PathLike[str], things: Sequence[str] = ()) -> Plan:
+    """Scan `folder` (or only its `things` subfolders) into a sorted, name-checked `Plan`.
+
+    Raises `NamesRejected` listing every bad name (including names that would collide on
+    Windows) and `LocalFileError` when the folder or a THING cannot be read.
+    """
+    root = os.path.abspath(os.fspath(folder))
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise _cannot_read(root, exc) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise LocalFileError(f"{root} is not a folder; nothing was sent")
+
+    walker = _Walker()
+    if things:
+        for name in sorted({_check_thing(root, t) for t in things}):
+            walker.dirs.append(name)
+            walker.walk(os.path.join(root, name), name)
+    else:
+        walker.walk(root, "")
+
+    files = sorted(walker.files, key=lambda f: path_key(f.path))
+    dirs = sorted(walker.dirs, key=path_key)
+    problems = walker.problems
+    # All names together, in a stable order: duplicates that differ only in case or Unicode
+    # normalization (one file on Windows), and files that are also folders. NameSet refuses
+    # the later spelling; keep going so that every clash is reported in the same message.
+    names = NameSet()
+    for rel, is_dir in sorted(
+        [(d, True) for d in dirs] + [(f.path, False) for f in files],
+        key=lambda item: path_key(item[0]),
+    ):
+        try:
+            if is_dir:
+                names.add_dir(rel)
+            else:
+                names.add_file(rel)
+        except NameRejected as exc:
+            problems.append((rel, _reason(exc, rel)))
+    if problems:
+        raise NamesRejected(sorted(problems, key=lambda p: path_key(p[0])))
+    holding = {parent for f in files for parent in parents(f.path)}
+    empty = tuple(d for d in dirs if d not in holding)
+    return Plan(root, tuple(files), tuple(dirs), empty)

@@ -1,0 +1,208 @@
+"""State: what the server has confirmed, so a re-send only sends what is new or changed.
+
+One small JSON file per (server, port, study, source):
+
+    {"version": 1, "server": "host:port", "study": "...", "source": "...",
+     "files": {"eprime/s01.txt": [size, mtime_ns], ...}}
+
+It is written only after the server's receipt has been checked, and atomically (temporary
+file in the same folder, fsync, `os.replace`): a crash or a failed send leaves the previous
+state in place, which at worst makes the next send repeat some files (the server keeps a
+single copy of identical content), never skip one.
+
+Selection is by exact (size, mtime_ns) match against the state only. The tool dittohead
+replaces picked files "newer than the last run" and so lost every file copied in with an old
+modification time; here a file the server never confirmed is sent whatever its age.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dittohead.client.scan import FileItem, Plan
+from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def state_dir() -> Path:
+    """The per-user folder for dittohead's client state (and its known-hosts file)."""
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "dittohead" / "state"
+    xdg = os.environ.get("XDG_STATE_HOME")
+    # The XDG spec says relative values are invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "dittohead"
+    return Path.home() / ".local" / "state" / "dittohead"
+
+
+def server_id(host: str, port: int) -> str:
+    """``host:port`` (``[v6addr]:port`` for an IPv6 literal)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def default_state_path(host: str, port: int, study: str, source: str) -> Path:
+    """The default state file for this server, port, study and source.
+
+    The readable part is sanitized for every file system; the short hash of the exact key keeps
+    two keys that sanitize alike (``a:b`` and ``a_b``) from sharing a file.
+    """
+    key = f"{server_id(host, port)}\n{study}\n{source}"
+    readable = _UNSAFE.sub("_", f"{host}_{port}_{study}_{source}").strip("._")[:150]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
+    return state_dir() / f"sent-{readable}-{digest}.json"
+
+
+@dataclass
+class State:
+    """The files the server has confirmed for one server, study and source."""
+
+    path: Path
+    server: str
+    study: str
+    source: str
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def is_confirmed(self, item: FileItem) -> bool:
+        return self.files.get(item.path) == (item.size, item.mtime_ns)
+
+    def select(self, plan: Plan) -> Plan:
+        """The part of `plan` the server has not confirmed: new files and changed ones."""
+        return plan.with_files(f for f in plan.files if not self.is_confirmed(f))
+
+    def to_json(self) -> bytes:
+        doc = {
+            "version": STATE_VERSION,
+            "server": self.server,
+            "study": self.study,
+            "source": self.source,
+            "files": {path: [size, mtime] for path, (size, mtime) in sorted(self.files.items())},
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def record(self, sent: Iterable[FileItem]) -> None:
+        """Remember `sent` as confirmed and save the state (call only after a valid receipt).
+
+        The file is read again first so that a send that finished meanwhile (another window,
+        another THING) keeps its confirmations; this is only a narrowing of the race, and the
+        worst case of losing it is a repeated send, never a skipped one.
+        """
+        try:
+            current = _read(self.path, self.server, self.study, self.source)
+        except (UsageError, LocalFileError):
+            current = {}
+        merged = dict(self.files)
+        merged.update(current)
+        merged.update((f.path, (f.size, f.mtime_ns)) for f in sent)
+        self.files = merged
+        try:
+            write_atomic(self.path, self.to_json())
+        except OSError as exc:
+            raise LocalFileError(
+                f"the server stored the files, but dittohead could not remember that in "
+                f"{describe_os_error(exc)}; the next send will repeat them"
+            ) from exc
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+        raise ValueError("not a version 1 state file")
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        raise ValueError("no files")
+    for value in files.values():
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise ValueError("bad file entry")
+    return doc
+
+
+def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[int, int]]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise LocalFileError(
+            f"cannot read the state file {describe_os_error(exc)}; nothing was sent"
+        ) from exc
+    try:
+        doc = _parse(data)
+    except (UnicodeDecodeError, ValueError):
+        # Forgetting is safe (the next send repeats files, the server keeps one copy of
+        # identical content); refusing to send would not be.
+        log.warning("the state file %s is damaged; every file will be sent again", path)
+        return {}
+    owner = (doc.get("server"), doc.get("study"), doc.get("source"))
+    if owner != (server, study, source):
+        # Using another server's or study's record could skip files this one never received.
+        raise UsageError(
+            f"the state file {path} belongs to server {owner[0]}, study {owner[1]}, "
+            f"station {owner[2]}, not to {server}, {study}, {source}; "
+            "give another --state file (or leave --state out); nothing was sent"
+        )
+    return {p: (v[0], v[1]) for p, v in doc["files"].items()}
+
+
+def load_state(path: Path | None, *, host: str, port: int, study: str, source: str) -> State:
+    """Load the state for this server, study and source (empty if there is none yet).
+
+    `path` is ``--state``; None means the per-user default file.
+    """
+    if path is None:
+        path = default_state_path(host, port, study, source)
+    server = server_id(host, port)
+    return State(path, server, study, source, _read(path, server, study, source))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder is synced; Windows cannot open folders (and
+    # NTFS journals the rename itself), so this is POSIX only.
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the data itself is synced
+    finally:
+        os.close(fd)

@@ -1,0 +1,188 @@
+"""state: only new or changed files are selected; the record changes only after a receipt."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dittohead.client import state as state_mod
+from dittohead.client.scan import FileItem, Plan, scan
+from dittohead.client.state import (
+    State,
+    default_state_path,
+    load_state,
+    server_id,
+    state_dir,
+    write_atomic,
+)
+from dittohead.core.errors import UsageError
+
+from .conftest import write_tree
+
+HOST, PORT, STUDY, SOURCE = "drop.example.org", 22, "nccam3", "brogden-a"
+
+
+def _load(path: Path | None = None) -> State:
+    return load_state(path, host=HOST, port=PORT, study=STUDY, source=SOURCE)
+
+
+def test_default_location_follows_xdg_and_is_keyed(isolated_home: Path) -> None:
+    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
+    a = default_state_path(HOST, PORT, STUDY, SOURCE)
+    assert a.parent == state_dir()
+    others = {
+        default_state_path(HOST, 2222, STUDY, SOURCE),
+        default_state_path("other", PORT, STUDY, SOURCE),
+        default_state_path(HOST, PORT, "other", SOURCE),
+        default_state_path(HOST, PORT, STUDY, "other"),
+        default_state_path("a:b", PORT, STUDY, SOURCE),
+        default_state_path("a_b", PORT, STUDY, SOURCE),
+    }
+    assert a not in others and len(others) == 6
+    for path in others | {a}:
+        assert all(c.isalnum() or c in "._-" for c in path.name)
+
+
+def test_without_xdg_the_default_is_under_home(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/is/ignored")
+    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
+
+
+def test_new_and_changed_files_are_selected_confirmed_ones_are_not(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "d", {"same.txt": b"1", "grown.txt": b"2", "touched.txt": b"3"})
+    state = _load(tmp_path / "s.json")
+    state.record(scan(root).files)
+
+    (root / "grown.txt").write_bytes(b"22")
+    st_ = (root / "touched.txt").stat()
+    os.utime(root / "touched.txt", ns=(st_.st_atime_ns, st_.st_mtime_ns + 1))
+    (root / "new.txt").write_bytes(b"4")
+
+    selected = _load(tmp_path / "s.json").select(scan(root))
+    assert {f.path for f in selected.files} == {"grown.txt", "touched.txt", "new.txt"}
+
+
+def test_a_never_sent_file_with_an_old_mtime_is_still_sent(tmp_path: Path) -> None:
+    # The tool this replaces picked files newer than its last run and so lost files copied in
+    # with their original (old) modification time.
+    root = write_tree(tmp_path / "d", {"today.txt": b"t"})
+    state = _load(tmp_path / "s.json")
+    state.record(scan(root).files)
+
+    (root / "copied-from-usb.txt").write_bytes(b"old data")
+    os.utime(root / "copied-from-usb.txt", ns=(946_684_800 * 10**9, 946_684_800 * 10**9))
+
+    selected = _load(tmp_path / "s.json").select(scan(root))
+    assert [f.path for f in selected.files] == ["copied-from-usb.txt"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    files=st.dictionaries(
+        st.text(alphabet="abcdef", min_size=1, max_size=4),
+        st.tuples(st.integers(0, 5), st.integers(0, 5)),
+        max_size=10,
+    ),
+    confirmed=st.dictionaries(
+        st.text(alphabet="abcdef", min_size=1, max_size=4),
+        st.tuples(st.integers(0, 5), st.integers(0, 5)),
+        max_size=10,
+    ),
+)
+def test_selection_is_exactly_the_unconfirmed_files(
+    files: dict[str, tuple[int, int]], confirmed: dict[str, tuple[int, int]]
+) -> None:
+    plan = Plan("/nowhere", tuple(FileItem(p, s, m) for p, (s, m) in sorted(files.items())), ())
+    state = State(Path("/nowhere/s.json"), server_id(HOST, PORT), STUDY, SOURCE, dict(confirmed))
+    selected = {f.path for f in state.select(plan).files}
+    assert selected == {p for p, sm in files.items() if confirmed.get(p) != sm}
+
+
+def test_state_file_format(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "s.json"
+    state = _load(path)
+    state.record([FileItem("eprime/ü.txt", 3, 1_700_000_000_123_456_789)])
+    doc = json.loads(path.read_text("utf-8"))
+    assert doc == {
+        "version": 1,
+        "server": f"{HOST}:{PORT}",
+        "study": STUDY,
+        "source": SOURCE,
+        "files": {"eprime/ü.txt": [3, 1_700_000_000_123_456_789]},
+    }
+
+
+def test_record_keeps_what_another_send_recorded_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    first, second = _load(path), _load(path)
+    first.record([FileItem("a", 1, 1)])
+    second.record([FileItem("b", 2, 2)])
+    assert _load(path).files == {"a": (1, 1), "b": (2, 2)}
+
+
+def test_a_state_file_of_another_server_or_study_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    load_state(path, host="elsewhere", port=PORT, study=STUDY, source=SOURCE).record(
+        [FileItem("a", 1, 1)]
+    )
+    before = path.read_bytes()
+    with pytest.raises(UsageError, match="belongs to server elsewhere"):
+        _load(path)
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_state_file_means_send_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"version": 1, "files": {"a": "garbage"')
+    state = _load(path)
+    assert state.files == {}
+    assert "damaged" in caplog.text
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "st" / "s.json"
+    write_atomic(path, b"old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(state_mod.os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        write_atomic(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(path.parent) == ["s.json"]  # no temporary file left behind
+
+
+def test_atomic_write_replaces_and_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.json"
+    write_atomic(path, b"old")
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str, dst: Path) -> None:
+        calls.append("replace")
+        assert Path(src).parent == path.parent  # same folder: the rename is atomic
+        real_replace(src, dst)
+
+    monkeypatch.setattr(state_mod.os, "fsync", fsync)
+    monkeypatch.setattr(state_mod.os, "replace", replace)
+    write_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert calls[:2] == ["fsync", "replace"]  # data synced before it replaces the old file

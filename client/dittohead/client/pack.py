@@ -1,0 +1,248 @@
+"""Pack: turn a plan into the upload's tar stream, hashing every byte on the way.
+
+The stream is what the protocol (DESIGN.md, "The wire protocol") asks for: a POSIX pax tar of
+folders and regular files with relative names, whose **last** member is
+``.dittohead/manifest.json`` listing every file with its size and sha256, then the two zero
+blocks that end an archive. The receiver checks every file it wrote against the manifest, so a
+stream cut short can never pass for a complete (shorter) upload.
+
+Speed matters here (PERF.md): headers come from `tarfile.TarInfo.tobuf` with an integer mtime
+and no user/group names (a float mtime costs an extra pax header per member, name look-ups
+cost a system call each); each file is read exactly once into one reusable 1 MiB buffer and
+hashed in the same pass; small members are batched into ~256 KiB chunks so a folder of tiny
+files does not cost one SSH write per file. Memory stays constant whatever the file sizes.
+
+A file that changes while it is read is refused (LocalFileError): its bytes may already be on
+the wire, but without the manifest the server stores nothing, and the collector is told to send
+again once the recording has finished.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, replace
+
+from dittohead.client.scan import FileItem, Plan, path_key
+from dittohead.core.errors import LocalFileError, describe_os_error
+from dittohead.core.manifest import MANIFEST_PATH, Manifest, ManifestEntry
+from dittohead.core.names import parents
+
+BLOCK = 512
+READ_SIZE = 1 << 20  # one reusable read buffer per stream
+CHUNK_SIZE = 256 << 10  # small members are batched up to about this much per write
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+_ZEROS = bytes(2 * BLOCK)
+# O_BINARY: no newline translation on Windows; O_NOFOLLOW: a file swapped for a link after the
+# scan is not followed; O_NONBLOCK: a file swapped for a FIFO cannot hang the open (it makes no
+# difference to reading regular files). Each is 0 where the platform lacks it.
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def tar_header(name: str, *, is_dir: bool, size: int = 0, mtime: int = 0) -> bytes:
+    """The header block(s) of one member: pax records only where ustar cannot hold a value."""
+    info = tarfile.TarInfo(name)
+    if is_dir:
+        info.type = tarfile.DIRTYPE  # tobuf adds the trailing "/" to the name
+        info.mode = DIR_MODE
+    else:
+        info.type = tarfile.REGTYPE
+        info.mode = FILE_MODE
+        info.size = size
+    info.mtime = mtime  # an int: a float would add a pax header to every member
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member: a folder (item is None) or a file."""
+
+    path: str
+    item: FileItem | None
+
+
+def members(plan: Plan) -> list[Member]:
+    """Folders and files in stream order: each folder before anything inside it.
+
+    Folders sent: every folder that holds a file being sent (and its parents), plus the
+    folders that are empty in FOLDER, so the server can recreate them.
+    """
+    dirs: set[str] = set()
+    for f in plan.files:
+        dirs.update(parents(f.path))
+    for d in plan.empty_dirs:
+        dirs.add(d)
+        dirs.update(parents(d))
+    out = [Member(d, None) for d in dirs] + [Member(f.path, f) for f in plan.files]
+    out.sort(key=lambda m: path_key(m.path))
+    return out
+
+
+def _changed(path: str) -> LocalFileError:
+    return LocalFileError(
+        f"{path} changed while it was being sent; nothing was stored, "
+        "send again when the recording has finished"
+    )
+
+
+class Pack:
+    """The tar stream of one upload, and the manifest it ends with.
+
+    Iterate over it (or call `chunks`) once to get the stream as byte strings of bounded size;
+    after the last chunk `manifest`, `manifest_json` and `manifest_sha256` describe exactly
+    what was sent. `bytes_done` counts file bytes read so far (for progress displays).
+    """
+
+    def __init__(self, plan: Plan, *, now: int | None = None) -> None:
+        self.plan = plan
+        self.members = members(plan)
+        self.total_bytes = plan.total_bytes
+        self.bytes_done = 0
+        self._now = int(time.time()) if now is None else now
+        self._manifest_json: bytes | None = None
+        self._manifest: Manifest | None = None
+        self._started = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks()
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            raise RuntimeError("the manifest is known only once the whole stream was produced")
+        return self._manifest
+
+    @property
+    def manifest_json(self) -> bytes:
+        """The manifest exactly as sent (its sha256 is what the receipt names)."""
+        if self._manifest_json is None:
+            raise RuntimeError("the manifest is known only once the whole stream was produced")
+        return self._manifest_json
+
+    @property
+    def manifest_sha256(self) -> str:
+        return hashlib.sha256(self.manifest_json).hexdigest()
+
+    def chunks(self) -> Iterator[bytes]:
+        """Produce the stream; each chunk is at most `READ_SIZE` bytes (constant memory)."""
+        if self._started:
+            raise RuntimeError("a Pack can be streamed only once")
+        self._started = True
+        out = bytearray()
+        buf = memoryview(bytearray(READ_SIZE))
+        entries: list[ManifestEntry] = []
+        for member in self.members:
+            item = member.item
+            if item is None:
+                out += tar_header(member.path, is_dir=True, mtime=self._now)
+            else:
+                out += tar_header(
+                    item.path, is_dir=False, size=item.size, mtime=item.mtime_ns // 1_000_000_000
+                )
+                digest = yield from self._file(item, out, buf)
+                entries.append(ManifestEntry(item.path, item.size, digest))
+            if len(out) >= CHUNK_SIZE:
+                yield bytes(out)
+                out.clear()
+        manifest = Manifest.of(entries)
+        data = manifest.to_json()
+        out += tar_header(MANIFEST_PATH, is_dir=False, size=len(data), mtime=self._now)
+        out += data
+        out += _ZEROS[: -len(data) % BLOCK]
+        out += _ZEROS[: 2 * BLOCK]  # end of archive
+        self._manifest, self._manifest_json = manifest, data
+        # The manifest grows with the number of files (not their size); slice it like the rest.
+        for start in range(0, len(out), READ_SIZE):
+            yield bytes(out[start : start + READ_SIZE])
+
+    def _file(self, item: FileItem, out: bytearray, buf: memoryview) -> Generator[bytes, None, str]:
+        """Stream one file's data (padded to a block) and return its sha256.
+
+        Data goes into `out` while it is small; a full read is sent straight from the buffer
+        after flushing `out`, so no chunk is ever larger than the read buffer.
+        """
+        path = os.path.join(self.plan.root, *item.path.split("/"))
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                # gone or replaced by a link since the scan
+                raise _changed(item.path) from None
+            raise LocalFileError(
+                f"cannot read {describe_os_error(exc)} (is a program still using it?); "
+                "nothing was stored"
+            ) from exc
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_size != item.size
+                or st.st_mtime_ns != item.mtime_ns
+            ):
+                raise _changed(item.path)
+            # FileIO.readinto reads straight into our buffer (no copy) and exists on every
+            # platform, unlike os.readv; closefd=False leaves closing to us.
+            reader = io.FileIO(fd, "rb", closefd=False)
+            sha = hashlib.sha256()
+            remaining = item.size
+            while remaining:
+                want = buf[: min(remaining, READ_SIZE)]
+                try:
+                    n = reader.readinto(want)
+                except OSError as exc:
+                    exc.filename = item.path
+                    raise LocalFileError(
+                        f"cannot read {describe_os_error(exc)}; nothing was stored"
+                    ) from exc
+                if not n:
+                    raise _changed(item.path)  # shorter than when it was scanned
+                data = want[:n]
+                sha.update(data)
+                remaining -= n
+                self.bytes_done += n
+                if n >= CHUNK_SIZE:
+                    if out:
+                        yield bytes(out)
+                        out.clear()
+                    yield bytes(data)
+                else:
+                    out += data
+                    if len(out) >= CHUNK_SIZE:
+                        yield bytes(out)
+                        out.clear()
+            # Growth, an in-place rewrite or a touch all show in the size or mtime.
+            after = os.fstat(fd)
+            if after.st_size != item.size or after.st_mtime_ns != item.mtime_ns:
+                raise _changed(item.path)
+        finally:
+            os.close(fd)
+        out += _ZEROS[: -item.size % BLOCK]
+        return sha.hexdigest()
+
+
+def iter_stream(
+    plan: Plan, root: str | os.PathLike[str] | None = None, *, now: int | None = None
+) -> Pack:
+    """The upload stream for `plan` (read from `root`, default `plan.root`).
+
+    Iterate over the result for the bytes, then read its `manifest`/`manifest_sha256`.
+    """
+    if root is not None:
+        plan = replace(plan, root=os.path.abspath(os.fspath(root)))
+    return Pack(plan, now=now)

@@ -1,0 +1,311 @@
+"""The ``dittohead`` command: ``dittohead send …`` for collectors.
+
+This is the only place on the client that prints. Everything it shows goes to stderr except
+the result (the file list of ``--dry-run``, the receipt), which goes to stdout; with ``--json``
+stdout holds exactly one JSON object. Errors are caught in one place: a `DittoheadError`
+prints its one line and exits with its code, anything else is an internal error (exit 70,
+traceback only with ``-v``).
+
+Keep the imports light and portable: this module must load on Windows and must not pull in
+anything from the server side (see tests/unit/client/test_import_boundary.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from dittohead.client.hostkeys import DEFAULT_PORT
+from dittohead.client.send import Job, Prompts, Server, login_name, prepare, run
+from dittohead.core.errors import DittoheadError, UsageError
+from dittohead.core.grammar import check_source, check_study
+from dittohead.core.receipt import Receipt
+
+log = logging.getLogger(__name__)
+
+EX_SOFTWARE = 70
+EX_INTERRUPTED = 130
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    # argparse prints and exits by itself; route its complaints through the one catch site.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see 'dittohead send --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="dittohead",
+        description="Send study data to the lab's dittohead server.",
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_ArgumentParser
+    )
+    send = commands.add_parser(
+        "send",
+        help="send what is new or changed in a folder",
+        description=(
+            "Send what is new or changed in FOLDER (or only in its THING subfolders). "
+            "Files the server has already confirmed are not sent again."
+        ),
+    )
+    send.add_argument("--host", help="the server (default: $DITTOHEAD_HOST)")
+    send.add_argument("--port", type=_port, default=DEFAULT_PORT, help="SSH port (default 22)")
+    send.add_argument("--user", help="your user name on the server (default: your login name)")
+    send.add_argument("--identity", type=Path, metavar="KEY", help="SSH private key to log in")
+    send.add_argument(
+        "--known-hosts",
+        type=Path,
+        metavar="FILE",
+        help="accept only the server keys in this OpenSSH known_hosts file",
+    )
+    send.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="where to remember what the server confirmed (default: a per-user file)",
+    )
+    send.add_argument("--study", required=True, help="the study the data belongs to")
+    send.add_argument("--source", required=True, metavar="ID", help="this station's id")
+    send.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    send.add_argument(
+        "--dry-run", action="store_true", help="only list what would be sent; connect to nothing"
+    )
+    send.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    send.add_argument("folder", metavar="FOLDER")
+    send.add_argument("things", metavar="THING", nargs="*", help="only these subfolders")
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# -- talking to the person -------------------------------------------------------------------
+
+
+def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
+    print(
+        f"\nThe server {server} is not known to dittohead on this computer yet.\n"
+        f"Its identity (fingerprint) is:\n\n    {fingerprint}  ({key_type})\n\n"
+        "Check it with your admin before you trust it: if it does not match, someone may be\n"
+        "pretending to be the server.",
+        file=sys.stderr,
+    )
+    print("Trust this server and continue? [yes/no] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()  # "" at end of input: no answer means no
+    return answer.strip().lower() in ("yes", "y")
+
+
+def _ask_secret(prompt: str) -> str | None:
+    try:
+        return getpass.getpass(prompt, stream=sys.stderr)
+    except EOFError:
+        print(file=sys.stderr)
+        return None
+
+
+def terminal_prompts() -> Prompts:
+    return Prompts(trust=_ask_trust, password=_ask_secret, passphrase=_ask_secret)
+
+
+class _ProgressLine:
+    """A self-overwriting progress line on a terminal, at most a few updates a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        percent = 100 * done // total if total else 100
+        self.stream.write(
+            f"\rsending: {percent:3d}%  {human_bytes(done)} of {human_bytes(total)}  "
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- the send command -------------------------------------------------------------------------
+
+
+def _server(args: argparse.Namespace) -> Server:
+    host = args.host or os.environ.get("DITTOHEAD_HOST")
+    if not host:
+        raise UsageError("no server given: use --host (or set DITTOHEAD_HOST)")
+    return Server(
+        host=host,
+        port=args.port,
+        user=args.user or login_name(),
+        identity=args.identity,
+        known_hosts=args.known_hosts,
+    )
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, object], human: str) -> None:
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+    else:
+        print(human)
+
+
+def _dry_run(args: argparse.Namespace, job: Job) -> int:
+    files = job.selected.files
+    if args.json:
+        doc = {"dry_run": True, "files": [f.path for f in files], "bytes": job.selected.total_bytes}
+        print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    for f in files:
+        print(f.path)
+    print(
+        f"dry run: {_plural(len(files), 'file')} ({human_bytes(job.selected.total_bytes)}) "
+        "would be sent; nothing was sent",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _receipt_text(receipt: Receipt) -> str:
+    return (
+        f"Sent and confirmed by the server.\n"
+        f"  upload:   {receipt.upload}\n"
+        f"  files:    {receipt.files} ({human_bytes(receipt.bytes)})\n"
+        f"  study:    {receipt.study}\n"
+        f"  station:  {receipt.source}\n"
+        f"  received: {receipt.received_at}"
+    )
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    # The study and station go on the wire: check them before anything else is looked at.
+    check_study(args.study)
+    check_source(args.source)
+    server = _server(args)
+    job = prepare(
+        server,
+        study=args.study,
+        source=args.source,
+        folder=args.folder,
+        things=args.things,
+        state=args.state,
+    )
+    if args.dry_run:
+        return _dry_run(args, job)
+    if not job.selected.files:
+        count = len(job.scanned.files)
+        if count == 0:
+            human = f"nothing to send: there are no files in {job.scanned.root}"
+        else:
+            human = (
+                f"nothing new to send: all {_plural(count, 'file')} were already confirmed "
+                "by the server"
+            )
+        _emit(
+            args,
+            {
+                "upload": None,
+                "files": 0,
+                "bytes": 0,
+                "study": job.request.study,
+                "source": job.request.source,
+                "nothing_to_send": True,
+            },
+            human,
+        )
+        return 0
+    progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        receipt = run(job, prompts=terminal_prompts(), progress=progress)
+    finally:
+        if progress is not None:
+            progress.finish()
+    doc: dict[str, object] = json.loads(receipt.to_json())
+    _emit(args, doc, _receipt_text(receipt))
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"dittohead: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logging.getLogger("dittohead").handlers[:] = [handler]
+    logging.getLogger("dittohead").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("dittohead").propagate = False
+    # asyncssh logs every connection step at INFO; only -vv wants that.
+    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dittohead``; return the exit status."""
+    verbose = 0
+    try:
+        args = build_parser().parse_args(argv)
+        verbose = getattr(args, "verbose", 0)
+        _setup_logging(verbose)
+        if args.command != "send":
+            raise UsageError("say what to do: dittohead send … (see 'dittohead --help')")
+        return cmd_send(args)
+    except DittoheadError as err:
+        print(err.line(), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\ndittohead: interrupted; nothing was stored", file=sys.stderr)
+        return EX_INTERRUPTED
+    except SystemExit as exc:  # argparse's --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:
+        if verbose:
+            log.exception("internal error")
+        print(f"dittohead: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

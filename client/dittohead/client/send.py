@@ -1,0 +1,468 @@
+"""Send: one SSH connection, one exec request, the pack streamed in, the receipt checked.
+
+The whole upload is a single ``dittohead upload v1 <study> <source>`` exec request whose stdin
+is the tar stream from `pack` (per-file round trips are ruinous, PERF.md). The server answers
+with one JSON receipt on stdout, or one ``dittohead: …`` line on stderr and a non-zero status.
+The receipt must agree with what was sent (files, bytes, sha256 of the manifest) before the
+state file may record anything: an upload the server did not confirm is sent again next time.
+
+Connection settings, and why:
+
+* host keys are decided by `hostkeys.HostKeyPolicy` during the key exchange, before any
+  password is sent (``known_hosts=([], [], [])`` makes asyncssh ask us about every key);
+* AES-GCM first (asyncssh would pick chacha20-poly1305, ~40% slower here), compression off
+  (it costs 10x on the random-looking data instruments produce);
+* ``~/.ssh/config`` is not read (``config=None``): what dittohead checks and how it connects
+  must not depend on a file the collector may not know exists;
+* at most three password tries, then a clear "could not log in".
+
+Only the CLI prints: prompts go through the callables in `Prompts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from asyncssh.encryption import get_default_encryption_algs
+
+from dittohead.client.hostkeys import DEFAULT_PORT, HostKeyPolicy, TrustPrompt
+from dittohead.client.pack import Pack
+from dittohead.client.scan import Plan, scan
+from dittohead.client.state import State, load_state
+from dittohead.core.errors import (
+    ConfigError,
+    DittoheadError,
+    HostKeyError,
+    LocalFileError,
+    NotAuthorized,
+    OutOfSpace,
+    ProtocolError,
+    ServerError,
+    TransferError,
+    UploadRejected,
+    UsageError,
+    describe_os_error,
+)
+from dittohead.core.grammar import UploadRequest, check_source, check_study
+from dittohead.core.receipt import Receipt
+
+log = logging.getLogger(__name__)
+
+MAX_PASSWORD_TRIES = 3
+CONNECT_TIMEOUT = 30.0  # seconds until an unreachable server is reported
+KEEPALIVE_INTERVAL = 30.0  # a silently dead connection is noticed after ~3 of these
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+#: Asks for a secret: prompt text → the answer, or None to give up.
+SecretPrompt = Callable[[str], "str | None"]
+#: Told about progress: (file bytes read so far, total file bytes).
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to send, and how to prove who we are and who the server is."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    user: str | None = None  # None: the local login name
+    identity: Path | None = None  # None: the SSH agent and ~/.ssh/id_* keys
+    known_hosts: Path | None = None  # None: trust on first use (see hostkeys)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """How to ask the person in front of the screen. None means "cannot ask": refuse."""
+
+    trust: TrustPrompt | None = None
+    password: SecretPrompt | None = None
+    passphrase: SecretPrompt | None = None
+
+
+class ServerRefused(DittoheadError):
+    """The server refused the upload; nothing was stored."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.exit_code = status
+
+
+# The server's exit status → the error class a GUI can test for (the receiver follows
+# sysexits.h like dittohead.core.errors does); anything else keeps its status as-is.
+_BY_STATUS: dict[int, type[DittoheadError]] = {
+    64: ProtocolError,
+    65: UploadRejected,
+    70: ServerError,
+    73: OutOfSpace,
+    77: NotAuthorized,
+    78: ConfigError,
+}
+
+
+def cipher_preference() -> list[str]:
+    """AES-GCM first (hardware accelerated), then the rest of asyncssh's defaults."""
+    rest = [alg.decode("ascii") for alg in get_default_encryption_algs()]
+    return list(dict.fromkeys([*PREFERRED_CIPHERS, *rest]))
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception as exc:  # getpass raises OSError or KeyError depending on the platform
+        raise UsageError("cannot tell your user name; give it with --user") from exc
+
+
+def load_identity(path: Path, ask: SecretPrompt | None) -> asyncssh.SSHKey:
+    """Read the private key in `path`, asking for its passphrase if it has one."""
+    try:
+        return asyncssh.read_private_key(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read the key file {describe_os_error(exc)}") from exc
+    except ValueError as exc:
+        if "assphrase" not in str(exc):
+            raise UsageError(f"{path} is not an SSH private key ({exc})") from exc
+    for _ in range(MAX_PASSWORD_TRIES):
+        passphrase = ask(f"Passphrase for {path}: ") if ask is not None else None
+        if passphrase is None:
+            break
+        try:
+            return asyncssh.read_private_key(path, passphrase)
+        except ValueError as exc:
+            if "bcrypt" in str(exc):
+                raise UsageError(
+                    f"the key {path} is protected in a way this installation cannot open "
+                    "(it needs the Python package bcrypt); ask your admin"
+                ) from exc
+            log.warning("wrong passphrase for %s", path)
+    raise UsageError(f"could not unlock the key {path} (no right passphrase); nothing was sent")
+
+
+class _Client(asyncssh.SSHClient):
+    """asyncssh callbacks: host key decision and password prompts."""
+
+    def __init__(self, policy: HostKeyPolicy, where: str, ask: SecretPrompt | None) -> None:
+        self.policy = policy
+        self.where = where  # "user@host" for the password prompt
+        self.ask = ask
+        self.password_tries = 0
+        self.gave_up = False
+        self.host_key_error: DittoheadError | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        # Exceptions must not escape into asyncssh's packet handler; keep the reason and let
+        # asyncssh fail the connection with HostKeyNotVerifiable, which `upload` turns back
+        # into this error.
+        try:
+            self.policy.check(addr, key)
+        except DittoheadError as exc:
+            self.host_key_error = exc
+            return False
+        except Exception as exc:
+            self.host_key_error = HostKeyError(
+                f"the server's identity could not be checked ({exc}); nothing was sent"
+            )
+            return False
+        return True
+
+    def password_auth_requested(self) -> str | None:
+        if self.ask is None or self.gave_up or self.password_tries >= MAX_PASSWORD_TRIES:
+            return None
+        self.password_tries += 1
+        password = self.ask(f"Password for {self.where}: ")
+        if password is None:
+            self.gave_up = True
+        return password
+
+    def kbdint_auth_requested(self) -> str | None:
+        # OpenSSH servers using PAM ask for the password through keyboard-interactive
+        # authentication; answer it like a password prompt (same three tries).
+        return "" if self.ask is not None else None
+
+    def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
+    ) -> list[str] | None:
+        if not prompts:
+            return []  # an empty challenge only carries instructions
+        if len(prompts) == 1 and not prompts[0][1]:  # one hidden answer: a password
+            password = self.password_auth_requested()
+            return [password] if password is not None else None
+        return None
+
+
+def _connect_failure(
+    exc: BaseException, server: Server, user: str, client: _Client
+) -> DittoheadError:
+    host, port = server.host, server.port
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable) and client.host_key_error is not None:
+        return client.host_key_error
+    if isinstance(exc, asyncssh.PermissionDenied):
+        if client.password_tries >= MAX_PASSWORD_TRIES:
+            why = f"wrong password (tried {MAX_PASSWORD_TRIES} times)"
+        elif client.gave_up:
+            why = "no password was given"
+        else:
+            why = "wrong password or key"
+        return TransferError(f"could not log in to {host} as {user}: {why}; nothing was sent")
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.KeyExchangeFailed):
+        return HostKeyError(
+            f"the server {host} could not prove its identity ({exc}); ask your admin; "
+            "nothing was sent"
+        )
+    if isinstance(exc, socket.gaierror):
+        return TransferError(
+            f"could not find the server {host}: check its name and your network connection; "
+            "nothing was sent"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return TransferError(
+            f"the server {host} refused the connection on port {port}: check the port, or the "
+            "server may be down; nothing was sent"
+        )
+    if isinstance(exc, TimeoutError):
+        return TransferError(
+            f"no answer from {host} on port {port}: check your network connection; nothing was sent"
+        )
+    if isinstance(exc, OSError):
+        return TransferError(
+            f"could not connect to {host} on port {port}: {describe_os_error(exc)}; "
+            "nothing was sent"
+        )
+    reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+    return TransferError(f"could not connect to {host} on port {port}: {reason}; nothing was sent")
+
+
+def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
+    """The error for a receiver that ended without a receipt, in the server's own words."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    ours = [line for line in lines if line.startswith("dittohead: ")]
+    if status is None or status <= 0:
+        return TransferError(
+            f"the upload to {host} stopped before the server confirmed it; send again "
+            "(files the server already has are not stored twice)"
+        )
+    if ours:
+        # The receiver promises one line; a login script's noise may come before it.
+        message = ours[-1].removeprefix("dittohead: ")
+        cls = _BY_STATUS.get(status)
+        if cls is not None:
+            err = cls(message)
+            err.exit_code = status
+            return err
+        return ServerRefused(message, status)
+    last = next((line for line in reversed(lines) if line), "no message")[:200]
+    return ServerRefused(
+        f"the server {host} failed without explaining why (exit status {status}: {last}); "
+        "nothing was stored; tell your admin",
+        status,
+    )
+
+
+def check_receipt(receipt: Receipt, pack: Pack, request: UploadRequest, host: str) -> None:
+    """Refuse a receipt that does not describe exactly what was sent."""
+    wrong = []
+    if receipt.files != pack.manifest.file_count:
+        wrong.append(f"{receipt.files!r} files instead of {pack.manifest.file_count}")
+    if receipt.bytes != pack.manifest.byte_count:
+        wrong.append(f"{receipt.bytes!r} bytes instead of {pack.manifest.byte_count}")
+    if receipt.manifest_sha256 != pack.manifest_sha256:
+        wrong.append("a different manifest")
+    if (receipt.study, receipt.source) != (request.study, request.source):
+        wrong.append(f"study {receipt.study!r} and station {receipt.source!r}")
+    if not isinstance(receipt.upload, str) or not receipt.upload:
+        wrong.append("no upload id")
+    if wrong:
+        raise TransferError(
+            f"the receipt from {host} does not match what was sent ({'; '.join(wrong)}), so "
+            "the upload cannot be confirmed; it will be sent again next time; tell your admin"
+        )
+
+
+def parse_receipt(stdout: bytes) -> Receipt:
+    # The receipt is one line; anything a login script printed comes before it.
+    lines = [line for line in stdout.decode("utf-8", "replace").splitlines() if line.strip()]
+    return Receipt.from_json(lines[-1] if lines else "")
+
+
+async def _stream(
+    process: asyncssh.SSHClientProcess[bytes], pack: Pack, progress: Progress | None
+) -> BaseException | None:
+    """Write the whole pack; return the transport error that stopped it, if any."""
+    try:
+        # Reading files here blocks the event loop, which is fine: the loop has nothing else
+        # to do, and drain() lets asyncssh flush whenever the SSH window is full.
+        for chunk in pack:
+            process.stdin.write(chunk)
+            await process.stdin.drain()
+            if progress is not None:
+                progress(pack.bytes_done, pack.total_bytes)
+        process.stdin.write_eof()
+    except (OSError, asyncssh.Error) as exc:
+        return exc  # the server stopped reading; its exit status says why
+    return None
+
+
+async def upload(
+    server: Server,
+    request: UploadRequest,
+    pack: Pack,
+    *,
+    prompts: Prompts | None = None,
+    progress: Progress | None = None,
+) -> Receipt:
+    """Send `pack` as one upload and return the server's checked receipt."""
+    prompts = prompts or Prompts()
+    user = server.user or login_name()
+    policy = HostKeyPolicy(server.host, server.port, pinned=server.known_hosts, ask=prompts.trust)
+    client = _Client(policy, f"{user}@{server.host}", prompts.password)
+    options: dict[str, Any] = {
+        "port": server.port,
+        "username": user,
+        "client_factory": lambda: client,
+        "known_hosts": ([], [], []),
+        "server_host_key_algs": policy.host_key_algs(),
+        "encryption_algs": cipher_preference(),
+        "compression_algs": None,
+        "config": None,
+        "host_based_auth": False,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+    }
+    if server.identity is not None:
+        options["client_keys"] = [load_identity(server.identity, prompts.passphrase)]
+        options["agent_path"] = None  # only the key that was asked for
+    try:
+        conn = await asyncssh.connect(server.host, **options)
+    except (OSError, asyncssh.Error) as exc:
+        raise _connect_failure(exc, server, user, client) from exc
+    try:
+        return await _session(conn, server, user, request, pack=pack, progress=progress)
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+async def _session(
+    conn: asyncssh.SSHClientConnection,
+    server: Server,
+    user: str,
+    request: UploadRequest,
+    *,
+    pack: Pack,
+    progress: Progress | None,
+) -> Receipt:
+    log.info(
+        "connected to %s as %s (cipher %s)",
+        server.host,
+        user,
+        conn.get_extra_info("send_cipher"),
+    )
+    try:
+        process = await conn.create_process(request.command(), encoding=None)
+    except (OSError, asyncssh.Error) as exc:
+        raise TransferError(
+            f"the server {server.host} did not accept the upload request ({exc}); nothing was sent"
+        ) from exc
+    try:
+        stopped = await _stream(process, pack, progress)
+    except DittoheadError:
+        # A local file changed or vanished: close without the manifest, so the receiver
+        # sees an incomplete upload and stores nothing.
+        process.close()
+        raise
+    try:
+        done = await process.wait()
+    except (OSError, asyncssh.Error) as exc:
+        raise server_failure(None, b"", server.host) from exc
+    status = done.exit_status
+    if status != 0 or stopped is not None:
+        stderr = done.stderr if isinstance(done.stderr, bytes) else b""
+        raise server_failure(status if status != 0 else None, stderr, server.host)
+    stdout = done.stdout if isinstance(done.stdout, bytes) else b""
+    receipt = parse_receipt(stdout)
+    check_receipt(receipt, pack, request, server.host)
+    return receipt
+
+
+@dataclass
+class Job:
+    """One send, prepared: what the folder holds and what the server has not confirmed."""
+
+    server: Server
+    request: UploadRequest
+    scanned: Plan
+    state: State
+    selected: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.selected = self.state.select(self.scanned)
+
+
+def prepare(
+    server: Server,
+    *,
+    study: str,
+    source: str,
+    folder: str | Path,
+    things: Sequence[str] = (),
+    state: Path | None = None,
+) -> Job:
+    """Check the request, scan the folder and load the state; nothing touches the network."""
+    request = UploadRequest(check_study(study), check_source(source))
+    plan = scan(folder, things)
+    loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
+    return Job(server, request, plan, loaded)
+
+
+def run(job: Job, *, prompts: Prompts | None = None, progress: Progress | None = None) -> Receipt:
+    """Send what `job` selected and, once the receipt checks out, record it in the state."""
+    pack = Pack(job.selected)
+    receipt = asyncio.run(upload(job.server, job.request, pack, prompts=prompts, progress=progress))
+    try:
+        job.state.record(job.selected.files)
+    except LocalFileError as exc:
+        # The server has the files; failing now would make the collector think otherwise.
+        log.warning("%s", exc.message)
+    return receipt
+
+
+def send_folder(
+    host: str,
+    *,
+    study: str,
+    source: str,
+    folder: str | Path,
+    things: Sequence[str] = (),
+    port: int = DEFAULT_PORT,
+    user: str | None = None,
+    identity: Path | None = None,
+    known_hosts: Path | None = None,
+    state: Path | None = None,
+    prompts: Prompts | None = None,
+    progress: Progress | None = None,
+) -> Receipt | None:
+    """Send what is new or changed in `folder` (or its `things`); None if nothing was new.
+
+    Without `known_hosts` and without a `prompts.trust`, an unknown server is refused: a
+    program calling this cannot ask anyone, so pin the key (or trust it once in a terminal).
+    """
+    job = prepare(
+        Server(host, port, user, identity, known_hosts),
+        study=study,
+        source=source,
+        folder=folder,
+        things=things,
+        state=state,
+    )
+    if not job.selected.files:
+        return None
+    return run(job, prompts=prompts, progress=progress)

@@ -1,0 +1,267 @@
+"""cli: options, dry runs, and the one catch site (messages and exit codes)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from dittohead.client import cli, send
+from dittohead.client.cli import human_bytes, main
+from dittohead.core.errors import LocalFileError, NameRejected, ProtocolError, UsageError
+
+from .conftest import USER, MakeServer, write_tree
+
+STUDY, SOURCE = "nccam3", "brogden-a"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Any attempt to connect is recorded and fails the command."""
+    attempts: list[object] = []
+
+    async def connect(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        raise AssertionError("this command must not connect")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    return attempts
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_tree(
+        tmp_path / "data", {"eprime/a.txt": b"aaa", "eprime/b.txt": b"b", "x.csv": b""}
+    )
+
+
+def argv(folder: Path, *extra: str) -> list[str]:
+    return [
+        "send",
+        "--host",
+        "drop.example.org",
+        "--study",
+        STUDY,
+        "--source",
+        SOURCE,
+        *extra,
+        str(folder),
+    ]
+
+
+def test_dry_run_lists_files_and_connects_to_nothing(
+    folder: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv(folder, "--dry-run")) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["eprime/a.txt", "eprime/b.txt", "x.csv"]
+    assert "3 files" in err and "nothing was sent" in err
+    assert no_network == []
+
+
+def test_dry_run_json(
+    folder: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv(folder, "--dry-run", "--json")) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == {
+        "dry_run": True,
+        "files": ["eprime/a.txt", "eprime/b.txt", "x.csv"],
+        "bytes": 4,
+    }
+    assert out.count("\n") == 1
+    assert no_network == []
+
+
+def test_dry_run_respects_the_state(
+    folder: Path, tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    st_ = (folder / "x.csv").stat()
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "server": "drop.example.org:22",
+                "study": STUDY,
+                "source": SOURCE,
+                "files": {"x.csv": [st_.st_size, st_.st_mtime_ns]},
+            }
+        )
+    )
+    assert main(argv(folder, "--dry-run", "--state", str(state))) == 0
+    assert capsys.readouterr().out.splitlines() == ["eprime/a.txt", "eprime/b.txt"]
+
+
+def test_host_comes_from_the_environment(
+    folder: Path,
+    no_network: list[object],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["send", "--study", STUDY, "--source", SOURCE, "--dry-run", str(folder)]
+    assert main(args) == UsageError.exit_code
+    assert "--host" in capsys.readouterr().err
+    monkeypatch.setenv("DITTOHEAD_HOST", "drop.example.org")
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("study", "source"), [("NCCAM3", SOURCE), ("a b", SOURCE), (STUDY, "-dash"), (STUDY, "x/y")]
+)
+def test_study_and_source_are_checked_before_anything_else(
+    tmp_path: Path,
+    no_network: list[object],
+    capsys: pytest.CaptureFixture[str],
+    study: str,
+    source: str,
+) -> None:
+    # no host and no folder: the study/station error must come first
+    code = main(["send", f"--study={study}", f"--source={source}", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == ProtocolError.exit_code
+    assert err.startswith("dittohead: ") and err.count("\n") == 1
+    assert "not a valid" in err
+
+
+def test_bad_names_exit_with_the_name_error_code(
+    tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_tree(tmp_path / "d", {"a|b.txt": b"", "ok.txt": b""})
+    assert main(argv(folder)) == NameRejected.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("dittohead: 1 name cannot be sent (nothing was sent): 'a|b.txt'")
+
+
+def test_missing_folder(
+    tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv(tmp_path / "nope")) == LocalFileError.exit_code
+    assert "nothing was sent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["send"],
+        ["send", "--study", STUDY, "--source", SOURCE],
+        ["upload"],
+        ["send", "--port", "0"],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dittohead: ") and err.count("\n") == 1
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in (
+        "--host",
+        "--port",
+        "--user",
+        "--identity",
+        "--known-hosts",
+        "--state",
+        "--json",
+        "--dry-run",
+    ):
+        assert option in out
+
+
+def test_an_empty_folder_has_nothing_to_send(
+    tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(argv(tmp_path / "empty")) == 0
+    assert "nothing to send" in capsys.readouterr().out
+    assert no_network == []
+
+
+def test_internal_errors_are_one_line_exit_70(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(cli, "prepare", boom)
+    assert main(argv(folder)) == 70
+    err = capsys.readouterr().err
+    assert err == "dittohead: internal error: ZeroDivisionError: oops\n"
+    assert main(argv(folder, "-v")) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith(
+        "dittohead: internal error: ZeroDivisionError: oops"
+    )
+
+
+def test_ctrl_c_says_nothing_was_stored(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert main(argv(folder)) == 130
+    assert "dittohead: interrupted; nothing was stored" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_server(authorized={USER: [client_key.convert_to_public()]})
+    pinned = tmp_path / "kh"
+    pinned.write_text(server.known_hosts_line())
+    data = write_tree(tmp_path / "d", {"a.bin": b"x" * 3_000_000})
+    args = [
+        "send", "--host", server.host, "--port", str(server.port), "--identity", str(identity),
+        "--known-hosts", str(pinned), "--study", STUDY, "--source", SOURCE, "--json", str(data),
+    ]  # fmt: skip
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(args) == 0
+    assert "sending: 100%" in terminal.getvalue()
+    assert "\r" in terminal.getvalue()
+    assert json.loads(capsys.readouterr().out)["files"] == 1  # stdout stays pure JSON
+
+
+def test_verbose_shows_skipped_links_as_warnings(
+    tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_tree(tmp_path / "d", {"a.txt": b""})
+    (folder / "l").symlink_to(folder / "a.txt")
+    assert main(argv(folder, "--dry-run")) == 0
+    err = capsys.readouterr().err
+    assert "dittohead: warning: skipped l: it is a symbolic link" in err
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(0) == "0 bytes"
+    assert human_bytes(1023) == "1023 bytes"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(5 * 1024**3) == "5.0 GiB"
+    assert human_bytes(3 * 1024**5) == "3072.0 TiB"
+
+
+def test_send_module_exposes_the_library_api() -> None:
+    # what integration tests and the demo call
+    assert callable(send.send_folder) and callable(send.prepare) and callable(send.run)

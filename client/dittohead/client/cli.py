@@ -232,11 +232,10 @@ def cmd_send(args: argparse.Namespace) -> int:
         count = len(job.scanned.files)
         if count == 0:
             human = f"nothing to send: there are no files in {job.scanned.root}"
+        elif count == 1:
+            human = "nothing new to send: the one file was already confirmed by the server"
         else:
-            human = (
-                f"nothing new to send: all {_plural(count, 'file')} were already confirmed "
-                "by the server"
-            )
+            human = f"nothing new to send: all {count} files were already confirmed by the server"
         _emit(
             args,
             {

@@ -178,7 +178,11 @@ class _Client(asyncssh.SSHClient):
         if self.ask is None or self.gave_up or self.password_tries >= MAX_PASSWORD_TRIES:
             return None
         self.password_tries += 1
-        password = self.ask(f"Password for {self.where}: ")
+        prompt = f"Password for {self.where}: "
+        if self.password_tries > 1:  # asyncssh only asks again when the last one was refused
+            tries = f"{self.password_tries} of {MAX_PASSWORD_TRIES}"
+            prompt = f"Wrong password, try again ({tries}). {prompt}"
+        password = self.ask(prompt)
         if password is None:
             self.gave_up = True
         return password
@@ -242,23 +246,30 @@ def _connect_failure(
 
 
 def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
-    """The error for a receiver that ended without a receipt, in the server's own words."""
+    """The error for a receiver that ended without a receipt, in the server's own words.
+
+    `status` is None when no exit status arrived (the channel closed first); the server's
+    ``dittohead: …`` line, when there is one, is still the best explanation there is.
+    """
     lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    ours = [line for line in lines if line.startswith("dittohead: ")]
-    if status is None or status <= 0:
+    # The receiver promises one line; a login script's noise may come before it.
+    ours = [line.removeprefix("dittohead: ") for line in lines if line.startswith("dittohead: ")]
+    known = status is not None and status > 0
+    if ours and not known:
+        return TransferError(ours[-1])
+    if not known:
         return TransferError(
             f"the upload to {host} stopped before the server confirmed it; send again "
             "(files the server already has are not stored twice)"
         )
+    assert status is not None
     if ours:
-        # The receiver promises one line; a login script's noise may come before it.
-        message = ours[-1].removeprefix("dittohead: ")
         cls = _BY_STATUS.get(status)
         if cls is not None:
-            err = cls(message)
+            err = cls(ours[-1])
             err.exit_code = status
             return err
-        return ServerRefused(message, status)
+        return ServerRefused(ours[-1], status)
     last = next((line for line in reversed(lines) if line), "no message")[:200]
     return ServerRefused(
         f"the server {host} failed without explaining why (exit status {status}: {last}); "

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 from base64 import b64encode
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,18 @@ import pytest
 
 from dittohead.client import cli, send
 from dittohead.client.hostkeys import user_known_hosts
+from dittohead.client.scan import scan
 from dittohead.client.state import default_state_path
-from dittohead.core.errors import HostKeyError, TransferError
+from dittohead.core.errors import (
+    DittoheadError,
+    HostKeyError,
+    NotAuthorized,
+    OutOfSpace,
+    ServerError,
+    TransferError,
+    UploadRejected,
+)
+from dittohead.core.grammar import UploadRequest
 from dittohead.core.manifest import MANIFEST_PATH
 from dittohead.core.receipt import Receipt
 
@@ -663,3 +673,64 @@ def test_manifest_is_the_last_member_on_the_wire(
     names = [name for name, _ in upload.members]
     assert MANIFEST_PATH not in names  # the fake receiver takes it out, and fails if it is not last
     assert json.loads(upload.manifest)["files"] == len(FILES)
+
+
+# -- the pure parts of send -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(77, NotAuthorized), (73, OutOfSpace), (65, UploadRejected), (70, ServerError), (42, None)],
+)
+def test_server_failure_keeps_the_servers_words_and_status(
+    status: int, expected: type[DittoheadError] | None
+) -> None:
+    err = send.server_failure(status, b"motd noise\ndittohead: you may not; ask your admin\n", "h")
+    assert err.message == "you may not; ask your admin"
+    assert err.exit_code == status
+    if expected is not None:
+        assert isinstance(err, expected)
+
+
+def test_server_failure_without_an_exit_status_still_shows_the_servers_words() -> None:
+    err = send.server_failure(None, b"dittohead: there is no study 'x' on this server\n", "h")
+    assert isinstance(err, TransferError)
+    assert err.message == "there is no study 'x' on this server"
+
+
+def test_server_failure_without_a_dittohead_line() -> None:
+    err = send.server_failure(127, b"bash: dittohead-receive: command not found\n", "h")
+    assert err.exit_code == 127
+    assert "command not found" in err.message and "tell your admin" in err.message
+    lost = send.server_failure(None, b"", "h")
+    assert isinstance(lost, TransferError) and "send again" in lost.message
+
+
+def test_a_receipt_must_be_json_and_must_match(tmp_path: Path) -> None:
+    with pytest.raises(TransferError, match="not a dittohead receipt"):
+        send.parse_receipt(b"hello\n")
+    with pytest.raises(TransferError):
+        send.parse_receipt(b"")
+    root = write_tree(tmp_path / "d", {"a": b"abc"})
+    pack = send.Pack(scan(root))
+    b"".join(pack)
+    good = Receipt("up", STUDY, SOURCE, USER, 1, 3, pack.manifest_sha256, "2026-01-01T00:00:00Z")
+    request = UploadRequest(STUDY, SOURCE)
+    send.check_receipt(good, pack, request, "h")
+    for bad in (
+        replace(good, files=2),
+        replace(good, bytes=4),
+        replace(good, manifest_sha256="0" * 64),
+        replace(good, study="other"),
+        replace(good, source="other"),
+        replace(good, upload=""),
+    ):
+        with pytest.raises(TransferError, match="does not match what was sent"):
+            send.check_receipt(bad, pack, request, "h")
+
+
+def test_cipher_preference_puts_aes_gcm_first() -> None:
+    algs = send.cipher_preference()
+    assert algs[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    assert len(algs) == len(set(algs))
+    assert "chacha20-poly1305@openssh.com" in algs

@@ -194,19 +194,25 @@ def drain_pokes(sock: socket.socket) -> int:
 
 
 class _Status:
-    """``STATUS=`` lines, rate-limited, plus a watchdog beat on each progress report."""
+    """``STATUS=`` lines plus a watchdog beat on each progress report.
+
+    Rate-limited per topic (the text before the first ``:``): each new upload shows at once,
+    its "n/N files" counter at most once per `_STATUS_EVERY` seconds.
+    """
 
     def __init__(self, notify: Notifier, watchdog: Watchdog | None) -> None:
         self._notify = notify
         self._watchdog = watchdog
         self._last = 0.0
+        self._topic = ""
 
     def __call__(self, message: str, force: bool = False) -> None:
         if self._watchdog is not None:
             self._watchdog.beat()
         now = time.monotonic()
-        if force or now - self._last >= _STATUS_EVERY:
-            self._last = now
+        topic = message.partition(":")[0]
+        if force or topic != self._topic or now - self._last >= _STATUS_EVERY:
+            self._last, self._topic = now, topic
             self._notify(f"STATUS={message}")
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from dittohead.core.errors import DittoheadError
-from dittohead.receiver.admin import demo_cmd, history_cmd, init_cmd, sshd_cmd
+from dittohead.receiver.admin import check_cmd, demo_cmd, history_cmd, init_cmd, sshd_cmd
 from dittohead.receiver.config import DEFAULT_CONFIG, Config, load_config
 
 Handler = Callable[[Config, argparse.Namespace], int]
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init_cmd.add_parser(sub, common)
+    check_cmd.add_parser(sub, common)
     history_cmd.add_parsers(sub, common)
     sshd_cmd.add_parsers(sub, common)
     demo_cmd.add_parser(sub)

@@ -1,0 +1,350 @@
+"""``dittohead-admin check``: is this server set up the way DESIGN.md says?
+
+Read-only. Each finding names the path (or account, or setting) that is wrong and the command
+that fixes it; the exit status is 0 only when there is nothing to report. The folder table is
+`init_cmd.layout` itself, so ``init`` and ``check`` can never disagree about what is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from dittohead.core.errors import ConfigError
+from dittohead.receiver.admin.init_cmd import layout
+from dittohead.receiver.admin.sshd_cmd import uploader_groups
+from dittohead.receiver.config import Config
+
+PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
+SSHD_CONFIG = Path("/etc/ssh/sshd_config")
+#: what the receiver's ForceCommand runs (sshd-config prints the module form)
+RECEIVER_MARKERS = ("dittohead.receiver.receive", "dittohead-receive")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that is wrong: where, what, and how to fix it."""
+
+    where: str
+    what: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.where}: {self.what} (fix: {self.fix})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where `check` looks; the tests point these at their own files."""
+
+    protected_hardlinks: Path = PROTECTED_HARDLINKS
+    sshd: Path | None = None  # None: whichever sshd is installed, if any
+    sshd_config: Path = SSHD_CONFIG
+
+
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check folders, owners, modes, accounts, kernel and sshd settings",
+    )
+    p.add_argument(
+        "--sshd-config",
+        type=Path,
+        default=SSHD_CONFIG,
+        help="the sshd configuration to evaluate (default: %(default)s)",
+    )
+    p.set_defaults(handler=run)
+
+
+def _mode(value: int) -> str:
+    return f"{value:04o}"
+
+
+def _members(gr: grp.struct_group) -> set[str]:
+    """Everyone in a group: listed members and those for whom it is the primary group."""
+    return set(gr.gr_mem) | {pw.pw_name for pw in pwd.getpwall() if pw.pw_gid == gr.gr_gid}
+
+
+def _group(name: str) -> grp.struct_group | None:
+    try:
+        return grp.getgrnam(name)
+    except KeyError:
+        return None
+
+
+def check_accounts(config: Config) -> list[Problem]:
+    problems = []
+    try:
+        pwd.getpwnam(config.user)
+    except KeyError:
+        return [
+            Problem(
+                f"user {config.user}",
+                "the processor's account does not exist",
+                f"systemd-sysusers (dittohead.conf) or useradd --system --user-group {config.user}",
+            )
+        ]
+    for name in uploader_groups(config):
+        gr = _group(name)
+        if gr is None:
+            problems.append(
+                Problem(f"group {name}", "an uploader group does not exist", f"groupadd {name}")
+            )
+        elif config.user in _members(gr):
+            # The processor would accept its own entries and collectors could not be told
+            # apart from the service: it must never be an uploader.
+            problems.append(
+                Problem(
+                    f"user {config.user}",
+                    f"the processor's account is in the uploader group {name}",
+                    f"gpasswd -d {config.user} {name}",
+                )
+            )
+    return problems
+
+
+def check_layout(config: Config) -> list[Problem]:
+    problems = []
+    try:
+        wants = layout(config)
+    except ConfigError:
+        return []  # the missing account is reported by check_accounts
+    for want in wants:
+        where = str(want.path)
+        try:
+            st = os.lstat(want.path)
+        except FileNotFoundError:
+            problems.append(Problem(where, "missing", "dittohead-admin init"))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            problems.append(
+                Problem(where, "is not a folder", "move it away, then dittohead-admin init")
+            )
+            continue
+        if (st.st_uid, st.st_gid) != (want.uid, want.gid):
+            owner = f"{_user(want.uid)}:{_group_name(want.gid)}"
+            problems.append(
+                Problem(
+                    where,
+                    f"owned by {_user(st.st_uid)}:{_group_name(st.st_gid)}, not {owner}",
+                    f"chown {owner} {where}",
+                )
+            )
+        have = stat.S_IMODE(st.st_mode)
+        if have != want.mode:
+            problems.append(
+                Problem(
+                    where,
+                    f"mode {_mode(have)}, not {_mode(want.mode)}",
+                    f"chmod {_mode(want.mode)} {where}",
+                )
+            )
+    return problems
+
+
+def check_destinations(config: Config) -> list[Problem]:
+    problems = []
+    try:
+        uid = pwd.getpwnam(config.user).pw_uid if os.geteuid() == 0 else os.geteuid()
+    except KeyError:
+        return []
+    for name, study in config.studies.items():
+        where = str(study.destination)
+        try:
+            st = os.lstat(study.destination)
+        except FileNotFoundError:
+            problems.append(
+                Problem(where, f"study {name}'s destination is missing", "dittohead-admin init")
+            )
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            problems.append(Problem(where, "is not a folder", "point the study elsewhere"))
+            continue
+        if st.st_uid != uid:
+            problems.append(
+                Problem(
+                    where,
+                    f"owned by {_user(st.st_uid)}, not {_user(uid)} (the processor cannot add "
+                    "to it)",
+                    f"chown {_user(uid)} {where}",
+                )
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        # 2750 is the layout; the group may also write (2770) where the study team wants to,
+        # but others get nothing and the setgid bit must keep the study's group on new folders.
+        if not mode & stat.S_ISGID or mode & 0o007 or mode & 0o700 != 0o700:
+            problems.append(Problem(where, f"mode {_mode(mode)}, not 2750", f"chmod 2750 {where}"))
+    return problems
+
+
+def check_kernel(probe: Probe) -> list[Problem]:
+    try:
+        value = probe.protected_hardlinks.read_text().strip()
+    except OSError:
+        return []  # not Linux /proc
+    if value == "1":
+        return []
+    return [
+        Problem(
+            "fs.protected_hardlinks",
+            f"is {value}: collectors could hard-link files they do not own into uploads",
+            "sysctl -w fs.protected_hardlinks=1 and set it in /etc/sysctl.d/",
+        )
+    ]
+
+
+def check_socket(config: Config) -> list[Problem]:
+    where = str(config.socket)
+    fix_unit = (
+        "systemctl enable --now dittohead-processor.socket (its ListenStream= must be this path)"
+    )
+    try:
+        st = os.stat(config.socket)
+    except FileNotFoundError:
+        return [Problem(where, "no processor socket here", fix_unit)]
+    if not stat.S_ISSOCK(st.st_mode):
+        return [Problem(where, "is not a socket", f"remove it, then {fix_unit}")]
+    problems = []
+    if stat.S_IMODE(st.st_mode) & 0o007:
+        problems.append(
+            Problem(
+                where,
+                f"mode {_mode(stat.S_IMODE(st.st_mode))}: anyone may poke the processor",
+                "SocketMode=0660 in dittohead-processor.socket",
+            )
+        )
+    # Every uploader must be able to poke, or their uploads wait for the timer.
+    try:
+        sock_group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return problems
+    may_poke = _members(sock_group)
+    for name in uploader_groups(config):
+        gr = _group(name)
+        if gr is None:
+            continue
+        for member in sorted(_members(gr) - may_poke):
+            problems.append(
+                Problem(
+                    where,
+                    f"collector {member} (group {name}) cannot poke the processor",
+                    f"usermod -aG {sock_group.gr_name} {member}",
+                )
+            )
+    return problems
+
+
+def _sshd(probe: Probe) -> Path | None:
+    if probe.sshd is not None:
+        return probe.sshd if probe.sshd.exists() else None
+    found = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    return Path(found) if found else None
+
+
+def check_sshd(config: Config, probe: Probe) -> list[Problem]:
+    sshd = _sshd(probe)
+    if sshd is None:
+        return []  # sshd lives elsewhere (a bastion); nothing to evaluate here
+    problems = []
+    for name in uploader_groups(config):
+        gr = _group(name)
+        members = sorted(_members(gr)) if gr is not None else []
+        if not members:
+            continue
+        member = members[0]
+        spec = f"user={member},host=localhost,addr=127.0.0.1"
+        where = f"{probe.sshd_config} (for {member}, group {name})"
+        result = subprocess.run(
+            [str(sshd), "-T", "-f", str(probe.sshd_config), "-C", spec],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            problems.append(
+                Problem(
+                    where,
+                    f"sshd -T failed: {result.stderr.strip() or result.returncode}",
+                    "sshd -t, and run check as root",
+                )
+            )
+            continue
+        problems += _judge_sshd(where, _parse_sshd(result.stdout))
+    return problems
+
+
+def _parse_sshd(text: str) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        settings.setdefault(key.lower(), value.strip())
+    return settings
+
+
+def _judge_sshd(where: str, settings: dict[str, str]) -> list[Problem]:
+    fix = "add the block printed by 'dittohead-admin sshd-config', then reload sshd"
+    problems = []
+    command = settings.get("forcecommand", "none")
+    if not any(marker in command for marker in RECEIVER_MARKERS):
+        problems.append(
+            Problem(where, f"ForceCommand is {command!r}, not the dittohead receiver", fix)
+        )
+    forwarding = ("allowtcpforwarding", "allowagentforwarding", "allowstreamlocalforwarding")
+    if settings.get("disableforwarding") != "yes" and (
+        settings.get("x11forwarding") != "no"
+        or any(settings.get(key) != "no" for key in forwarding)
+    ):
+        problems.append(Problem(where, "forwarding is allowed (DisableForwarding is not yes)", fix))
+    if settings.get("permittty") != "no":
+        problems.append(Problem(where, "collectors may get a terminal (PermitTTY yes)", fix))
+    if settings.get("permituserrc") != "no":
+        problems.append(Problem(where, "~/.ssh/rc runs at login (PermitUserRC yes)", fix))
+    return problems
+
+
+def check(config: Config, probe: Probe | None = None) -> list[Problem]:
+    """Everything that is wrong with this deployment (empty: all is well)."""
+    probe = probe or Probe()
+    return [
+        *check_accounts(config),
+        *check_layout(config),
+        *check_destinations(config),
+        *check_kernel(probe),
+        *check_socket(config),
+        *check_sshd(config, probe),
+    ]
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    problems = check(config, Probe(sshd_config=args.sshd_config))
+    for problem in problems:
+        print(problem.line())
+    if problems:
+        print(f"{len(problems)} problem(s) found")
+        return 1
+    print("ok: folders, owners, modes, accounts, kernel, socket and sshd settings are right")
+    return 0

@@ -1,0 +1,113 @@
+"""The service's pieces in-process: stopping between files, progress, LISTEN_FDS, pokes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from dittohead.receiver import service
+from dittohead.receiver.processor import Hooks, Stopped, run_once
+from tests.support.server import Server, make_server
+
+from .test_processor import ledger, stored_files
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    return make_server(tmp_path)
+
+
+def test_a_stop_between_files_is_finished_by_the_next_run(server: Server) -> None:
+    files = {f"d/f{i}.txt": f"file {i}".encode() for i in range(5)}
+    name = server.commit(files)
+    seen: list[str] = []
+
+    def stop_after_two() -> bool:
+        return sum("finalizing" in m for m in seen) > 2
+
+    with pytest.raises(Stopped):
+        run_once(server.config, Hooks(progress=seen.append, stop_requested=stop_after_two))
+    assert any(m.startswith("verifying nccam3 " + name) for m in seen)
+    assert f"finalizing nccam3 {name}: 0/5 files" in seen
+    # Two files are published and recorded; the rest waits with the journal.
+    assert len(ledger(server)) == 2
+    summary = run_once(server.config)
+    assert summary.entries == 1
+    assert stored_files(server) == files
+    records = ledger(server)
+    assert sorted(r["path"] for r in records) == sorted(files)
+    assert all(r["outcome"] == "stored" for r in records)
+
+
+def test_a_stop_before_an_entry_leaves_it_in_the_inbox(server: Server) -> None:
+    name = server.commit({"a.txt": b"a"})
+    with pytest.raises(Stopped):
+        run_once(server.config, Hooks(stop_requested=lambda: True))
+    assert (server.inbox / name).is_dir()
+    assert run_once(server.config).entries == 1
+
+
+def test_pokes_are_drained_without_waiting_for_silent_pokers(tmp_path: Path) -> None:
+    path = tmp_path / "p.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    listener.setblocking(False)
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(str(path))  # connects and never sends
+    talker = socket.socket(socket.AF_UNIX)
+    talker.connect(str(path))
+    talker.send(b"x" * 10_000)  # more than the bounded read; the rest is dropped
+    assert service.drain_pokes(listener) == 2
+    assert service.drain_pokes(listener) == 0
+    for s in (silent, talker, listener):
+        s.close()
+
+
+def test_listen_fdnames_picks_the_processor_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine.bind("\0dittohead-test-" + str(os.getpid()))
+    mine.listen(1)
+    # Put them where systemd would: fds 3 and 4.
+    saved = {fd: _dup_or_none(fd) for fd in (3, 4)}
+    try:
+        os.dup2(other.fileno(), 3)
+        os.dup2(mine.fileno(), 4)
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        monkeypatch.setenv("LISTEN_FDNAMES", "other:processor")
+        sock = service._passed_socket()
+        assert sock is not None and sock.fileno() == 4
+        assert "LISTEN_FDS" not in os.environ
+        sock.detach()
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        monkeypatch.setenv("LISTEN_FDNAMES", "a:b")
+        with pytest.raises(service.ServiceError, match="FileDescriptorName=processor"):
+            service._passed_socket()
+    finally:
+        for fd, copy in saved.items():
+            if copy is None:
+                os.close(fd)
+            else:
+                os.dup2(copy, fd)
+                os.close(copy)
+        other.close()
+        mine.close()
+
+
+def _dup_or_none(fd: int) -> int | None:
+    try:
+        return os.dup(fd)
+    except OSError:
+        return None
+
+
+def test_listen_pid_of_another_process_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN_PID", "1")
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    assert service._passed_socket() is None

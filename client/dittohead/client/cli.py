@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TextIO
 
 from dittohead.client.hostkeys import DEFAULT_PORT
-from dittohead.client.send import Job, Prompts, Server, login_name, prepare, run
+from dittohead.client.login import login_name
+from dittohead.client.send import Job, Prompts, Server, prepare, run
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import check_source, check_study
 from dittohead.core.receipt import Receipt

@@ -14,7 +14,7 @@ Connection settings, and why:
   (it costs 10x on the random-looking data instruments produce);
 * ``~/.ssh/config`` is not read (``config=None``): what dittohead checks and how it connects
   must not depend on a file the collector may not know exists;
-* at most three password tries, then a clear "could not log in".
+* at most three password tries, then a clear "could not log in" (see `login`).
 
 Only the CLI prints: prompts go through the callables in `Prompts`.
 """
@@ -22,9 +22,7 @@ Only the CLI prints: prompts go through the callables in `Prompts`.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +32,19 @@ import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
 from dittohead.client.hostkeys import DEFAULT_PORT, HostKeyPolicy, TrustPrompt
+from dittohead.client.login import (
+    LoginClient,
+    SecretPrompt,
+    connect_failure,
+    load_identity,
+    login_name,
+)
 from dittohead.client.pack import Pack
 from dittohead.client.scan import Plan, scan
 from dittohead.client.state import State, load_state
 from dittohead.core.errors import (
     ConfigError,
     DittoheadError,
-    HostKeyError,
     LocalFileError,
     NotAuthorized,
     OutOfSpace,
@@ -48,21 +52,16 @@ from dittohead.core.errors import (
     ServerError,
     TransferError,
     UploadRejected,
-    UsageError,
-    describe_os_error,
 )
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
 
-MAX_PASSWORD_TRIES = 3
 CONNECT_TIMEOUT = 30.0  # seconds until an unreachable server is reported
 KEEPALIVE_INTERVAL = 30.0  # a silently dead connection is noticed after ~3 of these
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
-#: Asks for a secret: prompt text → the answer, or None to give up.
-SecretPrompt = Callable[[str], "str | None"]
 #: Told about progress: (file bytes read so far, total file bytes).
 Progress = Callable[[int, int], None]
 
@@ -111,138 +110,6 @@ def cipher_preference() -> list[str]:
     """AES-GCM first (hardware accelerated), then the rest of asyncssh's defaults."""
     rest = [alg.decode("ascii") for alg in get_default_encryption_algs()]
     return list(dict.fromkeys([*PREFERRED_CIPHERS, *rest]))
-
-
-def login_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception as exc:  # getpass raises OSError or KeyError depending on the platform
-        raise UsageError("cannot tell your user name; give it with --user") from exc
-
-
-def load_identity(path: Path, ask: SecretPrompt | None) -> asyncssh.SSHKey:
-    """Read the private key in `path`, asking for its passphrase if it has one."""
-    try:
-        return asyncssh.read_private_key(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read the key file {describe_os_error(exc)}") from exc
-    except ValueError as exc:
-        if "assphrase" not in str(exc):
-            raise UsageError(f"{path} is not an SSH private key ({exc})") from exc
-    for _ in range(MAX_PASSWORD_TRIES):
-        passphrase = ask(f"Passphrase for {path}: ") if ask is not None else None
-        if passphrase is None:
-            break
-        try:
-            return asyncssh.read_private_key(path, passphrase)
-        except ValueError as exc:
-            if "bcrypt" in str(exc):
-                raise UsageError(
-                    f"the key {path} is protected in a way this installation cannot open "
-                    "(it needs the Python package bcrypt); ask your admin"
-                ) from exc
-            log.warning("wrong passphrase for %s", path)
-    raise UsageError(f"could not unlock the key {path} (no right passphrase); nothing was sent")
-
-
-class _Client(asyncssh.SSHClient):
-    """asyncssh callbacks: host key decision and password prompts."""
-
-    def __init__(self, policy: HostKeyPolicy, where: str, ask: SecretPrompt | None) -> None:
-        self.policy = policy
-        self.where = where  # "user@host" for the password prompt
-        self.ask = ask
-        self.password_tries = 0
-        self.gave_up = False
-        self.host_key_error: DittoheadError | None = None
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        # Exceptions must not escape into asyncssh's packet handler; keep the reason and let
-        # asyncssh fail the connection with HostKeyNotVerifiable, which `upload` turns back
-        # into this error.
-        try:
-            self.policy.check(addr, key)
-        except DittoheadError as exc:
-            self.host_key_error = exc
-            return False
-        except Exception as exc:
-            self.host_key_error = HostKeyError(
-                f"the server's identity could not be checked ({exc}); nothing was sent"
-            )
-            return False
-        return True
-
-    def password_auth_requested(self) -> str | None:
-        if self.ask is None or self.gave_up or self.password_tries >= MAX_PASSWORD_TRIES:
-            return None
-        self.password_tries += 1
-        prompt = f"Password for {self.where}: "
-        if self.password_tries > 1:  # asyncssh only asks again when the last one was refused
-            tries = f"{self.password_tries} of {MAX_PASSWORD_TRIES}"
-            prompt = f"Wrong password, try again ({tries}). {prompt}"
-        password = self.ask(prompt)
-        if password is None:
-            self.gave_up = True
-        return password
-
-    def kbdint_auth_requested(self) -> str | None:
-        # OpenSSH servers using PAM ask for the password through keyboard-interactive
-        # authentication; answer it like a password prompt (same three tries).
-        return "" if self.ask is not None else None
-
-    def kbdint_challenge_received(
-        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
-    ) -> list[str] | None:
-        if not prompts:
-            return []  # an empty challenge only carries instructions
-        if len(prompts) == 1 and not prompts[0][1]:  # one hidden answer: a password
-            password = self.password_auth_requested()
-            return [password] if password is not None else None
-        return None
-
-
-def _connect_failure(
-    exc: BaseException, server: Server, user: str, client: _Client
-) -> DittoheadError:
-    host, port = server.host, server.port
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable) and client.host_key_error is not None:
-        return client.host_key_error
-    if isinstance(exc, asyncssh.PermissionDenied):
-        if client.password_tries >= MAX_PASSWORD_TRIES:
-            why = f"wrong password (tried {MAX_PASSWORD_TRIES} times)"
-        elif client.gave_up:
-            why = "no password was given"
-        else:
-            why = "wrong password or key"
-        return TransferError(f"could not log in to {host} as {user}: {why}; nothing was sent")
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.KeyExchangeFailed):
-        return HostKeyError(
-            f"the server {host} could not prove its identity ({exc}); ask your admin; "
-            "nothing was sent"
-        )
-    if isinstance(exc, socket.gaierror):
-        return TransferError(
-            f"could not find the server {host}: check its name and your network connection; "
-            "nothing was sent"
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return TransferError(
-            f"the server {host} refused the connection on port {port}: check the port, or the "
-            "server may be down; nothing was sent"
-        )
-    if isinstance(exc, TimeoutError):
-        return TransferError(
-            f"no answer from {host} on port {port}: check your network connection; nothing was sent"
-        )
-    if isinstance(exc, OSError):
-        return TransferError(
-            f"could not connect to {host} on port {port}: {describe_os_error(exc)}; "
-            "nothing was sent"
-        )
-    reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
-    return TransferError(f"could not connect to {host} on port {port}: {reason}; nothing was sent")
 
 
 def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
@@ -334,7 +201,7 @@ async def upload(
     prompts = prompts or Prompts()
     user = server.user or login_name()
     policy = HostKeyPolicy(server.host, server.port, pinned=server.known_hosts, ask=prompts.trust)
-    client = _Client(policy, f"{user}@{server.host}", prompts.password)
+    client = LoginClient(policy, f"{user}@{server.host}", prompts.password)
     options: dict[str, Any] = {
         "port": server.port,
         "username": user,
@@ -354,7 +221,7 @@ async def upload(
     try:
         conn = await asyncssh.connect(server.host, **options)
     except (OSError, asyncssh.Error) as exc:
-        raise _connect_failure(exc, server, user, client) from exc
+        raise connect_failure(exc, server.host, server.port, user, client) from exc
     try:
         return await _session(conn, server, user, request, pack=pack, progress=progress)
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import cli, send
+from dittohead.client import cli, login, send
 from dittohead.client.hostkeys import user_known_hosts
 from dittohead.client.scan import scan
 from dittohead.client.state import default_state_path
@@ -308,13 +308,13 @@ def test_password_auth_after_two_wrong_tries(
     server = make_server(passwords={USER: "right"}, kbdint=kbdint)
     console.passwords = ["wrong", "also wrong", "right"]
     challenges: list[object] = []
-    real = send._Client.kbdint_challenge_received
+    real = login.LoginClient.kbdint_challenge_received
 
     def spy(self: Any, *args: Any) -> Any:
         challenges.append(args)
         return real(self, *args)
 
-    monkeypatch.setattr(send._Client, "kbdint_challenge_received", spy)
+    monkeypatch.setattr(login.LoginClient, "kbdint_challenge_received", spy)
     assert cli.main(run_cli(server, folder, "--known-hosts", str(pin(server, tmp_path)))) == 0
     assert bool(challenges) == kbdint  # PAM-style servers ask through keyboard-interactive
     assert [pw for _, pw in server.password_attempts] == ["wrong", "also wrong", "right"]

@@ -252,6 +252,8 @@ def serve(config: Config) -> int:
     sock.setblocking(False)
     stop = _StopSignal()
     watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        watchdog_usec = 0  # meant for another process (sd_watchdog_enabled's rule)
     watchdog = Watchdog(notify, watchdog_usec) if watchdog_usec else None
     status = _Status(notify, watchdog)
     hooks = Hooks(progress=status, stop_requested=stop.event.is_set)

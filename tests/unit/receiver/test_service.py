@@ -38,7 +38,7 @@ def test_a_stop_between_files_is_finished_by_the_next_run(server: Server) -> Non
     assert summary.entries == 1
     assert stored_files(server) == files
     records = ledger(server)
-    assert sorted(r["path"] for r in records) == sorted(files)
+    assert sorted(str(r["path"]) for r in records) == sorted(files)
     assert all(r["outcome"] == "stored" for r in records)
 
 

@@ -61,16 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--host", help="the server (default: $DITTOHEAD_HOST)")
     send.add_argument("--port", type=_port, default=DEFAULT_PORT, help="SSH port (default 22)")
     send.add_argument("--user", help="your user name on the server (default: your login name)")
-    send.add_argument("--identity", type=Path, metavar="KEY", help="SSH private key to log in")
+    send.add_argument("--identity", type=_path, metavar="KEY", help="SSH private key to log in")
     send.add_argument(
         "--known-hosts",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="accept only the server keys in this OpenSSH known_hosts file",
     )
     send.add_argument(
         "--state",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="where to remember what the server confirmed (default: a per-user file)",
     )
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("folder", metavar="FOLDER")
     send.add_argument("things", metavar="THING", nargs="*", help="only these subfolders")
     return parser
+
+
+def _path(text: str) -> Path:
+    # Windows shells do not expand "~"; presets and help texts often use it.
+    return Path(os.path.expanduser(text))
 
 
 def _port(text: str) -> int:

@@ -95,6 +95,19 @@ def run_cli(
     ]
 
 
+def keyed(
+    server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    *extra: str,
+    things: tuple[str, ...] = (),
+) -> list[str]:
+    """``dittohead send`` logging in with `identity`, the server's key pinned."""
+    pinned = ["--known-hosts", str(pin(server, tmp_path))]
+    return run_cli(server, folder, "--identity", str(identity), *pinned, *extra, things=things)
+
+
 def pin(server: FakeReceiver, tmp_path: Path, key: asyncssh.SSHKey | None = None) -> Path:
     path = tmp_path / "pinned_known_hosts"
     path.write_text(server.known_hosts_line(key))
@@ -110,24 +123,18 @@ def key_server(make_server: MakeServer, client_key: asyncssh.SSHKey) -> FakeRece
     return make_server(authorized={USER: [client_key.convert_to_public()]})
 
 
+@pytest.fixture
+def argv(key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path) -> list[str]:
+    """``dittohead send`` of `folder` to `key_server`, logging in with a key, host key pinned."""
+    return keyed(key_server, folder, identity, tmp_path)
+
+
 # -- a successful send ------------------------------------------------------------------------
 
 
 def test_key_auth_send_stores_receipt_and_state(
-    key_server: FakeReceiver,
-    folder: Path,
-    identity: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    key_server: FakeReceiver, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-    )
     assert cli.main(argv) == 0
 
     out, err = capsys.readouterr()
@@ -144,16 +151,8 @@ def test_key_auth_send_stores_receipt_and_state(
 
 
 def test_the_cipher_is_aes_gcm_and_compression_is_off(
-    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
+    key_server: FakeReceiver, argv: list[str]
 ) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-    )
     assert cli.main(argv) == 0
     [conn] = key_server.connections
     assert conn["recv_cipher"] == "aes128-gcm@openssh.com"
@@ -162,21 +161,9 @@ def test_the_cipher_is_aes_gcm_and_compression_is_off(
 
 
 def test_json_output_is_exactly_one_receipt_object(
-    key_server: FakeReceiver,
-    folder: Path,
-    identity: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    key_server: FakeReceiver, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--json",
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-    )
+    argv = [*argv[:-1], "--json", argv[-1]]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)  # fails on anything besides one JSON document
@@ -189,20 +176,8 @@ def test_json_output_is_exactly_one_receipt_object(
 
 
 def test_resending_only_sends_what_changed_and_nothing_new_does_not_connect(
-    key_server: FakeReceiver,
-    folder: Path,
-    identity: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    key_server: FakeReceiver, folder: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-    )
     assert cli.main(argv) == 0
     capsys.readouterr()
 
@@ -234,15 +209,7 @@ def test_resending_only_sends_what_changed_and_nothing_new_does_not_connect(
 def test_things_limit_the_send_to_those_subfolders(
     key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
 ) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-        things=("biopac",),
-    )
+    argv = keyed(key_server, folder, identity, tmp_path, things=("biopac",))
     assert cli.main(argv) == 0
     assert key_server.uploads[0].files == {"biopac/r.acq": b"\x00\xff"}
 
@@ -255,42 +222,30 @@ def test_login_noise_before_the_receipt_is_tolerated(
     tmp_path: Path,
 ) -> None:
     server = make_server(authorized={USER: [client_key.convert_to_public()]}, mode="noise")
-    argv = run_cli(
-        server, folder, "--identity", str(identity), "--known-hosts", str(pin(server, tmp_path))
-    )
+    argv = keyed(server, folder, identity, tmp_path)
     assert cli.main(argv) == 0
 
 
 def test_send_folder_is_the_library_entry_point(
     key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
 ) -> None:
-    receipt = send.send_folder(
-        key_server.host,
-        port=key_server.port,
-        user=USER,
-        identity=identity,
-        known_hosts=pin(key_server, tmp_path),
-        state=tmp_path / "state.json",
-        study=STUDY,
-        source=SOURCE,
-        folder=folder,
-        things=["eprime"],
-    )
+    options = {
+        "port": key_server.port,
+        "identity": identity,
+        "known_hosts": pin(key_server, tmp_path),
+        "state": tmp_path / "state.json",
+        "study": STUDY,
+        "source": SOURCE,
+        "folder": folder,
+        "things": ["eprime"],
+    }
+    receipt = send.send_folder(key_server.host, user=USER, **options)  # type: ignore[arg-type]
     assert receipt is not None
     assert receipt.files == 2 and receipt.study == STUDY
     assert (tmp_path / "state.json").exists()
-    again = send.send_folder(
-        key_server.host,
-        port=key_server.port,
-        identity=identity,
-        known_hosts=pin(key_server, tmp_path),
-        state=tmp_path / "state.json",
-        study=STUDY,
-        source=SOURCE,
-        folder=folder,
-        things=["eprime"],
-    )
-    assert again is None
+    # the same again: nothing new, no connection, no receipt
+    assert send.send_folder(key_server.host, **options) is None  # type: ignore[arg-type]
+    assert len(key_server.connections) == 1
 
 
 # -- passwords --------------------------------------------------------------------------------
@@ -535,9 +490,7 @@ def test_a_server_refusal_shows_its_words_and_exit_code(
         fail_line="dittohead: you may not upload to study nccam3; ask your admin",
     )
     before = _prepare_state(server, folder)
-    argv = run_cli(
-        server, folder, "--identity", str(identity), "--known-hosts", str(pin(server, tmp_path))
-    )
+    argv = keyed(server, folder, identity, tmp_path)
     code = cli.main(argv)
     out, err = capsys.readouterr()
     assert code == status
@@ -563,11 +516,7 @@ def test_a_server_that_refuses_without_reading_does_not_hang_the_client(
         fail_line="dittohead: you are not allowed to upload to nccam3",
     )
     big = write_tree(tmp_path / "big", {"a.bin": os.urandom(6 << 20), "b.bin": os.urandom(6 << 20)})
-    code = cli.main(
-        run_cli(
-            server, big, "--identity", str(identity), "--known-hosts", str(pin(server, tmp_path))
-        )
-    )
+    code = cli.main(keyed(server, big, identity, tmp_path))
     assert code == 77
     assert "dittohead: you are not allowed to upload to nccam3" in capsys.readouterr().err
     assert not state_file(server).exists()
@@ -583,9 +532,7 @@ def test_a_lying_receipt_is_refused_and_nothing_is_recorded(
 ) -> None:
     server = make_server(authorized={USER: [client_key.convert_to_public()]}, mode="lie")
     before = _prepare_state(server, folder)
-    argv = run_cli(
-        server, folder, "--identity", str(identity), "--known-hosts", str(pin(server, tmp_path))
-    )
+    argv = keyed(server, folder, identity, tmp_path)
     code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == TransferError.exit_code
@@ -613,16 +560,7 @@ def test_a_file_changing_during_the_send_stores_nothing(
                 f.write(b"the experiment is still running")
 
     monkeypatch.setattr(asyncssh.SSHWriter, "write", write_then_grow)
-    code = cli.main(
-        run_cli(
-            key_server,
-            root,
-            "--identity",
-            str(identity),
-            "--known-hosts",
-            str(pin(key_server, tmp_path)),
-        )
-    )
+    code = cli.main(keyed(key_server, root, identity, tmp_path))
     err = capsys.readouterr().err
     assert code == 66
     assert "a.edf changed while it was being sent; nothing was stored" in err
@@ -657,17 +595,7 @@ def test_an_unreachable_server_is_explained(
     assert "refused the connection" in capsys.readouterr().err
 
 
-def test_manifest_is_the_last_member_on_the_wire(
-    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
-) -> None:
-    argv = run_cli(
-        key_server,
-        folder,
-        "--identity",
-        str(identity),
-        "--known-hosts",
-        str(pin(key_server, tmp_path)),
-    )
+def test_manifest_is_the_last_member_on_the_wire(key_server: FakeReceiver, argv: list[str]) -> None:
     assert cli.main(argv) == 0
     upload = key_server.uploads[0]
     names = [name for name, _ in upload.members]

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only list what would be sent; connect to nothing"
     )
     send.add_argument("-v", "--verbose", action="count", default=0, help="say more")
-    send.add_argument("folder", metavar="FOLDER")
+    send.add_argument("folder", metavar="FOLDER", help="the folder to send")
     send.add_argument("things", metavar="THING", nargs="*", help="only these subfolders")
     return parser
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +114,28 @@ def test_listen_pid_of_another_process_is_ignored(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LISTEN_PID", "1")
     monkeypatch.setenv("LISTEN_FDS", "1")
     assert service._passed_socket() is None
+
+
+def test_the_processor_never_asks_for_set_id_bits(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It runs under RestrictSUIDSGID=yes, whose seccomp filter refuses mkdir/chmod/open calls
+    carrying S_ISUID or S_ISGID: set-gid folders must come from inheritance, not from a mode."""
+    server.commit({"a/b/c.txt": b"deep", "d.txt": b"flat"})  # the collector's side: unwatched
+    asked: list[tuple[str, int]] = []
+
+    def spy(name: str, real: Callable[..., Any], mode_at: int) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            mode = args[mode_at] if len(args) > mode_at else kwargs.get("mode", 0o777)
+            asked.append((name, mode))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name, mode_at in (("mkdir", 1), ("chmod", 1), ("fchmod", 1), ("open", 2)):
+        monkeypatch.setattr(os, name, spy(name, getattr(os, name), mode_at))
+    assert run_once(server.config).stored == 2
+    assert any(name == "mkdir" for name, _ in asked)
+    assert [(n, oct(m)) for n, m in asked if m & (stat.S_ISUID | stat.S_ISGID)] == []
+    # ... and the folders still end up set-gid, inherited from the destination.
+    assert (server.destination / "a" / "b").stat().st_mode & stat.S_ISGID

@@ -184,3 +184,13 @@ def is_plain_dir(st: os.stat_result) -> bool:
 
 def is_plain_file(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
+
+
+def free_bytes(fd: int) -> int:
+    """Bytes an unprivileged user may still write on the file system `fd` lives on.
+
+    Works on ``O_PATH`` fds (``fstatfs`` accepts them), so a directory that may not be read,
+    such as a 3773 inbox, can still be asked.
+    """
+    st = os.statvfs(fd)
+    return st.f_bavail * st.f_frsize

@@ -1,0 +1,329 @@
+"""Framing of the upload's tar stream: blocks, headers, extensions and data, read from one fd.
+
+The receiver parses tar itself instead of using `tarfile`'s reader, for two reasons:
+
+* speed (PERF.md): one reusable buffer filled with ``readinto`` and data handed out as
+  `memoryview` slices beats `tarfile`'s per-member file objects by 2x on large files;
+* control (THREATS.md): every extension that can change a member's name or size (ustar prefix,
+  pax ``x``/``g`` records, GNU ``L`` long names) is applied *here*, strictly, before the name
+  policy in `stage` sees the final name. Anything odd is refused rather than guessed at.
+
+`tarfile.TarInfo.frombuf` is still used on each 512-byte header, for its checksum and number
+parsing; its name handling is not used (it strips every trailing slash from directories and
+reads GNU atime fields as a ustar prefix), the name is rebuilt from the raw fields instead.
+
+This module decides nothing about names or limits; `stage` does. It only refuses what is wrong
+as *tar*: bad checksums, member types other than files and folders, malformed extensions,
+truncation, non-NUL padding and anything but NUL bytes after the end of the archive.
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dittohead.core.errors import TransferError, UploadRejected
+
+BLOCK = 512
+BUFFER_BYTES = 4 * 1024 * 1024
+#: largest pax ``x``/``g`` or GNU ``L`` record this server reads (names are capped at 1 KiB)
+MAX_EXTENSION_BYTES = 64 * 1024
+#: pax global headers allowed per upload (each applies to all later members; a flood of them
+#: would otherwise cost time without ever counting against a file or byte cap)
+MAX_GLOBAL_HEADERS = 16
+#: NUL padding accepted after the end-of-archive blocks (tar pads to its record size)
+MAX_TRAILING_BYTES = 1024 * 1024
+
+_ZERO_BLOCK = bytes(BLOCK)
+_POSIX_MAGIC = b"ustar\x0000"  # magic + version of POSIX ustar / pax
+_GNU_MAGIC = b"ustar  \x00"  # old GNU format: bytes 345..500 hold atime/ctime, not a prefix
+
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+_REFUSED_TYPES = {
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO (named pipe)",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+    tarfile.GNUTYPE_LONGLINK: "a GNU long link name",
+    b"M": "a multi-volume continuation",
+    b"V": "a volume label",
+    b"D": "a GNU dump directory",
+    b"N": "an old GNU long-name record",
+    b"X": "a Solaris extended header",
+}
+
+
+def malformed(why: str) -> UploadRejected:
+    return UploadRejected(
+        f"malformed archive: {why}; nothing was stored. Send with the dittohead client"
+    )
+
+
+def truncated() -> UploadRejected:
+    return UploadRejected(
+        "incomplete upload: the connection ended early; nothing was stored. Send again"
+    )
+
+
+def _refused(name: str, what: str) -> UploadRejected:
+    return UploadRejected(
+        f"{name!r} is {what}; only regular files and folders can be sent; nothing was stored"
+    )
+
+
+class Stream:
+    """A file descriptor read as blocks and data chunks through one reusable buffer.
+
+    Every read first waits (poll) at most `stall_timeout` seconds for the fd to become
+    readable, so a client that stops sending is cut off instead of holding the entry forever.
+    """
+
+    def __init__(self, fd: int, *, stall_timeout: float, bufsize: int = BUFFER_BYTES) -> None:
+        if bufsize < BLOCK:
+            raise ValueError("the buffer must hold at least one block")
+        self._buf = bytearray(bufsize)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unread byte
+        self._end = 0  # end of the bytes read so far
+        self._file = io.FileIO(fd, "rb", closefd=False)
+        self._stall = stall_timeout
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLPRI)
+        self.unread = 0  # data bytes of the current member not consumed yet
+
+    def _fill(self) -> bool:
+        """Read more bytes behind what is buffered; False at end of input."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            # Only a header or padding can straddle the end: move that short tail to the front.
+            tail = bytes(self._view[self._start : self._end])
+            self._buf[: len(tail)] = tail
+            self._start, self._end = 0, len(tail)
+        while True:
+            if not self._poll.poll(self._stall * 1000):
+                raise TransferError(
+                    f"no data arrived for {self._stall:g} seconds; the upload was stopped and "
+                    "nothing was stored. Check the network and send again"
+                )
+            count = self._file.readinto(self._view[self._end :])
+            if count is None:  # non-blocking fd with nothing to read after all
+                continue
+            self._end += count
+            return count > 0
+
+    def block(self) -> bytes:
+        """The next 512 bytes; `truncated` if the input ends first."""
+        while self._end - self._start < BLOCK:
+            if not self._fill():
+                raise truncated()
+        start = self._start
+        self._start += BLOCK
+        return bytes(self._view[start : start + BLOCK])
+
+    def chunks(self, size: int) -> Iterator[memoryview]:
+        """`size` bytes as views into the buffer; each view is only valid until the next one."""
+        remaining = size
+        while remaining:
+            if self._start == self._end and not self._fill():
+                raise truncated()
+            count = min(remaining, self._end - self._start)
+            start = self._start
+            self._start += count
+            remaining -= count
+            self.unread -= count
+            yield self._view[start : start + count]
+
+    def read(self, size: int) -> bytes:
+        """`size` bytes as one object (callers bound `size`)."""
+        return b"".join(bytes(chunk) for chunk in self.chunks(size))
+
+    def skip_padding(self, size: int) -> None:
+        """Consume the padding after `size` data bytes; it must be NUL (anything else is junk)."""
+        pad = -size % BLOCK
+        if pad:
+            self.unread += pad
+            if self.read(pad).count(0) != pad:
+                raise malformed("there are stray bytes after the data of a member")
+
+    def expect_end(self, limit: int = MAX_TRAILING_BYTES) -> None:
+        """After end-of-archive: at most `limit` NUL bytes, then end of input."""
+        seen = 0
+        while self._start < self._end or self._fill():
+            chunk = self._view[self._start : self._end]
+            seen += len(chunk)
+            if bytes(chunk).count(0) != len(chunk):
+                raise malformed("there is data after the end of the archive")
+            if seen > limit:
+                raise malformed(f"more than {limit} bytes follow the end of the archive")
+            self._start = self._end
+
+
+@dataclass(frozen=True)
+class Member:
+    """A directory or regular file, with every extension applied to its name and size."""
+
+    name: str  # as sent: not yet checked, may still carry a leading "./" or a trailing "/"
+    is_dir: bool
+    size: int
+
+
+def parse_pax(data: bytes) -> dict[str, str]:
+    """Parse pax records (``"<len> <key>=<value>\\n"``) strictly; refuse anything else."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos, pos + 20)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():  # bytes.isdigit: ASCII digits only
+            raise malformed("a pax record has no valid length")
+        end = pos + int(digits)
+        if end <= space + 1 or end > len(data) or data[end - 1] != 0x0A:
+            raise malformed("a pax record has a wrong length")
+        key, sep, value = data[space + 1 : end - 1].partition(b"=")
+        if not sep or not key:
+            raise malformed("a pax record is not key=value")
+        try:
+            text_key = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise malformed("a pax key is not UTF-8") from None
+        if text_key.startswith("GNU.sparse."):
+            raise UploadRejected(
+                "the archive holds a sparse file (pax GNU.sparse records); only regular files "
+                "and folders can be sent; nothing was stored"
+            )
+        if text_key in records:
+            raise malformed(f"the pax key {text_key!r} appears twice in one header")
+        # Values stay undecodable-as-is (surrogateescape) so the name policy reports a
+        # non-UTF-8 name in its own words instead of a decoding error here.
+        records[text_key] = value.decode("utf-8", "surrogateescape")
+        pos = end
+    return records
+
+
+def _text(field: bytes) -> str:
+    """A NUL-terminated header field as text (UTF-8; bad bytes survive as surrogates)."""
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _size(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise malformed(f"the pax size {text!r} is not a number")
+    return int(text)
+
+
+class TarReader:
+    """Members of a tar stream, one at a time, with pax and GNU extensions applied.
+
+    Call `next_member` until it returns None (end of archive), then `finish`. After a file
+    member, read its data with `data` before asking for the next member.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._global: dict[str, str] = {}
+        self._globals_seen = 0
+
+    def _header(self, block: bytes) -> tarfile.TarInfo:
+        try:
+            return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except (tarfile.TarError, ValueError, IndexError) as exc:
+            raise malformed(f"a header is not valid ({exc})") from None
+
+    def _extension(self, info: tarfile.TarInfo) -> bytes:
+        if not 0 <= info.size <= MAX_EXTENSION_BYTES:
+            raise malformed(f"an extended header is larger than {MAX_EXTENSION_BYTES} bytes")
+        self._stream.unread = info.size
+        data = self._stream.read(info.size)
+        self._stream.skip_padding(info.size)
+        return data
+
+    def next_member(self) -> Member | None:
+        if self._stream.unread:
+            raise RuntimeError("the data of the previous member was not read")
+        pax: dict[str, str] | None = None
+        longname: str | None = None
+        while True:
+            block = self._stream.block()
+            if block == _ZERO_BLOCK:
+                if pax is not None or longname is not None:
+                    raise malformed("an extended header is not followed by a member")
+                return None
+            info = self._header(block)
+            if block[257:265] not in (_POSIX_MAGIC, _GNU_MAGIC):
+                raise malformed("a header is not in ustar, pax or GNU format")
+            kind = block[156:157]
+            if kind == tarfile.XHDTYPE:
+                if pax is not None:
+                    raise malformed("two pax headers precede one member")
+                pax = parse_pax(self._extension(info))
+            elif kind == tarfile.XGLTYPE:
+                if pax is not None or longname is not None:
+                    raise malformed("a pax global header sits between a member and its header")
+                self._globals_seen += 1
+                if self._globals_seen > MAX_GLOBAL_HEADERS:
+                    raise malformed(f"more than {MAX_GLOBAL_HEADERS} pax global headers")
+                for key, value in parse_pax(self._extension(info)).items():
+                    if value:
+                        self._global[key] = value
+                    else:  # POSIX: an empty value deletes the keyword
+                        self._global.pop(key, None)
+            elif kind == tarfile.GNUTYPE_LONGNAME:
+                if longname is not None:
+                    raise malformed("two GNU long names precede one member")
+                longname = _text(self._extension(info))
+            else:
+                return self._member(block, info, kind, pax, longname)
+
+    def _member(
+        self,
+        block: bytes,
+        info: tarfile.TarInfo,
+        kind: bytes,
+        pax: dict[str, str] | None,
+        longname: str | None,
+    ) -> Member:
+        if pax is not None and longname is not None:
+            raise malformed("a member has both a GNU long name and a pax header")
+        records = dict(self._global)
+        for key, value in (pax or {}).items():
+            if value:
+                records[key] = value
+            else:
+                records.pop(key, None)
+        name = _text(block[0:100])
+        prefix = _text(block[345:500]) if block[257:265] == _POSIX_MAGIC else ""
+        if prefix:
+            name = f"{prefix}/{name}"
+        if longname is not None:
+            name = longname
+        name = records.get("path", name)
+        size = _size(records["size"]) if "size" in records else info.size
+        if size < 0:
+            raise malformed(f"{name!r} has a negative size")
+        if kind in _FILE_TYPES:
+            self._stream.unread = size
+            return Member(name, False, size)
+        if kind == tarfile.DIRTYPE:
+            if size:
+                raise malformed(f"the folder {name!r} carries data")
+            return Member(name, True, 0)
+        what = _REFUSED_TYPES.get(kind, f"of an unknown tar member type {kind!r}")
+        raise _refused(name, what)
+
+    def data(self, member: Member) -> Iterator[memoryview]:
+        """The data of file `member`, as views valid until the next one is produced."""
+        yield from self._stream.chunks(member.size)
+        self._stream.skip_padding(member.size)
+
+    def finish(self) -> None:
+        """After the first end-of-archive block: the second one, NUL padding, end of input."""
+        if self._stream.block() != _ZERO_BLOCK:
+            raise malformed("the end-of-archive marker is followed by more members")
+        self._stream.expect_end()

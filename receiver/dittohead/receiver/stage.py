@@ -1,0 +1,326 @@
+"""The stage: stream standard input into ``<inbox>/.<entry>/``, checking everything on the way.
+
+The collector may not list or read the inbox (mode 3773), so everything here works relative to
+the inbox fd the gate opened, and below it relative to directory fds this process created
+itself, one component at a time, never following a symlink. The name policy from
+`dittohead.core.names` is applied to every final name (after `tarread` applied the pax and GNU
+extensions); the caps from the config are applied from the headers, before a byte of data is
+read; the trailing manifest is checked against what was actually written, because a truncated
+stream can look like a shorter valid archive.
+
+Modes are fixed here, not taken from the archive: folders 2770 and files 0640, so that the
+processor (group ``dittohead`` via the inbox's setgid bit) can read them and nobody else can.
+
+The receiver is not the security boundary (the processor re-checks everything): the point of
+these checks is that an honest collector hears about a problem at once, in words, with nothing
+half-stored, and that a hostile stream cannot make *this* process write outside its entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
+from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, parse_manifest
+from dittohead.core.names import MAX_PATH_BYTES, RESERVED_TOP, NameSet, check_path, fold
+from dittohead.receiver import fsops
+from dittohead.receiver.config import Limits
+from dittohead.receiver.tarread import BUFFER_BYTES, Member, Stream, TarReader
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o640
+DIR_MODE = 0o2770
+#: directory fds kept open while extracting; more than the deepest allowed path (32), so a
+#: path's own ancestors are never evicted while it is being created
+DIR_FD_CACHE = 64
+#: re-check the file system's free space after this many bytes written
+SPACE_CHECK_BYTES = 64 * 1024 * 1024
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def manifest_cap(limits: Limits) -> int:
+    """The largest manifest accepted: room for `max_files` entries of maximal length."""
+    return min(4096 + limits.max_files * (MAX_PATH_BYTES + 160), 256 * 1024 * 1024)
+
+
+def entry_name(source: str, now: float | None = None) -> str:
+    """``<source>-<UTC time>-<random>``: sortable by arrival, and unguessable by other users."""
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{source}-{when}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What a completed, verified staging entry holds."""
+
+    entry: str
+    files: int
+    bytes: int
+    manifest_sha256: str
+
+
+def out_of_space() -> OutOfSpace:
+    return OutOfSpace("the server is out of space; nothing was stored. Tell the server's admin")
+
+
+def _rejected(why: str) -> UploadRejected:
+    return UploadRejected(f"{why}; nothing was stored. Send again with the dittohead client")
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    # The collector's umask must neither loosen nor tighten the fixed modes (the processor
+    # reads through the group bits); restored afterwards for in-process callers such as tests.
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class _Dirs:
+    """Directory fds beneath the entry, created on demand, with a bounded LRU of open fds."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root = root_fd
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def open(self, path: str) -> int:
+        """The fd of folder `path` (relative, already checked), creating it as needed."""
+        if not path:
+            return self._root
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        parent, _, base = path.rpartition("/")
+        parent_fd = self.open(parent)
+        # The folder may exist already: created as the parent of an earlier file. Nobody but
+        # this process (and the processor's group) can write in the entry, and O_NOFOLLOW |
+        # O_DIRECTORY refuses whatever else could stand there.
+        with suppress(FileExistsError):
+            os.mkdir(base, DIR_MODE, dir_fd=parent_fd)
+        fd = os.open(base, fsops.DIR_FLAGS, dir_fd=parent_fd)
+        self._fds[path] = fd
+        if len(self._fds) > DIR_FD_CACHE:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+
+class Staging:
+    """One staging entry ``.<entry>`` in the inbox: created, filled, then committed or removed."""
+
+    def __init__(self, inbox_fd: int, source: str, limits: Limits) -> None:
+        self.inbox_fd = inbox_fd
+        self.entry = entry_name(source)
+        self.dot_entry = f".{self.entry}"
+        self.limits = limits
+        self.fd: int | None = None  # the entry's directory fd, once created
+        self.committed = False
+        self._created = False
+        self._dirs: _Dirs | None = None
+        self._since_space_check = 0
+
+    def _create(self) -> int:
+        os.mkdir(self.dot_entry, DIR_MODE, dir_fd=self.inbox_fd)
+        self._created = True
+        fd = os.open(self.dot_entry, fsops.DIR_FLAGS, dir_fd=self.inbox_fd)
+        self.fd = fd
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+            raise UploadRejected("the staging folder was replaced while it was being created")
+        # In the setgid inbox the new folder is 2770 and group dittohead already. Only touch
+        # the mode if it differs: chmod by a non-member of the folder's group (collectors are
+        # never in the dittohead group) would make the kernel clear the setgid bit, and then
+        # files would get the collector's group and the processor could not read them.
+        if stat.S_IMODE(st.st_mode) != DIR_MODE:
+            os.fchmod(fd, DIR_MODE)
+            if not os.fstat(fd).st_mode & stat.S_ISGID:
+                log.warning("the inbox is not setgid; the staging folder has the collector's group")
+        return fd
+
+    def receive(self, fd: int = 0, *, bufsize: int = BUFFER_BYTES) -> Staged:
+        """Create the entry and extract the tar stream on `fd` into it; verify the manifest."""
+        with _umask(0):
+            root = self._create()
+            self._dirs = _Dirs(root)
+            stream = Stream(fd, stall_timeout=self.limits.stall_timeout, bufsize=bufsize)
+            return self._extract(TarReader(stream))
+
+    def _extract(self, reader: TarReader) -> Staged:
+        limits = self.limits
+        names = NameSet()
+        written: dict[str, tuple[int, str]] = {}
+        total = folders = 0
+        manifest: bytes | None = None
+        manifest_sha = ""
+        while (member := reader.next_member()) is not None:
+            if manifest is not None:
+                raise _rejected(f"the manifest {MANIFEST_PATH!r} must be the last member")
+            name = self._admit_name(member, names)
+            if member.is_dir:
+                folders += 1
+                if folders > limits.max_files:
+                    raise _limit(f"more than {limits.max_files} folders", "max_files")
+                self._folder(name)
+                continue
+            if name == MANIFEST_PATH:
+                if member.size > manifest_cap(limits):
+                    raise _limit(
+                        f"a manifest larger than {manifest_cap(limits)} bytes", "max_files"
+                    )
+                digest, manifest = self._write(name, member, reader, keep=True)
+                manifest_sha = digest
+                continue
+            if member.size > limits.max_file_bytes:
+                raise _limit(
+                    f"{name!r} has {member.size} bytes, more than {limits.max_file_bytes} per file",
+                    "max_file_bytes",
+                )
+            total += member.size
+            if total > limits.max_upload_bytes:
+                raise _limit(f"more than {limits.max_upload_bytes} bytes", "max_upload_bytes")
+            if len(written) + 1 > limits.max_files:
+                raise _limit(f"more than {limits.max_files} files", "max_files")
+            digest, _ = self._write(name, member, reader, keep=False)
+            written[name] = (member.size, digest)
+        if manifest is None:
+            raise UploadRejected(
+                f"incomplete upload: the archive has no manifest ({MANIFEST_PATH}); nothing "
+                "was stored. Send with the dittohead client"
+            )
+        reader.finish()
+        self._verify(manifest, written)
+        return Staged(self.entry, len(written), total, manifest_sha)
+
+    def _admit_name(self, member: Member, names: NameSet) -> str:
+        """The member's checked name, recorded in `names` (duplicates, Windows collisions)."""
+        try:
+            name = self._check_name(member)
+            if member.is_dir:
+                names.add_dir(name)
+            else:
+                names.add_file(name)
+        except NameRejected as exc:
+            raise NameRejected(
+                f"{exc.message}; nothing was stored. Rename it and send again"
+            ) from None
+        return name
+
+    def _check_name(self, member: Member) -> str:
+        name = member.name
+        if member.is_dir and name.endswith("/"):
+            name = name[:-1]  # tar writes folders as "name/"; only that one slash goes
+        name = check_path(name, allow_reserved=True)
+        if fold(name.split("/", 1)[0]) == fold(RESERVED_TOP):
+            # Only the manifest (and its folder) may live under .dittohead/: the processor
+            # reads that folder as dittohead's own, so nothing else may be smuggled in there.
+            wanted = MANIFEST_DIR if member.is_dir else MANIFEST_PATH
+            if name != wanted:
+                raise NameRejected(
+                    f"{name!r} is not allowed: the folder {RESERVED_TOP!r} may only hold "
+                    f"{MANIFEST_PATH!r}"
+                )
+        return name
+
+    def _folder(self, name: str) -> None:
+        assert self._dirs is not None
+        self._dirs.open(name)
+
+    def _write(
+        self, name: str, member: Member, reader: TarReader, *, keep: bool
+    ) -> tuple[str, bytes]:
+        """Create `name` (O_EXCL, never following a link) and stream the member's data into it,
+        hashing in the same pass (PERF.md: never a second pass). Returns (sha256, kept bytes)."""
+        assert self._dirs is not None
+        parent, _, base = name.rpartition("/")
+        out = os.open(base, _CREATE, FILE_MODE, dir_fd=self._dirs.open(parent))
+        digest = hashlib.sha256()
+        kept: list[bytes] = []
+        try:
+            for chunk in reader.data(member):
+                digest.update(chunk)
+                if keep:
+                    kept.append(bytes(chunk))
+                view = chunk
+                while view:
+                    view = view[os.write(out, view) :]
+                self._since_space_check += len(chunk)
+                if self._since_space_check >= SPACE_CHECK_BYTES:
+                    self._check_space()
+        finally:
+            os.close(out)
+        return digest.hexdigest(), b"".join(kept)
+
+    def _check_space(self) -> None:
+        # Refuse an upload that would eat the reserve before the disk is full, so that the
+        # processor (and everyone else on that file system) still has room to work.
+        self._since_space_check = 0
+        if fsops.free_bytes(self.inbox_fd) < self.limits.min_free_bytes:
+            raise out_of_space()
+
+    def _verify(self, manifest_bytes: bytes, written: dict[str, tuple[int, str]]) -> None:
+        manifest = parse_manifest(manifest_bytes, max_files=self.limits.max_files)
+        listed = manifest.by_path()
+        for path, (size, digest) in written.items():
+            entry = listed.get(path)
+            if entry is None:
+                raise _rejected(f"manifest does not match: {path!r} arrived but is not listed")
+            if entry.size != size:
+                raise _rejected(
+                    f"manifest does not match: {path!r} arrived with {size} bytes, the "
+                    f"manifest lists {entry.size}"
+                )
+            if entry.sha256 != digest:
+                raise _rejected(
+                    f"manifest does not match: {path!r} arrived with different content "
+                    "(sha256) than the manifest lists"
+                )
+        missing = sorted(set(listed) - set(written))
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise UploadRejected(
+                f"incomplete upload: {missing[0]!r}{more} listed in the manifest did not "
+                "arrive; nothing was stored. Send again"
+            )
+
+    def close(self) -> None:
+        """Close the entry's fds (the entry itself stays)."""
+        if self._dirs is not None:
+            self._dirs.close()
+            self._dirs = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def discard(self) -> None:
+        """Remove the staging entry completely, unless it was committed."""
+        self.close()
+        if self.committed or not self._created:
+            return
+        # fd-based and never follows a symlink: whatever the entry holds, only it goes.
+        with suppress(FileNotFoundError):
+            shutil.rmtree(self.dot_entry, dir_fd=self.inbox_fd)
+
+
+def _limit(what: str, key: str) -> LimitExceeded:
+    where = f" (limits.{key} in the server's configuration)"
+    return LimitExceeded(
+        f"the upload is larger than this server accepts: {what}{where}; nothing was stored. "
+        "Send less at a time or ask the server's admin"
+    )

@@ -1,0 +1,313 @@
+"""The stage in-process: tar streams built in memory, fed as the fd of a pipe or a temp file."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dittohead.core.errors import (
+    DittoheadError,
+    LimitExceeded,
+    NameRejected,
+    OutOfSpace,
+    TransferError,
+    UploadRejected,
+)
+from dittohead.receiver import stage as stage_mod
+from dittohead.receiver.config import Limits
+from dittohead.receiver.stage import Staged, Staging, entry_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hostile"))
+import streams as ts
+
+LIMITS = Limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    path = tmp_path / "inbox"
+    path.mkdir()
+    os.chmod(path, 0o3773)
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+    yield path, fd
+    os.close(fd)
+
+
+def _feed_pipe(data: bytes, chunk: int | None, hold: float = 0.0) -> tuple[int, threading.Thread]:
+    read_fd, write_fd = os.pipe()
+
+    def writer() -> None:
+        rng = random.Random(len(data))
+        view = memoryview(data)
+        try:
+            while view:
+                size = chunk or rng.randint(1, 70_000)
+                view = view[os.write(write_fd, view[:size]) :]
+            time.sleep(hold)
+        except BrokenPipeError:
+            pass  # the reader gave up, as it should on a refusal
+        finally:
+            os.close(write_fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    return read_fd, thread
+
+
+def receive(
+    inbox_fd: int,
+    data: bytes,
+    *,
+    limits: Limits = LIMITS,
+    via: str = "pipe",
+    chunk: int | None = None,
+    bufsize: int = stage_mod.BUFFER_BYTES,
+    staging: list[Staging] | None = None,
+) -> Staged:
+    """Stage `data` read from a pipe (written by a thread in `chunk`-sized pieces) or a file."""
+    st = Staging(inbox_fd, ts.SOURCE, limits)
+    if staging is not None:
+        staging.append(st)
+    if via == "file":
+        fd = os.memfd_create("upload")
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        thread = None
+    else:
+        fd, thread = _feed_pipe(data, chunk)
+    try:
+        return st.receive(fd, bufsize=bufsize)
+    except BaseException:
+        st.discard()
+        raise
+    finally:
+        os.close(fd)
+        if thread is not None:
+            thread.join(5)
+        st.close()
+
+
+def python_tar(
+    files: dict[str, bytes], *, fmt: int = tarfile.PAX_FORMAT, dirs: tuple[str, ...] = ()
+) -> bytes:
+    """An upload written by the stdlib tarfile (stream mode), manifest last."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=fmt) as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o7777
+            tar.addfile(info)
+        for name, data in [*files.items(), (ts.MANIFEST, ts.manifest_json(list(files.items())))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o4777  # set-id and world-writable: must be ignored
+            info.mtime = time.time() + 1e9  # a float from the future: a pax header per member
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "root", "root"
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+SAMPLE = {
+    "eprime/s01.txt": b"subject 1\n",
+    "eprime/empty.txt": b"",
+    "biopac/" + "long-name-" * 15 + ".acq": os.urandom(3 * 1024 * 1024 + 17),
+    "ünïcødé/日本語.txt": b"data",
+    "deep/" + "/".join(f"d{i}" for i in range(30)) + "/leaf.bin": b"\0" * 513,
+}
+
+
+def check_entry(inbox_path: Path, staged: Staged, files: dict[str, bytes]) -> None:
+    entry = inbox_path / f".{staged.entry}"
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(entry):
+        for name in dirnames:
+            assert os.stat(Path(dirpath, name)).st_mode & 0o7777 == 0o2770
+        for name in filenames:
+            path = Path(dirpath, name)
+            assert path.stat().st_mode & 0o7777 == 0o640
+            found[str(path.relative_to(entry))] = path.read_bytes()
+    assert entry.stat().st_mode & 0o7777 == 0o2770
+    manifest = found.pop(ts.MANIFEST)
+    assert found == files
+    assert hashlib.sha256(manifest).hexdigest() == staged.manifest_sha256
+    assert staged.files == len(files)
+    assert staged.bytes == sum(len(v) for v in files.values())
+
+
+@pytest.mark.parametrize(
+    ("via", "chunk", "bufsize"),
+    [("file", None, stage_mod.BUFFER_BYTES), ("pipe", None, 4096), ("pipe", 1, 1024),
+     ("pipe", 511, 512), ("pipe", 70001, 65536)],
+)  # fmt: skip
+def test_python_pax_upload_is_staged_exactly(
+    inbox: tuple[Path, int], via: str, chunk: int | None, bufsize: int
+) -> None:
+    path, fd = inbox
+    files = SAMPLE if chunk != 1 else {k: v[:5000] for k, v in SAMPLE.items()}
+    staged = receive(
+        fd, python_tar(files, dirs=("emptydir",)), via=via, chunk=chunk, bufsize=bufsize
+    )
+    check_entry(path, staged, files)
+    assert (path / f".{staged.entry}" / "emptydir").is_dir()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_gnu_longnames_and_ustar_prefixes_are_applied(inbox: tuple[Path, int], fmt: int) -> None:
+    path, fd = inbox
+    # 150 bytes: a GNU 'L' long name, or a ustar prefix/name split
+    files = {"p" * 60 + "/" + "q" * 89 + ".txt": b"long", "short.txt": b"s"}
+    staged = receive(fd, python_tar(files, fmt=fmt), via="file")
+    check_entry(path, staged, files)
+
+
+def test_pax_global_and_local_records(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    body = (
+        ts.pax([("comment", "global"), ("path", "ignored-by-local")], glob=True)
+        + ts.pax([("path", "renamed.txt"), ("size", "3")])
+        + ts.header("header-name.txt", size=999)
+        + ts.pad(b"abc")
+        # an empty value deletes the global path again: the header's own name counts
+        + ts.pax([("path", "")])
+        + ts.member("./own.txt", b"own")
+        # and an empty global value deletes it for everything after
+        + ts.pax([("path", "")], glob=True)
+        + ts.folder("dir/")
+        + ts.folder(".dittohead/")
+    )
+    files = {"renamed.txt": b"abc", "own.txt": b"own"}
+    staged = receive(fd, ts.with_manifest(body, list(files.items())), via="file")
+    check_entry(path, staged, files)
+
+
+def test_upload_of_only_a_manifest_is_accepted(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    staged = receive(fd, ts.upload([]))
+    check_entry(path, staged, {})
+
+
+def test_trailing_nul_up_to_the_cap_is_accepted(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    staged = receive(fd, ts.upload([("a", b"a")], trailer=bytes(1024 * 1024)), via="file")
+    check_entry(path, staged, {"a": b"a"})
+
+
+def test_many_folders_do_not_leak_descriptors(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    files = {f"f{i % 97}/g{i % 13}/h{i}.txt": b"%d" % i for i in range(400)}
+    before = len(os.listdir("/proc/self/fd"))
+    staged = receive(fd, python_tar(files), via="file")
+    check_entry(path, staged, files)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "fragment"),
+    [
+        (ts.header("l", kind=b"2", linkname="/etc"), UploadRejected, "symbolic link"),
+        (ts.member("../x", b"x"), NameRejected, "'..'"),
+        (ts.member(".dittohead/x", b"x"), NameRejected, "may only hold"),
+        (ts.member("big", b"x" * 70), LimitExceeded, "max_file_bytes"),
+        (b"".join(ts.member(f"f{i}", b"1") for i in range(4)), LimitExceeded, "max_files"),
+        (b"".join(ts.member(f"f{i}", b"1" * 60) for i in range(3)), LimitExceeded, "max_upload"),
+        (ts.pax([("path", "a"), ("path", "b")]) + ts.member("x"), UploadRejected, "twice"),
+        (ts.longname("a") + ts.pax([("path", "b")]) + ts.member("x"), UploadRejected, "both"),
+        (ts.longname("a") + ts.longname("b") + ts.member("x"), UploadRejected, "long names"),
+        (
+            ts.pax([("path", "a")]) + ts.pax([("path", "b")]) + ts.member("x"),
+            UploadRejected,
+            "two pax headers",
+        ),
+    ],
+)
+def test_refusals_remove_the_staging_entry(
+    inbox: tuple[Path, int], body: bytes, error: type[DittoheadError], fragment: str
+) -> None:
+    path, fd = inbox
+    limits = Limits(max_files=3, max_file_bytes=64, max_upload_bytes=150)
+    with pytest.raises(error, match=fragment):
+        receive(fd, ts.with_manifest(body, [("x.txt", b"x")]), limits=limits)
+    assert os.listdir(path) == []
+
+
+def test_size_cap_is_checked_before_any_data_is_read(inbox: tuple[Path, int]) -> None:
+    """Only the header arrives and the pipe stays open: reading data would stall instead."""
+    path, fd = inbox
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, ts.header("big.bin", size=1 << 30))
+    st = Staging(fd, ts.SOURCE, Limits(max_file_bytes=1 << 20, stall_timeout=5))
+    started = time.monotonic()
+    try:
+        with pytest.raises(LimitExceeded, match="max_file_bytes"):
+            st.receive(read_fd)
+    finally:
+        st.discard()
+        os.close(read_fd)
+        os.close(write_fd)
+    assert time.monotonic() - started < 2
+    assert os.listdir(path) == []
+
+
+def test_a_stalled_client_is_cut_off(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, ts.member("a.txt", b"x" * 1000)[:700])
+    st = Staging(fd, ts.SOURCE, Limits(stall_timeout=0.3))
+    try:
+        with pytest.raises(TransferError, match=r"no data arrived for 0\.3 seconds"):
+            st.receive(read_fd)
+        assert os.listdir(path) == [st.dot_entry]  # still there until the catch site discards
+    finally:
+        st.discard()
+        os.close(read_fd)
+        os.close(write_fd)
+    assert os.listdir(path) == []
+
+
+def test_free_space_is_watched_while_writing(
+    inbox: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = inbox
+    monkeypatch.setattr(stage_mod, "SPACE_CHECK_BYTES", 1000)
+    limits = Limits(min_free_bytes=1 << 62)  # no file system has that much left
+    with pytest.raises(OutOfSpace, match="out of space"):
+        receive(fd, ts.upload([("a", b"a" * 600), ("b", b"b" * 600)]), limits=limits)
+    assert os.listdir(path) == []
+
+
+def test_discard_removes_nested_content_but_nothing_outside(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    (path / "neighbour").mkdir()
+    kept: list[Staging] = []
+    body = ts.member("a/b/c/d.txt", b"data") + ts.member("a/x", b"y") + ts.header("e/f", kind=b"6")
+    with pytest.raises(UploadRejected, match="FIFO"):
+        receive(fd, ts.with_manifest(body), staging=kept)
+    assert os.listdir(path) == ["neighbour"]
+    kept[0].discard()  # a second discard is harmless
+
+
+def test_committed_entries_are_never_discarded(inbox: tuple[Path, int]) -> None:
+    path, fd = inbox
+    kept: list[Staging] = []
+    receive(fd, ts.upload([("a", b"a")]), staging=kept)
+    kept[0].committed = True
+    kept[0].discard()
+    assert os.listdir(path) == [kept[0].dot_entry]
+
+
+def test_entry_names_are_sortable_and_unguessable() -> None:
+    first = entry_name("brogden-a", now=0)
+    assert first.startswith("brogden-a-19700101T000000Z-")
+    assert len(first.rsplit("-", 1)[1]) == 16
+    assert first != entry_name("brogden-a", now=0)

@@ -38,7 +38,7 @@ import yaml
 from dittohead.receiver.admin import cli
 from dittohead.receiver.config import Config, load_config
 from tests.integration.harness import REPO, Accounts, reachable_python, require, run
-from tests.support.server import STUDY, Server
+from tests.support.server import STUDY, Server, make_server
 
 pytestmark = pytest.mark.systemd
 
@@ -451,3 +451,42 @@ def test_check_names_each_broken_setting(
     lines = [line for line in out.splitlines() if line.startswith(where(checked))]
     assert lines, out
     assert any(fix in line for line in lines), out
+
+
+def test_sigterm_while_idle_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM must not wait out the idle timeout (PEP 475 retries select() after a handler;
+    the service wakes itself through signal.set_wakeup_fd)."""
+    activate = need_tool("systemd-socket-activate")
+    server = make_server(tmp_path)
+    doc = yaml.safe_load(server.config_path.read_text())
+    doc["processor"] = {"idle_timeout": 120}
+    server.config_path.write_text(yaml.safe_dump(doc))
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(20)
+    sock_path = tmp_path / "p.sock"
+    proc = subprocess.Popen(
+        [activate, "-l", str(sock_path), "-E", "NOTIFY_SOCKET",
+         sys.executable, "-m", "dittohead.receiver.service", "--config", str(server.config_path)],
+        env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock_path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _poke(sock_path)
+        messages: list[str] = []
+        while not any(m.startswith("STATUS=idle") for m in messages):
+            messages.append(notify.recv(4096).decode())
+        started = time.monotonic()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert notify.recv(4096) == b"STOPPING=1"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()

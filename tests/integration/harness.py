@@ -126,6 +126,7 @@ class Deployment:
     python: Path
     accounts: Accounts
     collectors: str  # the uploaders' group
+    other_collectors: str  # uploaders of another study
     collector: str
     outsider: str
     service: str  # the processor's account
@@ -189,6 +190,7 @@ class Deployment:
 def _write_config(dep: Deployment) -> None:
     (dep.base / "etc").mkdir()
     (dep.base / "study" / dep.study).mkdir(parents=True)
+    (dep.base / "study" / "other").mkdir(parents=True)
     config = {
         "dropbox": str(dep.base / "dropbox"),
         "socket": str(dep.base / "run" / "processor.sock"),
@@ -196,7 +198,11 @@ def _write_config(dep: Deployment) -> None:
         "user": dep.service,
         "sources": {"brogden-a": "Brogden A"},
         "studies": {
-            dep.study: {"destination": str(dep.destination), "uploaders": [dep.collectors]}
+            dep.study: {"destination": str(dep.destination), "uploaders": [dep.collectors]},
+            "other": {
+                "destination": str(dep.base / "study" / "other" / "raw"),
+                "uploaders": [dep.other_collectors],
+            },
         },
     }
     dep.config_path.write_text(yaml.safe_dump(config))
@@ -264,14 +270,18 @@ def deployment(tmp_root: Path) -> Iterator[Deployment]:
         homes = base / "home"
         homes.mkdir(mode=0o755)
         collectors = accounts.group("coll")
+        # The outsider collects for another study: sshd forces the receiver on them too, and
+        # the receiver (then the processor) must refuse them for this one.
+        others = accounts.group("oth")
         collector = accounts.user("alice", homes, (collectors,))
-        outsider = accounts.user("mallory", homes)
+        outsider = accounts.user("mallory", homes, (others,))
         service = accounts.user("svc", homes, system=True)
         dep = Deployment(
             base=base,
             python=reachable_python(base),
             accounts=accounts,
             collectors=collectors,
+            other_collectors=others,
             collector=collector,
             outsider=outsider,
             service=service,

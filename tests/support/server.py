@@ -76,7 +76,7 @@ def make_server(base: Path, **limits: Any) -> Server:
     accepted; tests about foreign owners use the sshd tier's real users.
     """
     group = grp.getgrgid(os.getgid()).gr_name
-    (base / "study").mkdir()
+    (base / "study").mkdir(parents=True)
     doc: dict[str, Any] = {
         "dropbox": str(base / "dropbox"),
         "socket": str(base / "run" / "processor.sock"),

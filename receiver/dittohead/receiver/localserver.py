@@ -10,6 +10,7 @@ users); the real-OpenSSH test tier covers real accounts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -81,14 +82,29 @@ class LocalServer:
             env=env,
         )
         assert child.stdin and child.stdout and child.stderr
-        await process.redirect(stdin=child.stdin)
+        child_stdin = child.stdin
+
+        async def feed() -> None:
+            # Like sshd: when the receiver stops reading (it refused the upload), the rest of
+            # the client's data is discarded instead of breaking the session.
+            try:
+                while data := await process.stdin.read(1 << 18):
+                    child_stdin.write(data)
+                    await child_stdin.drain()
+                child_stdin.close()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         async def pump(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter[bytes]) -> None:
             while data := await reader.read(1 << 16):
                 writer.write(data)
 
+        feeder = asyncio.create_task(feed())
         await asyncio.gather(pump(child.stdout, process.stdout), pump(child.stderr, process.stderr))
         status = await child.wait()
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
         process.exit(status)
 
     async def start(self) -> int:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import grp
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -76,7 +77,8 @@ def _write_config(base: Path) -> Config:
         "dropbox": str(base / "dropbox"),
         "socket": str(base / "run" / "processor.sock"),
         "state_dir": str(base / "state"),
-        "user": "dittohead",
+        # The demo's "service account" is whoever runs it: nothing here needs another user.
+        "user": pwd.getpwuid(os.getuid()).pw_name,
         "sources": {SOURCE: "Brogden A"},
         "studies": {
             STUDY: {

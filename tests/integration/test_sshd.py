@@ -1,0 +1,153 @@
+"""The truth: a real OpenSSH sshd with ForceCommand, real Unix users, the processor as its own
+service account. A collector's send lands, a changed file becomes ``name~2.ext``, an identical
+re-send stores nothing new, an outsider is refused and nothing is queued."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Deployment, run
+
+pytestmark = [pytest.mark.sshd, pytest.mark.root]
+
+
+def study_folder(dep: Deployment, name: str) -> Path:
+    folder = dep.base / "pc" / name
+    (folder / "eprime").mkdir(parents=True)
+    (folder / "biopac").mkdir()
+    (folder / "eprime" / f"{name}.txt").write_text(f"subject {name}\n")
+    (folder / "biopac" / f"{name}.acq").write_bytes(os.urandom(300_000))
+    return folder
+
+
+def stored(dep: Deployment) -> dict[str, bytes]:
+    return {
+        p.relative_to(dep.destination).as_posix(): p.read_bytes()
+        for p in sorted(dep.destination.rglob("*"))
+        if p.is_file() and ".dittohead" not in p.parts
+    }
+
+
+def history(dep: Deployment) -> list[dict[str, object]]:
+    done = dep.admin("history", "--study", dep.study, "--json")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("dittohead: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_a_collectors_send_lands_in_the_study_tree(sshd_deployment: Deployment) -> None:
+    dep = sshd_deployment
+    folder = study_folder(dep, "s01")
+    sent = dep.send(dep.collector, folder)
+    assert sent.returncode == 0, sent.stderr
+    receipt = json.loads(sent.stdout)
+    assert (receipt["files"], receipt["study"], receipt["user"]) == (2, dep.study, dep.collector)
+    # Committed, owned by the collector, waiting for the processor.
+    entries = os.listdir(dep.inbox)
+    assert entries == [receipt["upload"]]
+    assert os.stat(dep.inbox / entries[0]).st_uid == pwd_uid(dep.collector)
+
+    done = dep.process()
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(dep.inbox) == []
+    files = stored(dep)
+    assert files["eprime/s01.txt"] == b"subject s01\n"
+    assert files["biopac/s01.acq"] == (folder / "biopac" / "s01.acq").read_bytes()
+    st = (dep.destination / "eprime" / "s01.txt").stat()
+    assert st.st_uid == pwd_uid(dep.service)
+    assert stat.S_IMODE(st.st_mode) == 0o440  # never writable by collectors
+    records = {r["path"]: r for r in history(dep) if r["upload"] == receipt["upload"]}
+    assert set(records) == {"eprime/s01.txt", "biopac/s01.acq"}
+    assert all(
+        r["uploader"] == dep.collector and r["outcome"] == "stored" for r in records.values()
+    )
+
+
+def test_a_changed_file_becomes_a_new_version(sshd_deployment: Deployment) -> None:
+    dep = sshd_deployment
+    folder = study_folder(dep, "s02")
+    state = dep.base / "state-s02.json"
+    assert dep.send(dep.collector, folder, state=state).returncode == 0
+    assert dep.process().returncode == 0
+    (folder / "eprime" / "s02.txt").write_text("subject s02, corrected\n")
+    again = dep.send(dep.collector, folder, state=state)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files"] == 1  # only what changed was sent
+    assert dep.process().returncode == 0
+    files = stored(dep)
+    assert files["eprime/s02.txt"] == b"subject s02\n"
+    assert files["eprime/s02~2.txt"] == b"subject s02, corrected\n"
+
+
+def test_an_identical_resend_stores_nothing_new(sshd_deployment: Deployment) -> None:
+    dep = sshd_deployment
+    folder = study_folder(dep, "s03")
+    assert dep.send(dep.collector, folder, state=dep.base / "a.json").returncode == 0
+    assert dep.process().returncode == 0
+    before = stored(dep)
+    # A fresh state file: the client sends everything again; the server must notice.
+    resent = dep.send(dep.collector, folder, state=dep.base / "b.json")
+    assert resent.returncode == 0, resent.stderr
+    upload = json.loads(resent.stdout)["upload"]
+    assert dep.process().returncode == 0
+    assert stored(dep) == before
+    outcomes = {r["outcome"] for r in history(dep) if r["upload"] == upload}
+    assert outcomes == {"duplicate"}
+
+
+def test_an_outsider_is_refused_and_nothing_is_queued(sshd_deployment: Deployment) -> None:
+    dep = sshd_deployment
+    folder = study_folder(dep, "s04")
+    refused = dep.send(dep.outsider, folder)
+    assert refused.returncode != 0
+    line = one_error_line(refused.stderr)
+    assert f"not an uploader for study '{dep.study}'" in line
+    assert os.listdir(dep.inbox) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [(), ("internal-sftp",), ("scp", "-t", "/tmp"), ("rsync", "--server", ".", "/tmp"),
+     ("id;", "touch", "/tmp/pwned")],
+)  # fmt: skip
+def test_anything_but_the_client_is_refused(
+    sshd_deployment: Deployment, command: tuple[str, ...]
+) -> None:
+    dep = sshd_deployment
+    done = dep.ssh(dep.collector, *command)
+    assert done.returncode != 0
+    assert "use 'dittohead send'" in done.stderr
+    assert os.listdir(dep.inbox) == []
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_sftp_and_scp_clients_are_refused(sshd_deployment: Deployment, tmp_path: Path) -> None:
+    dep = sshd_deployment
+    opts = ["-P", str(dep.port), "-i", str(dep.key(dep.collector)),
+            "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes"]  # fmt: skip
+    payload = tmp_path / "x.txt"
+    payload.write_text("x")
+    sftp = run("sftp", *opts, "-b", "-", f"{dep.collector}@127.0.0.1", input="put x.txt\n",
+               check=False, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert sftp.returncode != 0
+    scp = run("scp", *opts, str(payload), f"{dep.collector}@127.0.0.1:x.txt", check=False,
+              timeout=60)  # fmt: skip
+    assert scp.returncode != 0
+    assert os.listdir(dep.inbox) == []
+
+
+def pwd_uid(user: str) -> int:
+    return pwd.getpwnam(user).pw_uid

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,12 @@ def test_identical_content_is_a_duplicate_and_writes_nothing(server: Server) -> 
 
 
 def test_entries_are_finalized_in_commit_order(server: Server) -> None:
+    # File timestamps tick at the kernel's clock granularity (a few ms), so commits made within
+    # one tick tie (and are then ordered by name); the pauses keep these apart.
     first = server.commit({"f.txt": b"first"})
+    time.sleep(0.05)
     second = server.commit({"f.txt": b"second"})
+    time.sleep(0.05)
     # Make the commit order disagree with the names' order: ctime decides, not the name.
     os.utime(server.inbox / first)  # touching changes ctime too: `first` now committed later
     run_once(server.config)

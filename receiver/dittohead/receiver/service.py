@@ -25,6 +25,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -89,7 +90,7 @@ class Watchdog:
     does not get killed mid-copy.
     """
 
-    def __init__(self, notify: Notifier, usec: int) -> None:
+    def __init__(self, notify: Callable[[str], None], usec: int) -> None:
         self._notify = notify
         self.interval = usec / 2e6  # systemd's advice: ping at half the timeout
         self._beat = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,27 @@ def test_the_processor_never_asks_for_set_id_bits(
     assert [(n, oct(m)) for n, m in asked if m & (stat.S_ISUID | stat.S_ISGID)] == []
     # ... and the folders still end up set-gid, inherited from the destination.
     assert (server.destination / "a" / "b").stat().st_mode & stat.S_ISGID
+
+
+def test_the_watchdog_pings_while_the_main_thread_moves_bytes(tmp_path: Path) -> None:
+    pings: list[str] = []
+    dog = service.Watchdog(pings.append, 100_000)  # ping every 50 ms
+    dog.start()
+    try:
+        # Busy without beats (a long copy): the main thread's own I/O keeps it alive.
+        sink = tmp_path / "sink"
+        deadline = time.monotonic() + 0.6
+        with sink.open("wb") as out:
+            while time.monotonic() < deadline:
+                out.write(b"x" * 4096)
+                out.flush()
+                time.sleep(0.005)
+        busy = len(pings)
+        # Hung: no beats, no I/O on the main thread: the pings stop.
+        time.sleep(0.4)
+        stalled = len(pings)
+        time.sleep(0.4)
+        assert len(pings) == stalled
+    finally:
+        dog.stop()
+    assert busy >= 5 and set(pings) == {"WATCHDOG=1"}

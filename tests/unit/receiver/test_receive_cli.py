@@ -10,6 +10,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from dittohead.core.receipt import Receipt
+from dittohead.receiver.admin.sshd_cmd import receiver_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hostile"))
 import recv_harness as h
@@ -276,16 +278,7 @@ def test_isolated_interpreter_ignores_the_users_environment(
     marker = tmp_path / "hijacked"
     (evil / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-X",
-            "utf8",
-            "-m",
-            "dittohead.receiver.receive",
-            "--config",
-            str(server.config),
-        ],
+        shlex.split(receiver_command(Path(server.config))),
         input=python_upload(FILES),
         capture_output=True,
         env=h.receiver_env(

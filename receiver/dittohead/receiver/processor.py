@@ -85,7 +85,14 @@ def check_kernel(proc: Path = Path("/proc/sys/fs/protected_hardlinks")) -> None:
     try:
         value = proc.read_text().strip()
     except OSError:
-        return  # not Linux /proc: nothing to check
+        if not Path("/proc/self").exists():
+            return  # no /proc at all (not Linux): nothing to check
+        # /proc is there but the setting is hidden (a unit with ProcSubset=pid, say): refuse
+        # rather than run unchecked.
+        raise KernelSettingError(
+            f"cannot read {proc}, so fs.protected_hardlinks cannot be checked; do not hide "
+            "/proc/sys from the processor (no ProcSubset=pid in its unit)"
+        ) from None
     if value != "1":
         raise KernelSettingError()
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dittohead.receiver import service
-from dittohead.receiver.processor import Hooks, Stopped, run_once
+from dittohead.receiver.processor import Hooks, KernelSettingError, Stopped, check_kernel, run_once
 from tests.support.server import Server, make_server
 
 from .test_processor import ledger, stored_files
@@ -164,3 +164,15 @@ def test_the_watchdog_pings_while_the_main_thread_moves_bytes(tmp_path: Path) ->
     finally:
         dog.stop()
     assert busy >= 5 and set(pings) == {"WATCHDOG=1"}
+
+
+def test_the_processor_refuses_when_protected_hardlinks_is_off_or_hidden(tmp_path: Path) -> None:
+    setting = tmp_path / "protected_hardlinks"
+    setting.write_text("1\n")
+    check_kernel(setting)
+    setting.write_text("0\n")
+    with pytest.raises(KernelSettingError, match="sysctl"):
+        check_kernel(setting)
+    if Path("/proc/self").exists():  # hidden, as ProcSubset=pid would
+        with pytest.raises(KernelSettingError, match="ProcSubset"):
+            check_kernel(tmp_path / "missing")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import streams
+from tests.hostile import streams
 
 #: the console script sshd's ForceCommand runs (it sits beside the test interpreter)
 RECEIVE = Path(sys.executable).with_name("dittohead-receive")

@@ -123,11 +123,12 @@ def end(trailer: bytes = b"") -> bytes:
 
 
 def manifest_json(files: Sequence[tuple[str, bytes]]) -> bytes:
-    entries = [
+    entries: list[dict[str, str | int]] = [
         {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for path, data in files
     ]
-    doc = {"files": len(entries), "bytes": sum(e["size"] for e in entries), "entries": entries}
+    total = sum(len(data) for _, data in files)
+    doc = {"files": len(entries), "bytes": total, "entries": entries}
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import recv_harness as h
-import streams
+
+from tests.hostile import recv_harness as h
+from tests.hostile import streams
 
 # The absolute canary is fixed at collection time (the streams embed it); one per test session.
 CANARY = Path(tempfile.gettempdir()) / f"dittohead-canary-{os.getpid()}"

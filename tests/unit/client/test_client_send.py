@@ -24,6 +24,7 @@ import pytest
 
 from dittohead.client import cli, login, send
 from dittohead.client.hostkeys import user_known_hosts
+from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
 from dittohead.client.state import default_state_path
 from dittohead.core.errors import (
@@ -550,7 +551,7 @@ def test_a_file_changing_during_the_send_stores_nothing(
 ) -> None:
     root = write_tree(tmp_path / "rec", {"a.edf": os.urandom(3 << 20)})
     real_write = asyncssh.SSHWriter.write
-    grown = []
+    grown: list[bool] = []
 
     def write_then_grow(self: Any, data: bytes) -> None:
         real_write(self, data)
@@ -640,7 +641,7 @@ def test_a_receipt_must_be_json_and_must_match(tmp_path: Path) -> None:
     with pytest.raises(TransferError):
         send.parse_receipt(b"")
     root = write_tree(tmp_path / "d", {"a": b"abc"})
-    pack = send.Pack(scan(root))
+    pack = Pack(scan(root))
     b"".join(pack)
     good = Receipt("up", STUDY, SOURCE, USER, 1, 3, pack.manifest_sha256, "2026-01-01T00:00:00Z")
     request = UploadRequest(STUDY, SOURCE)

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dittohead.client import state as state_mod
 from dittohead.client.scan import FileItem, Plan, scan
 from dittohead.client.state import (
     State,
@@ -159,7 +158,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(state_mod.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
         write_atomic(path, b"new")
     assert path.read_bytes() == b"old"
@@ -181,8 +180,8 @@ def test_atomic_write_replaces_and_syncs(tmp_path: Path, monkeypatch: pytest.Mon
         assert Path(src).parent == path.parent  # same folder: the rename is atomic
         real_replace(src, dst)
 
-    monkeypatch.setattr(state_mod.os, "fsync", fsync)
-    monkeypatch.setattr(state_mod.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     write_atomic(path, b"new")
     assert path.read_bytes() == b"new"
     assert calls[:2] == ["fsync", "replace"]  # data synced before it replaces the old file

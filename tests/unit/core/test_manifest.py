@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -25,8 +26,9 @@ def test_round_trip(files: dict[str, bytes]) -> None:
     assert parse_manifest(manifest.to_json()) == manifest
 
 
-def good() -> dict[str, object]:
-    return json.loads(Manifest.of([entry("a.txt", b"x")]).to_json())
+def good() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(Manifest.of([entry("a.txt", b"x")]).to_json())
+    return doc
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ def server(tmp_path: Path) -> Server:
     return make_server(tmp_path)
 
 
-def ledger(server: Server) -> list[dict[str, object]]:
+def ledger(server: Server) -> list[dict[str, Any]]:
     fd = os.open(server.destination, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return read_ledger(fd)
@@ -79,7 +80,7 @@ def test_changed_content_becomes_a_new_version_and_the_first_keeps_its_name(
         "a.tar.gz": b"A1",
         "a.tar~2.gz": b"A2",
     }
-    newest = latest(ledger(server))  # type: ignore[arg-type]
+    newest = latest(ledger(server))
     assert newest["eprime/s01.txt"]["stored_as"] == "eprime/s01~3.txt"
     assert newest["a.tar.gz"]["stored_as"] == "a.tar~2.gz"
 
@@ -148,7 +149,7 @@ def test_an_entry_that_disagrees_with_its_manifest_is_quarantined(
         {"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
         for p, d in files.items()
     ]
-    manifest = {"entries": entries}
+    manifest: dict[str, Any] = {"entries": entries}
     manifest_change(manifest)  # type: ignore[operator]
     manifest["files"] = len(manifest["entries"])
     manifest["bytes"] = sum(e["size"] for e in manifest["entries"])

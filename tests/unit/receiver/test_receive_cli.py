@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -27,10 +26,8 @@ import pytest
 
 from dittohead.core.receipt import Receipt
 from dittohead.receiver.admin.sshd_cmd import receiver_command
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hostile"))
-import recv_harness as h
-import streams as ts
+from tests.hostile import recv_harness as h
+from tests.hostile import streams as ts
 
 LIMITS = {
     "max_files": 1000,

@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import random
-import sys
 import tarfile
 import threading
 import time
@@ -26,9 +25,8 @@ from dittohead.core.errors import (
 from dittohead.receiver import stage as stage_mod
 from dittohead.receiver.config import Limits
 from dittohead.receiver.stage import Staged, Staging, entry_name
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hostile"))
-import streams as ts
+from dittohead.receiver.tarread import BUFFER_BYTES
+from tests.hostile import streams as ts
 
 LIMITS = Limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
 
@@ -71,7 +69,7 @@ def receive(
     limits: Limits = LIMITS,
     via: str = "pipe",
     chunk: int | None = None,
-    bufsize: int = stage_mod.BUFFER_BYTES,
+    bufsize: int = BUFFER_BYTES,
     staging: list[Staging] | None = None,
 ) -> Staged:
     """Stage `data` read from a pipe (written by a thread in `chunk`-sized pieces) or a file."""
@@ -147,7 +145,7 @@ def check_entry(inbox_path: Path, staged: Staged, files: dict[str, bytes]) -> No
 
 @pytest.mark.parametrize(
     ("via", "chunk", "bufsize"),
-    [("file", None, stage_mod.BUFFER_BYTES), ("pipe", None, 4096), ("pipe", 1, 1024),
+    [("file", None, BUFFER_BYTES), ("pipe", None, 4096), ("pipe", 1, 1024),
      ("pipe", 511, 512), ("pipe", 70001, 65536)],
 )  # fmt: skip
 def test_python_pax_upload_is_staged_exactly(

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 
 from dittohead.core.errors import UploadRejected
 from dittohead.receiver.tarread import Member, Stream, TarReader, parse_pax
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hostile"))
-import streams as ts
+from tests.hostile import streams as ts
 
 
 def members(data: bytes, bufsize: int = 1024) -> list[tuple[Member, bytes]]:

@@ -12,7 +12,7 @@ PYTHON      ?= $(shell for c in /usr/bin/python3 python3.13 python3.12 python3.1
                  command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
                  && { echo $$c; break; }; done)
 DEMO_DEBS   := python3-venv
-TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd
+TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace
 
 .PHONY: demo test lint typecheck unit bench system-deps-demo system-deps-test clean
 

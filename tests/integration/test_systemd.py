@@ -492,3 +492,58 @@ def test_sigterm_while_idle_stops_at_once(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         notify.close()
+
+
+def _expand(tool: str, group: str) -> set[str]:
+    """The system calls in a `systemd-analyze syscall-filter` group, nested groups expanded."""
+    out = run(tool, "syscall-filter", group).stdout
+    names: set[str] = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        names |= _expand(tool, item) if item.startswith("@") else {item}
+    return names
+
+
+def unit_syscall_filter(tool: str, unit: str) -> set[str]:
+    """What the unit's SystemCallFilter= lines allow (an allow list, then `~` deny lists)."""
+    allowed: set[str] = set()
+    for line in (UNIT_DIR / unit).read_text().splitlines():
+        if not line.startswith("SystemCallFilter="):
+            continue
+        value = line.split("=", 1)[1]
+        deny = value.startswith("~")
+        names: set[str] = set()
+        for item in value.lstrip("~").split():
+            names |= _expand(tool, item) if item.startswith("@") else {item}
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+@pytest.mark.slow
+def test_a_full_pass_stays_inside_the_units_syscall_filter(tmp_path: Path) -> None:
+    """Every system call a `--once` pass makes (traced with strace, children included) is one
+    the unit's SystemCallFilter= allows, so the filter cannot kill a real run."""
+    tool = need_tool("systemd-analyze")
+    strace = need_tool("strace")
+    server = make_server(tmp_path / "srv")
+    server.commit({"eprime/s01.txt": b"one", "biopac/deep/s01.acq": b"\0" * 70_000})
+    server.commit({"eprime/s01.txt": b"two"})  # a second version: the ~2 naming path
+    server.commit({"eprime/s01.txt": b"one"})  # a duplicate
+    trace = tmp_path / "trace"
+    processor = Path(sys.prefix) / "bin" / "dittohead-processor"
+    result = run(strace, "-f", "-qq", "-o", trace, processor, "--once",
+                 "--config", server.config_path, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(list(server.destination.rglob("s01*"))) == 3
+    used = {
+        m[1]
+        for line in trace.read_text().splitlines()
+        if (m := re.match(r"^\d+\s+([a-z0-9_]+)\(", line))
+    }
+    assert {"renameat2", "syncfs", "mkdirat"} <= used  # the trace saw the real work
+    allowed = unit_syscall_filter(tool, "dittohead-processor.service")
+    assert not {"mount", "setrlimit", "ptrace", "chroot", "setuid"} & allowed  # the denials bite
+    assert used - allowed == set()
+    assert unit_syscall_filter(tool, "dittohead-rescan.service") == allowed

@@ -8,10 +8,12 @@ import json
 import os
 import pwd
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.hostile import streams
 from tests.integration.harness import Deployment, run
 
 pytestmark = [pytest.mark.sshd, pytest.mark.root]
@@ -151,3 +153,54 @@ def test_sftp_and_scp_clients_are_refused(sshd_deployment: Deployment, tmp_path:
 
 def pwd_uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
+
+
+THROUGH_SSHD = (
+    "dotdot-canary",
+    "abs-canary",
+    "symlink",
+    "hardlink",
+    "gnu-longname-escape",
+    "pax-global-escape",
+    "case-collision",
+    "truncated-in-data",
+    "manifest-wrong-sha",
+    "garbage-after-end",
+    "not-a-tar",
+)
+
+
+@pytest.mark.parametrize("name", THROUGH_SSHD)
+def test_hostile_streams_through_real_sshd(sshd_deployment: Deployment, name: str) -> None:
+    """A handful of the checked-in hostile streams, sent as the collector through OpenSSH."""
+    dep = sshd_deployment
+    canary = dep.base / "canary"
+    canary.mkdir(exist_ok=True, mode=0o777)
+    hostile = {h.name: h for h in streams.streams(str(canary))}[name]
+    command = f"dittohead upload v1 {dep.study} brogden-a"
+    done = subprocess.run(
+        ["ssh", "-F", "none", "-p", str(dep.port), "-i", str(dep.key(dep.collector)),
+         "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes",
+         f"{dep.collector}@127.0.0.1", command],
+        input=hostile.stream, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode != 0
+    assert hostile.expect in one_error_line(err)
+    assert os.listdir(dep.inbox) == []
+    assert os.listdir(canary) == []
+
+
+def test_a_tty_is_refused(sshd_deployment: Deployment) -> None:
+    dep = sshd_deployment
+    done = run(
+        "ssh", "-tt", "-F", "none", "-p", str(dep.port), "-i", dep.key(dep.collector),
+        "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes",
+        f"{dep.collector}@127.0.0.1", check=False, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode != 0
+    # PermitTTY no: the terminal is refused, and the forced receiver refuses the bare shell.
+    output = done.stderr + done.stdout
+    assert "PTY allocation request failed" in output
+    assert "no command was given" in output
+    assert os.listdir(dep.inbox) == []

@@ -324,10 +324,14 @@ class Checked:
     block: str
     listener: socket.socket
 
+    @property
+    def units(self) -> Path:
+        return self.site.base / "units"
+
     def check(self, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
         code = cli.main(
             ["check", "--config", str(self.site.config_path), "--sshd-config",
-             str(self.sshd_config)]
+             str(self.sshd_config), "--unit-dir", str(self.units)]
         )  # fmt: skip
         return code, capsys.readouterr().out
 
@@ -350,6 +354,13 @@ def checked(site: Site) -> Iterator[Checked]:
     _own_socket(path, site)
     state = Checked(site, site.base / "sshd_config", block, listener)
     state.write_sshd(block)
+    # The shipped units, plus the drop-in an admin writes for this site's folders.
+    shutil.copytree(UNIT_DIR, state.units, ignore=shutil.ignore_patterns("*.d"))
+    (state.units / "dittohead-.service.d").mkdir()
+    (state.units / "dittohead-.service.d" / "site.conf").write_text(
+        f"[Service]\nReadWritePaths={site.base / 'dropbox'} {site.base / 'state'}\n"
+        f"ReadWritePaths={site.server.destination}\n"
+    )
     try:
         yield state
     finally:
@@ -426,6 +437,13 @@ BREAKS: dict[str, tuple[Callable[[Checked], object], Callable[[Checked], str], s
         ),
         lambda c: str(c.sshd_config),
         "forwarding",
+    ),
+    "destination not writable under the units": (
+        lambda c: (c.units / "dittohead-.service.d" / "site.conf").write_text(
+            f"[Service]\nReadWritePaths={c.site.base / 'dropbox'} {c.site.base / 'state'}\n"
+        ),
+        lambda c: str(_destination(c)),
+        "ReadWritePaths=",
     ),
     "socket missing": (
         lambda c: c.site.server.config.socket.unlink(),

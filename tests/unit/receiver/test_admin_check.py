@@ -22,9 +22,12 @@ from dittohead.receiver.admin.check_cmd import (
     check_kernel,
     check_layout,
     check_socket,
+    check_units,
 )
 from dittohead.receiver.admin.init_cmd import init
 from tests.support.server import STUDY, Server, make_server
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -174,3 +177,40 @@ def test_sshd_t_output_is_parsed_first_value_wins() -> None:
         "permittty": "no",
         "forcecommand": "a b c",
     }
+
+
+def _units(tmp_path: Path, *drop_ins: str) -> Probe:
+    """The shipped processor and rescan units in a folder, with drop-ins for both."""
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in ("dittohead-processor.service", "dittohead-rescan.service"):
+        (units / name).write_text((REPO / "systemd" / name).read_text())
+    folder = units / "dittohead-.service.d"
+    folder.mkdir()
+    for i, text in enumerate(drop_ins):
+        (folder / f"{i:02}.conf").write_text(f"[Service]\n{text}\n")
+    return Probe(unit_dirs=(units,))
+
+
+def test_folders_outside_readwritepaths_are_named(server: Server, tmp_path: Path) -> None:
+    problems = check_units(server.config, _units(tmp_path))
+    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree.
+    named = {(p.where, p.what.split()[0]) for p in problems}
+    for path in (server.config.dropbox, server.config.state_dir, server.destination):
+        for unit in ("dittohead-processor.service", "dittohead-rescan.service"):
+            assert (str(path), unit) in named
+    assert all("dittohead-.service.d" in p.fix for p in problems)
+
+
+def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -> None:
+    probe = _units(tmp_path, f"ReadWritePaths={server.base}")
+    assert check_units(server.config, probe) == []
+
+
+def test_an_empty_readwritepaths_resets_the_list(server: Server, tmp_path: Path) -> None:
+    probe = _units(tmp_path, f"ReadWritePaths=-{server.base}", "ReadWritePaths=")
+    assert len(check_units(server.config, probe)) == 6
+
+
+def test_units_that_are_not_installed_are_not_checked(server: Server, tmp_path: Path) -> None:
+    assert check_units(server.config, Probe(unit_dirs=(tmp_path,))) == []

@@ -26,6 +26,18 @@ PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
 #: what the receiver's ForceCommand runs (sshd-config prints the module form)
 RECEIVER_MARKERS = ("dittohead.receiver.receive", "dittohead-receive")
+#: where systemd looks for system units, most important first
+UNIT_DIRS = tuple(
+    Path(p)
+    for p in (
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/local/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    )
+)
+SERVICES = ("dittohead-processor.service", "dittohead-rescan.service")
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Probe:
     protected_hardlinks: Path = PROTECTED_HARDLINKS
     sshd: Path | None = None  # None: whichever sshd is installed, if any
     sshd_config: Path = SSHD_CONFIG
+    unit_dirs: tuple[Path, ...] = UNIT_DIRS
 
 
 def add_parser(
@@ -62,6 +75,14 @@ def add_parser(
         type=Path,
         default=SSHD_CONFIG,
         help="the sshd configuration to evaluate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--unit-dir",
+        type=Path,
+        action="append",
+        dest="unit_dirs",
+        metavar="DIR",
+        help="look for the systemd units here instead of systemd's folders (repeatable)",
     )
     p.set_defaults(handler=run)
 
@@ -312,6 +333,69 @@ def _judge_sshd(where: str, settings: dict[str, str]) -> list[Problem]:
     return problems
 
 
+def _unit_files(unit: str, dirs: tuple[Path, ...]) -> list[Path]:
+    """The unit file and its drop-ins in the order systemd applies them (empty: not installed).
+
+    Drop-ins come from ``<unit>.d/`` and the dash-prefix ``dittohead-.service.d/``; a file name
+    in a more important folder hides the same name further down.
+    """
+    main = next((d / unit for d in dirs if (d / unit).is_file()), None)
+    if main is None:
+        return []
+    prefix = unit.split("-", 1)[0] + "-.service.d"
+    drop_ins: dict[str, Path] = {}
+    for d in reversed(dirs):
+        for sub in (prefix, unit + ".d"):
+            folder = d / sub
+            if folder.is_dir():
+                for conf in folder.glob("*.conf"):
+                    drop_ins[conf.name] = conf
+    return [main, *(drop_ins[name] for name in sorted(drop_ins))]
+
+
+def _read_write_paths(files: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for file in files:
+        section = ""
+        for raw in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = raw.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and line.startswith("ReadWritePaths="):
+                value = line.split("=", 1)[1].split()
+                if not value:
+                    paths = []  # an empty assignment resets the list
+                paths += [Path(v.lstrip("-+")) for v in value]
+    return paths
+
+
+def check_units(config: Config, probe: Probe) -> list[Problem]:
+    """ProtectSystem=strict: every folder the processor writes must be in ReadWritePaths=."""
+    problems = []
+    for unit in SERVICES:
+        files = _unit_files(unit, probe.unit_dirs)
+        if not files:
+            continue  # not installed as a systemd service here
+        writable = _read_write_paths(files)
+        needed = [
+            config.dropbox,
+            config.state_dir,
+            *(study.destination for study in config.studies.values()),
+        ]
+        for path in needed:
+            if not any(path == w or w in path.parents for w in writable):
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"{unit} may not write here (not in its ReadWritePaths=)",
+                        f"add 'ReadWritePaths={path}' under [Service] in "
+                        "/etc/systemd/system/dittohead-.service.d/destinations.conf, then "
+                        "systemctl daemon-reload",
+                    )
+                )
+    return problems
+
+
 def check(config: Config, probe: Probe | None = None) -> list[Problem]:
     """Everything that is wrong with this deployment (empty: all is well)."""
     probe = probe or Probe()
@@ -321,6 +405,7 @@ def check(config: Config, probe: Probe | None = None) -> list[Problem]:
         *check_destinations(config),
         *check_kernel(probe),
         *check_socket(config),
+        *check_units(config, probe),
         *check_sshd(config, probe),
     ]
 
@@ -340,7 +425,11 @@ def _group_name(gid: int) -> str:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    problems = check(config, Probe(sshd_config=args.sshd_config))
+    probe = Probe(
+        sshd_config=args.sshd_config,
+        unit_dirs=tuple(args.unit_dirs) if args.unit_dirs else UNIT_DIRS,
+    )
+    problems = check(config, probe)
     for problem in problems:
         print(problem.line())
     if problems:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,7 +259,7 @@ def _start_sshd(dep: Deployment) -> None:
     raise RuntimeError(f"sshd did not start: {(dep.base / 'sshd.log').read_text()}")
 
 
-def deployment(tmp_root: Path) -> Iterator[Deployment]:
+def deployment(tmp_root: Path) -> Generator[Deployment, None, None]:
     require(os.geteuid() == 0, "the sshd tier needs root (users, groups, sshd)")
     require(SSHD.exists(), "openssh-server is not installed (make test installs it as root)")
     require(shutil.which("ssh") is not None, "openssh-client is not installed")

@@ -9,14 +9,15 @@ does not wrap (``renameat2``, ``openat2``, ``syncfs``) are reached through ctype
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter already has loaded: no ldconfig run (find_library would start
+# one at every start of the receiver and the processor), nothing resolved from a path.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1

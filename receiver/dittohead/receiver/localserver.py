@@ -91,9 +91,13 @@ class LocalServer:
                 while data := await process.stdin.read(1 << 18):
                     child_stdin.write(data)
                     await child_stdin.drain()
-                child_stdin.close()
             except (BrokenPipeError, ConnectionResetError):
                 pass
+            finally:
+                child_stdin.close()
+                # Retrieve the pipe's closing error, if any, so asyncio does not report it.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await child_stdin.wait_closed()
 
         async def pump(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter[bytes]) -> None:
             while data := await reader.read(1 << 16):

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from dittohead.core.errors import ConfigError
@@ -71,6 +72,16 @@ class Limits(_Model):
     stall_timeout: float = Field(default=300.0, gt=0)
     #: keep this much free on the inbox's file system; refuse uploads that would eat it
     min_free_bytes: Size = 1024**3
+    #: seconds a staging entry may sit without any change before the janitor moves it aside
+    stale_after: float = Field(default=86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stale_after_stall(self) -> Limits:
+        # A live upload is cut off by the receiver after stall_timeout of silence; only then
+        # may the janitor call its staging entry abandoned.
+        if self.stale_after <= 2 * self.stall_timeout:
+            raise ValueError("stale_after must be more than twice stall_timeout")
+        return self
 
 
 class Study(_Model):

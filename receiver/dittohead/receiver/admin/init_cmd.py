@@ -74,6 +74,7 @@ def layout(config: Config) -> list[Want]:
             Want(base / "processing", 0o700, uid, gid),
             Want(base / "done", 0o700, uid, gid),
             Want(base / "quarantine", 0o700, uid, gid),
+            Want(base / "stale", 0o700, uid, gid),  # abandoned staging entries (janitor)
         ]
     return wants
 

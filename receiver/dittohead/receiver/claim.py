@@ -101,6 +101,25 @@ def committed_entries(inbox_fd: int) -> list[Candidate]:
     return found
 
 
+def fair_order(cands: list[Candidate]) -> list[Candidate]:
+    """`cands` in round-robin order across uploaders: one entry per uid in turn.
+
+    Each uploader's own entries keep their commit order (so version numbers follow arrival
+    for what one person sends), but a collector who commits a thousand entries only gets every
+    other turn against a colleague who commits one (THREATS.md, "Denial of service"). Uploaders
+    take their turns in the order of their oldest waiting commit.
+    """
+    queues: dict[int, list[Candidate]] = {}
+    for cand in sorted(cands, key=lambda c: (c.ctime_ns, c.name)):
+        queues.setdefault(cand.uid, []).append(cand)
+    out: list[Candidate] = []
+    depth = 0
+    while len(out) < len(cands):
+        out.extend(queue[depth] for queue in queues.values() if depth < len(queue))
+        depth += 1
+    return out
+
+
 def claim(inbox_fd: int, processing_fd: int, cand: Candidate) -> None:
     """Move `cand` from the inbox into processing/, making sure it is what was looked at."""
     try:

@@ -14,6 +14,7 @@ journal.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from dittohead.core.errors import DittoheadError
+from dittohead.core.errors import DittoheadError, OutOfSpace
 from dittohead.receiver import fsops
 
 LEDGER_DIR = ".dittohead"
@@ -147,17 +148,28 @@ class Ledger:
         if not self._pending:
             return
         data = b"".join(self._pending)
-        os.lseek(self._fd, 0, os.SEEK_END)
+        end = os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            # Never leave part of a line behind for the next flush to append after (that would
+            # glue two records into one broken line): back to the last whole record, keep the
+            # queue, and let the caller decide (out of space: retried on a later run).
+            os.ftruncate(self._fd, end)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpace("the study's destination is out of space") from exc
+            raise
         self._pending.clear()
 
     def close(self) -> None:
-        self.flush()
-        os.close(self._fd)
-        os.close(self._dir_fd)
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            os.close(self._dir_fd)
 
     def __enter__(self) -> Ledger:
         return self

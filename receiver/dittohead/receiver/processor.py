@@ -1,19 +1,22 @@
 """The processor: finalize committed uploads into each study's destination tree.
 
-``claim → verify → publish → ledger → done``, one entry at a time in commit order, under a lock
-so only one processor works at once. This is dittohead's security boundary (DESIGN.md, "Trust
-boundaries"): it runs as the dittohead user and trusts nothing in the inbox but the kernel. It is
-also the one place where acknowledged data could be lost, so every step is journaled and
-idempotent (see `journal`).
+``claim → verify → publish → ledger → done``, one entry at a time, under a lock so only one
+processor works at once. Each uploader's entries are finalized in commit order, taking turns
+round-robin with the other uploaders' (`claim.fair_order`), so one flood cannot starve the rest.
+This is dittohead's security boundary (DESIGN.md, "Trust boundaries"): it runs as the dittohead
+user and trusts nothing in the inbox but the kernel. It is also the one place where acknowledged
+data could be lost, so every step is journaled and idempotent (see `journal`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from dittohead.receiver.claim import (
     EntryRejected,
     claim,
     committed_entries,
+    fair_order,
     iso_utc,
     may_upload,
     user_name,
@@ -37,6 +41,46 @@ from dittohead.receiver.publish import TreeDirs, Upload, make_dirs, publish_file
 from dittohead.receiver.verify import stage_entry
 
 log = logging.getLogger(__name__)
+
+#: Where a pass can be killed (`fault_point`), in the order a pass reaches them.
+CRASH_STEPS = (
+    "claiming",  # journal "claiming" written, entry still in the inbox
+    "claimed",  # entry renamed into processing/
+    "copied",  # one more file copied into staging (the n-th time: n files so far)
+    "staged",  # journal "staged" written
+    "published",  # a file renamed into the tree, its ledger record not yet written
+    "flushed",  # ledger records of the entry written and synced
+    "done",  # entry moved to done/, journal not yet removed
+    "cleaned",  # staging removed, journal not yet removed
+    "quarantined",  # reason file written and entry moved to quarantine/, journal still there
+)
+
+
+def _parse_crash_at(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    step, _, nth = value.partition(":")
+    if step not in CRASH_STEPS:
+        raise ValueError(f"DITTOHEAD_TEST_CRASH_AT: unknown step {step!r}")
+    return step, int(nth or "1")
+
+
+# TEST ONLY. DITTOHEAD_TEST_CRASH_AT=<step>[:<n>] makes the processor SIGKILL itself the n-th
+# time (default: the first) a pass reaches <step> (one of CRASH_STEPS), so that tests can prove
+# a restart after a kill at exactly that instant loses nothing and stores nothing twice. Read
+# once, at import; unset (as it always is in production) `fault_point` does nothing. Nothing
+# an uploader controls can set it: the processor's environment comes from its unit.
+_CRASH_AT = _parse_crash_at(os.environ.get("DITTOHEAD_TEST_CRASH_AT"))
+_crash_seen: dict[str, int] = {}
+
+
+def fault_point(step: str) -> None:
+    """A named instant of a pass where the test-only fault hook may kill the process."""
+    if _CRASH_AT is None or _CRASH_AT[0] != step:
+        return
+    _crash_seen[step] = _crash_seen.get(step, 0) + 1
+    if _crash_seen[step] == _CRASH_AT[1]:
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally blocks, no flush: a real crash
 
 
 class KernelSettingError(DittoheadError):
@@ -139,15 +183,23 @@ class StudyRun:
         self.inbox_dev = os.fstat(self.inbox).st_dev
         self.ledger = Ledger(self.dest)
         self.journal = Journal(config.state_dir, name)
+        # Set when the destination ran out of space: the rest of this pass is left for later.
+        self.out_of_space = False
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
         return fd
 
     def close(self) -> None:
-        self.ledger.close()
-        for fd in self._fds:
-            os.close(fd)
+        try:
+            self.ledger.close()
+        except OutOfSpace as exc:
+            # The records not written describe files the journal still lists: the next run
+            # finds them again by inode and records them then.
+            log.error("%s: %s; the ledger will be completed on a later run", self.name, exc)
+        finally:
+            for fd in self._fds:
+                os.close(fd)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -159,17 +211,21 @@ class StudyRun:
             item = self.journal.read(entry)
             if item is not None:
                 summary.add(self._resume(item))
+            if self.out_of_space:
+                return summary
+        allowed = []
         for cand in committed_entries(self.inbox):
-            self._check_stop()
-            if not may_upload(cand.uid, self.study.uploaders):
-                log.warning(
-                    "%s: inbox entry %s belongs to %s, who may not upload to this study; "
-                    "left alone",
-                    self.name,
-                    cand.name,
-                    user_name(cand.uid),
-                )
+            if may_upload(cand.uid, self.study.uploaders):
+                allowed.append(cand)
                 continue
+            log.warning(
+                "%s: inbox entry %s belongs to %s, who may not upload to this study; left alone",
+                self.name,
+                cand.name,
+                user_name(cand.uid),
+            )
+        for cand in fair_order(allowed):
+            self._check_stop()
             item = JournalEntry(
                 entry=cand.name,
                 study=self.name,
@@ -180,6 +236,7 @@ class StudyRun:
                 ino=cand.ino,
             )
             self.journal.write(item)
+            fault_point("claiming")
             try:
                 claim(self.inbox, self.processing, cand)
             except ClaimLost as exc:
@@ -189,12 +246,17 @@ class StudyRun:
             except EntryRejected as exc:
                 summary.add(self._quarantine(cand.name, str(exc)))
                 continue
+            fault_point("claimed")
             summary.add(self._resume(item))
+            if self.out_of_space:
+                # Stop here rather than let this uploader's later entries (or anyone's) take
+                # version names ahead of the deferred one.
+                break
         return summary
 
     def _resume(self, item: JournalEntry) -> Summary:
-        if self._exists(self.done, item.entry):
-            # Finished before the journal could be removed.
+        if self._exists(self.done, item.entry) or self._exists(self.quarantine, item.entry):
+            # Finished (or quarantined) before the journal could be removed.
             self._cleanup(item.entry)
             return Summary()
         if not self._exists(self.processing, item.entry):
@@ -212,30 +274,48 @@ class StudyRun:
             return self._quarantine(item.entry, str(exc))
         except OutOfSpace as exc:
             log.error("%s: %s: %s; will retry on a later run", self.name, item.entry, exc.message)
-            self._remove_staging(item.entry)
+            self.out_of_space = True
+            if item.step == "staged":
+                # Some files may be published already. Keep the staged copies and the journal
+                # (the entry stays in processing/): the next run carries on from them, and finds
+                # any copy renamed but not yet recorded by its inode. Record what moved now if
+                # the ledger still has room; if not, that replay records it.
+                with contextlib.suppress(OSError, OutOfSpace):
+                    fsops.syncfs(self.dest)
+                    self.ledger.flush()
+            else:
+                # Not staged: nothing is published; the journal still says "claiming", so the
+                # next run verifies and copies the entry again from scratch.
+                self._remove_staging(item.entry)
             return Summary(deferred=1)
 
     def _stage(self, item: JournalEntry) -> None:
         self._remove_staging(item.entry)  # a partial copy from an interrupted run
-        staging = _open_sub(self.staging_root, item.entry)
-        entry_fd = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.processing)
         try:
+            staging = _open_sub(self.staging_root, item.entry)
+            entry_fd = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.processing)
             try:
                 staged = stage_entry(
-                    entry_fd, item.uid, self.inbox_dev, self.config.limits, staging
+                    entry_fd,
+                    item.uid,
+                    self.inbox_dev,
+                    self.config.limits,
+                    staging,
+                    after_copy=lambda _copied: fault_point("copied"),
                 )
-            except OSError as exc:
-                if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                    raise OutOfSpace("the study's destination is out of space") from exc
-                raise
-            fsops.syncfs(staging)
-        finally:
-            os.close(entry_fd)
-            os.close(staging)
+                fsops.syncfs(staging)
+            finally:
+                os.close(entry_fd)
+                os.close(staging)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpace("the study's destination is out of space") from exc
+            raise
         item.step = "staged"
         item.files = list(staged.files)
         item.dirs = list(staged.dirs)
         self.journal.write(item)
+        fault_point("staged")
 
     def _publish(self, item: JournalEntry) -> Summary:
         up = Upload(
@@ -263,19 +343,25 @@ class StudyRun:
                 record = publish_file(tree, staging, self.ledger, up, staged)
                 if record.outcome == "stored":
                     summary.stored += 1
+                    # The record is only queued: on disk, the file is in the tree unrecorded.
+                    fault_point("published")
                 else:
                     summary.duplicates += 1
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
             fsops.syncfs(self.dest)
             self.ledger.flush()
+            fault_point("flushed")
         finally:
             tree.close()
             os.close(staging)
         fsops.renameat2(self.processing, item.entry, self.done, item.entry)
         os.fsync(self.done)
         os.fsync(self.processing)
-        self._cleanup(item.entry)
+        fault_point("done")
+        self._remove_staging(item.entry)
+        fault_point("cleaned")
+        self.journal.remove(item.entry)
         log.info(
             "%s: finalized %s from %s (%d stored, %d duplicates)",
             self.name,
@@ -288,8 +374,8 @@ class StudyRun:
 
     def _quarantine(self, entry: str, reason: str) -> Summary:
         log.error("%s: quarantined %s: %s", self.name, entry, reason)
-        with contextlib.suppress(FileNotFoundError):
-            fsops.renameat2(self.processing, entry, self.quarantine, entry)
+        # The reason first, then the move: a crash in between leaves the entry in processing/
+        # to be judged again, never an entry in quarantine/ without its reason.
         fd = os.open(
             f"{entry}.reason",
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -302,6 +388,10 @@ class StudyRun:
         finally:
             os.close(fd)
         os.fsync(self.quarantine)
+        with contextlib.suppress(FileNotFoundError):
+            fsops.renameat2(self.processing, entry, self.quarantine, entry)
+        os.fsync(self.quarantine)
+        fault_point("quarantined")
         self._cleanup(entry)
         return Summary(quarantined=1)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dittohead.core.errors import DittoheadError
@@ -49,7 +50,14 @@ class StagedEntry:
 
 class _Walker:
     def __init__(
-        self, owner: int, dev: int, limits: Limits, manifest: Manifest, staging_fd: int
+        self,
+        owner: int,
+        dev: int,
+        limits: Limits,
+        manifest: Manifest,
+        staging_fd: int,
+        *,
+        after_copy: Callable[[int], None],
     ) -> None:
         self.owner = owner
         self.dev = dev
@@ -60,6 +68,7 @@ class _Walker:
         self.files: list[StagedFile] = []
         self.dirs: list[str] = []
         self.buf = bytearray(_BUF)
+        self.after_copy = after_copy
 
     def _judge(self, rel: str, st: os.stat_result, *, is_dir: bool) -> None:
         kind = "folder" if is_dir else "file"
@@ -152,6 +161,7 @@ class _Walker:
         if digest != want.sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
         self.files.append(StagedFile(rel, want.size, digest, staged, ino))
+        self.after_copy(len(self.files))
 
 
 def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, int]:
@@ -213,11 +223,20 @@ def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Manife
 
 
 def stage_entry(
-    entry_fd: int, owner: int, dev: int, limits: Limits, staging_fd: int
+    entry_fd: int,
+    owner: int,
+    dev: int,
+    limits: Limits,
+    staging_fd: int,
+    *,
+    after_copy: Callable[[int], None] = lambda _copied: None,
 ) -> StagedEntry:
-    """Check the whole entry and copy its files into `staging_fd`; raise `EntryRejected`."""
+    """Check the whole entry and copy its files into `staging_fd`; raise `EntryRejected`.
+
+    `after_copy(k)` is called once the k-th file is in staging (the processor's fault hook).
+    """
     manifest = read_manifest(entry_fd, owner, dev, limits)
-    walker = _Walker(owner, dev, limits, manifest, staging_fd)
+    walker = _Walker(owner, dev, limits, manifest, staging_fd, after_copy=after_copy)
     walker.walk(entry_fd, "")
     got = {f.path for f in walker.files}
     missing = [e.path for e in manifest.entries if e.path not in got]

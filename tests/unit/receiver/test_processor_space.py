@@ -1,0 +1,265 @@
+"""A full destination, and a file system that refuses RENAME_NOREPLACE.
+
+Out of space: nothing half-published, the entry waits in processing/ with its journal, the
+reason is logged, and the next run (once there is room) finishes it exactly once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dittohead.receiver import fsops
+from dittohead.receiver.journal import Journal
+from dittohead.receiver.processor import run_once
+from dittohead.receiver.publish import _move_noreplace
+from tests.support.invariants import (
+    dropbox_problems,
+    ledger_of,
+    sent_problems,
+    tree_files,
+    tree_problems,
+)
+from tests.support.server import STUDY, Server, make_server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    return make_server(tmp_path)
+
+
+def problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
+    return (
+        tree_problems(server.destination)
+        + sent_problems(server.destination, sent)
+        + dropbox_problems(
+            server.config.study_dir(STUDY), server.config.state_dir, server.destination
+        )
+    )
+
+
+def is_staging(fd: int) -> bool:
+    return "/.dittohead/staging/" in os.readlink(f"/proc/self/fd/{fd}")
+
+
+# -- out of space ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_destination(server: Server) -> Iterator[Path]:
+    """The study's destination on its own 1 MiB tmpfs: a really full disk, really ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    dest = server.destination
+    st = dest.stat()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=2750", "tmpfs", str(dest)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    os.chown(dest, st.st_uid, st.st_gid)
+    try:
+        yield dest
+    finally:
+        subprocess.run(["umount", "-l", str(dest)], check=False)
+
+
+def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
+    server: Server, small_destination: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = os.urandom(3 << 20)  # larger than the whole file system
+    first = server.commit({"small.txt": b"fits"})
+    name = server.commit({"big.bin": big, "note.txt": b"with it"})
+    after = server.commit({"later.txt": b"committed after the big one"})
+    with caplog.at_level(logging.ERROR):
+        summary = run_once(server.config)
+    assert summary.deferred == 1
+    assert any("out of space" in m and name in m for m in caplog.messages)
+    # Nothing of the big entry is in the tree; it waits in processing/ with its journal.
+    assert tree_files(small_destination) == {"small.txt": b"fits"}
+    assert (server.config.study_dir(STUDY) / "processing" / name).is_dir()
+    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    assert (server.inbox / after).is_dir()  # the pass stopped rather than jump the queue
+    assert [r["upload"] for r in ledger_of(small_destination)] == [first]
+    assert not any((small_destination / ".dittohead" / "staging").iterdir())
+    # Still full: deferred again, nothing changes.
+    assert run_once(server.config).deferred == 1
+    assert tree_files(small_destination) == {"small.txt": b"fits"}
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_destination)], check=True)
+    summary = run_once(server.config)
+    assert summary.deferred == 0 and summary.entries == 2
+    assert tree_files(small_destination) == {
+        "small.txt": b"fits",
+        "big.bin": big,
+        "note.txt": b"with it",
+        "later.txt": b"committed after the big one",
+    }
+    sent = {"small.txt": {b"fits"}, "big.bin": {big}, "note.txt": {b"with it"}}
+    assert problems(server, sent) == []
+
+
+def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC from the third rename into the tree (a new directory block, a quota)."""
+    files = {f"d/f{i}.txt": b"file %d" % i for i in range(5)}
+    name = server.commit(files)
+    later = server.commit({"later.txt": b"later"})
+    real = fsops.renameat2
+    moves = []
+
+    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+        if is_staging(src_dir):
+            moves.append(dst)
+            if len(moves) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
+
+    monkeypatch.setattr(fsops, "renameat2", full)
+    with caplog.at_level(logging.ERROR):
+        summary = run_once(server.config)
+    assert summary.deferred == 1
+    assert any("out of space" in m for m in caplog.messages)
+    # What was published is whole and recorded; the rest waits, staged, with the journal.
+    assert tree_files(server.destination) == {"d/f0.txt": b"file 0", "d/f1.txt": b"file 1"}
+    assert tree_problems(server.destination) == []
+    item = Journal(server.config.state_dir, STUDY).read(name)
+    assert item is not None and item.step == "staged"
+    assert (server.config.study_dir(STUDY) / "processing" / name).is_dir()
+    assert (server.inbox / later).is_dir()
+    monkeypatch.setattr(fsops, "renameat2", real)
+    run_once(server.config)
+    sent = {p: {d} for p, d in files.items()} | {"later.txt": {b"later"}}
+    assert tree_files(server.destination) == {p: next(iter(d)) for p, d in sent.items()}
+    assert problems(server, sent) == []
+
+
+def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = server.commit({"a.txt": b"a", "b.txt": b"b"})
+    real_write = os.write
+    calls: list[Any] = []
+
+    def short_then_full(fd: int, data: Any) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/ledger.jsonl"):
+            calls.append(fd)
+            if len(calls) == 1:
+                return real_write(fd, bytes(data)[:7])  # part of a line, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    summary = run_once(server.config)
+    monkeypatch.setattr(os, "write", real_write)
+    assert summary.deferred == 1
+    ledger_file = server.destination / ".dittohead" / "ledger.jsonl"
+    assert ledger_file.read_bytes() == b""  # the partial line was cut off again
+    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    run_once(server.config)
+    sent = {"a.txt": {b"a"}, "b.txt": {b"b"}}
+    assert problems(server, sent) == []
+    assert len(ledger_of(server.destination)) == 2
+
+
+# -- the link() fallback where RENAME_NOREPLACE is refused -------------------------------------
+
+
+@pytest.fixture
+def no_renameat2_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """renameat2(RENAME_NOREPLACE) answers EINVAL, as NFS and CephFS do.
+
+    A mock stands in for NFS, which cannot be mounted on this machine (no NFS server or kernel
+    client in the test container); only renames out of the processor's staging folder are
+    refused, the dropbox's own moves (claim, done/) keep working.
+    """
+    real = fsops.renameat2
+
+    def refused(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+        if noreplace and is_staging(src_dir):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), dst)
+        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
+
+    monkeypatch.setattr(fsops, "renameat2", refused)
+
+
+def test_fallback_moves_to_a_free_name(tmp_path: Path, no_renameat2_flag: None) -> None:
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "staging" / "00000000").write_bytes(b"new")
+    src = os.open(tmp_path / "staging", os.O_RDONLY | os.O_DIRECTORY)
+    dst = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _move_noreplace(src, "00000000", dst, "x.txt") is True
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "tree" / "x.txt").read_bytes() == b"new"
+    assert (tmp_path / "tree" / "x.txt").stat().st_nlink == 1  # the staged name is gone
+    assert not (tmp_path / "staging" / "00000000").exists()
+
+
+@pytest.mark.parametrize("obstacle", ["file", "dir", "dangling-symlink", "symlink-to-file"])
+def test_fallback_never_replaces_what_is_there(
+    tmp_path: Path, no_renameat2_flag: None, obstacle: str
+) -> None:
+    staging, tree = tmp_path / "staging", tmp_path / "tree"
+    staging.mkdir()
+    tree.mkdir()
+    (staging / "00000000").write_bytes(b"new")
+    (tmp_path / "victim").write_bytes(b"victim")
+    target = tree / "x.txt"
+    if obstacle == "file":
+        target.write_bytes(b"old")
+    elif obstacle == "dir":
+        target.mkdir()
+    elif obstacle == "dangling-symlink":
+        target.symlink_to(tmp_path / "nowhere")
+    else:
+        target.symlink_to(tmp_path / "victim")
+    src = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    dst = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _move_noreplace(src, "00000000", dst, "x.txt") is False
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (staging / "00000000").read_bytes() == b"new"  # still staged, for the next name
+    assert (tmp_path / "victim").read_bytes() == b"victim"
+    assert not (tmp_path / "nowhere").exists()
+    if obstacle == "file":
+        assert target.read_bytes() == b"old"
+    elif obstacle == "dir":
+        assert target.is_dir() and not any(target.iterdir())
+    else:
+        assert target.is_symlink()
+
+
+def test_fallback_end_to_end_keeps_every_version(server: Server, no_renameat2_flag: None) -> None:
+    dest = server.destination
+    os.symlink("/etc/passwd", dest / "data.txt")
+    server.commit({"data.txt": b"one", "f.txt": b"v1"})
+    run_once(server.config)
+    server.commit({"data.txt": b"two", "f.txt": b"v2"})
+    run_once(server.config)
+    server.commit({"f.txt": b"v1"})
+    run_once(server.config)
+    assert os.readlink(dest / "data.txt") == "/etc/passwd"
+    assert tree_files(dest) == {
+        "data~2.txt": b"one",
+        "data~3.txt": b"two",
+        "f.txt": b"v1",
+        "f~2.txt": b"v2",
+    }
+    sent = {"data.txt": {b"one", b"two"}, "f.txt": {b"v1", b"v2"}}
+    assert problems(server, sent) == []
+    assert all(os.stat(dest / name).st_nlink == 1 for name in tree_files(dest))

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from dittohead.core.errors import DittoheadError, OutOfSpace
@@ -53,7 +53,12 @@ class Record:
     recorded_at: str
 
     def body(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str or an int, so a flat dict is what asdict() would build, without
+        # its recursive deep copy (~7 us per record: 0.14 s of a 20,000-file upload).
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:

@@ -46,6 +46,12 @@ class ClaimLost(Exception):
     """The entry vanished or changed before it could be claimed (not an error: skip it)."""
 
 
+class ClaimDenied(ClaimLost):
+    """The kernel refused to move the entry: its owner took away the write permission that
+    moving a folder to another parent needs. Left alone in the inbox (and logged); the
+    processor never changes the modes of what it does not own."""
+
+
 class EntryRejected(Exception):
     """An entry breaks the rules; it goes to quarantine with this reason for the admin."""
 
@@ -130,7 +136,16 @@ def claim(inbox_fd: int, processing_fd: int, cand: Candidate) -> None:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (cand.dev, cand.ino):
             raise ClaimLost(f"{cand.name}: replaced before it was claimed")
-        fsops.renameat2(inbox_fd, cand.name, processing_fd, cand.name)
+        try:
+            fsops.renameat2(inbox_fd, cand.name, processing_fd, cand.name)
+        except PermissionError:
+            # Moving a folder to another parent rewrites its "..", which needs write
+            # permission on the folder itself: the uploader chmodded their entry (the receiver
+            # makes it 2770). Their problem only: never a reason to stop the whole pass.
+            raise ClaimDenied(
+                f"{cand.name}: its owner removed the group's write permission "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}), so it cannot be moved; left alone"
+            ) from None
         moved = os.stat(cand.name, dir_fd=processing_fd, follow_symlinks=False)
         if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
             # Something else was renamed in its place between the open and the rename. It is in

@@ -25,6 +25,7 @@ from pathlib import Path
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
 from dittohead.receiver import fsops
 from dittohead.receiver.claim import (
+    ClaimDenied,
     ClaimLost,
     EntryRejected,
     claim,
@@ -239,6 +240,10 @@ class StudyRun:
             fault_point("claiming")
             try:
                 claim(self.inbox, self.processing, cand)
+            except ClaimDenied as exc:
+                log.warning("%s: %s", self.name, exc)
+                self.journal.remove(cand.name)
+                continue
             except ClaimLost as exc:
                 log.info("%s: %s", self.name, exc)
                 self.journal.remove(cand.name)
@@ -307,6 +312,14 @@ class StudyRun:
             finally:
                 os.close(entry_fd)
                 os.close(staging)
+        except PermissionError as exc:
+            # The uploader owns every object in the entry and can chmod any of them (through
+            # a held fd, even now): what the processor may not read is their doing, and it
+            # must cost only their entry, never the pass. (The staging side is the
+            # processor's own 0700 folder, made a moment ago.)
+            raise EntryRejected(
+                f"the processor may not read part of the entry (its mode was changed): {exc}"
+            ) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpace("the study's destination is out of space") from exc
@@ -355,7 +368,7 @@ class StudyRun:
         finally:
             tree.close()
             os.close(staging)
-        fsops.renameat2(self.processing, item.entry, self.done, item.entry)
+        self._move_out(item.entry, self.done)
         os.fsync(self.done)
         os.fsync(self.processing)
         fault_point("done")
@@ -389,11 +402,40 @@ class StudyRun:
             os.close(fd)
         os.fsync(self.quarantine)
         with contextlib.suppress(FileNotFoundError):
-            fsops.renameat2(self.processing, entry, self.quarantine, entry)
+            self._move_out(entry, self.quarantine)
         os.fsync(self.quarantine)
         fault_point("quarantined")
         self._cleanup(entry)
         return Summary(quarantined=1)
+
+    def _move_out(self, entry: str, to_fd: int) -> None:
+        """Move a finished entry from processing/ to done/ or quarantine/.
+
+        The uploader can take the write bit off their folder at any time (they own it, and a
+        held fd survives the claim), and a folder cannot change parent without it. Then the
+        folder stays in processing/ and a ``<entry>.stuck`` note beside where it should be
+        says so; the entry is finished all the same (its journal goes), so it costs nobody
+        else anything. Writing the note again after a crash is harmless.
+        """
+        try:
+            fsops.renameat2(self.processing, entry, to_fd, entry)
+        except PermissionError:
+            log.warning(
+                "%s: %s: its owner took away the write bit a move needs; left in processing/",
+                self.name,
+                entry,
+            )
+            fd = os.open(
+                f"{entry}.stuck",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+                dir_fd=to_fd,
+            )
+            try:
+                os.write(fd, b"left in processing/: its owner removed the write permission\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _cleanup(self, entry: str) -> None:
         self._remove_staging(entry)

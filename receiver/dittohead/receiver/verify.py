@@ -99,7 +99,10 @@ class _Walker:
                     self._judge(rel, st, is_dir=True)
                     self._add(rel, is_dir=True)
                     self.dirs.append(rel)
-                    sub = os.open(".", fsops.DIR_FLAGS, dir_fd=path_fd)
+                    try:
+                        sub = os.open(".", fsops.DIR_FLAGS, dir_fd=path_fd)
+                    except PermissionError:
+                        raise EntryRejected(_unreadable(rel, "folder")) from None
                     try:
                         again = os.fstat(sub)
                         if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
@@ -133,7 +136,10 @@ class _Walker:
         if len(self.files) >= self.limits.max_files:
             raise EntryRejected(f"more than {self.limits.max_files} files")
         # Re-open the very inode judged above; /proc/self/fd never resolves a path again.
-        src = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            src = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except PermissionError:
+            raise EntryRejected(_unreadable(rel, "file")) from None
         staged = f"{len(self.files):08d}"
         dst = os.open(
             staged,
@@ -162,6 +168,12 @@ class _Walker:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
         self.files.append(StagedFile(rel, want.size, digest, staged, ino))
         self.after_copy(len(self.files))
+
+
+def _unreadable(rel: str, kind: str) -> str:
+    # The uploader owns every object in their entry and may chmod it at any time; what the
+    # processor cannot read costs them their entry, never the pass.
+    return f"{rel!r}: the processor may not read this {kind} (its mode was changed)"
 
 
 def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, int]:

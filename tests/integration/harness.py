@@ -259,10 +259,13 @@ def _start_sshd(dep: Deployment) -> None:
     raise RuntimeError(f"sshd did not start: {(dep.base / 'sshd.log').read_text()}")
 
 
-def deployment(tmp_root: Path) -> Generator[Deployment, None, None]:
+def deployment(tmp_root: Path, *, sshd: bool = True) -> Generator[Deployment, None, None]:
+    """A deployment under `tmp_root`; without `sshd`, only the users, config and folders
+    (for tests that drive the processor directly as the real accounts)."""
     require(os.geteuid() == 0, "the sshd tier needs root (users, groups, sshd)")
-    require(SSHD.exists(), "openssh-server is not installed (make test installs it as root)")
-    require(shutil.which("ssh") is not None, "openssh-client is not installed")
+    if sshd:
+        require(SSHD.exists(), "openssh-server is not installed (make test installs it as root)")
+        require(shutil.which("ssh") is not None, "openssh-client is not installed")
     base = Path(tmp_root)
     base.chmod(0o755)
     accounts = Accounts()
@@ -289,7 +292,8 @@ def deployment(tmp_root: Path) -> Generator[Deployment, None, None]:
         _write_config(dep)
         init = dep.admin("init")
         assert init.returncode == 0, init.stderr
-        _start_sshd(dep)
+        if sshd:
+            _start_sshd(dep)
         yield dep
     finally:
         if "dep" in locals() and dep.sshd is not None:

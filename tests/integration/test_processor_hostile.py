@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Accounts, Deployment, _write_config, reachable_python, require
+from dittohead.receiver.ledger import read_ledger
+from tests.integration.harness import Deployment, deployment, require
 from tests.support.invariants import dropbox_problems, tree_files, tree_problems
 
 pytestmark = [pytest.mark.root]
@@ -155,33 +156,15 @@ def commit_as(dep: Deployment, user: str, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def dep() -> Iterator[Deployment]:
-    require(os.geteuid() == 0, "needs root (real users and groups)")
     require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+    # Not under pytest's tmp dir: that lives below a 0700 folder the collectors cannot cross.
     base = Path(tempfile.mkdtemp(prefix="dittohead-hostile-"))
-    base.chmod(0o755)
-    accounts = Accounts()
     try:
-        homes = base / "home"
-        homes.mkdir(mode=0o755)
-        collectors = accounts.group("coll")
-        others = accounts.group("oth")
-        deployment = Deployment(
-            base=base,
-            python=reachable_python(base),
-            accounts=accounts,
-            collectors=collectors,
-            other_collectors=others,
-            collector=accounts.user("alice", homes, (collectors,)),
-            outsider=accounts.user("mallory", homes, (others,)),
-            service=accounts.user("svc", homes, system=True),
-        )
-        accounts.user("bob", homes, (collectors,))
-        _write_config(deployment)
-        init = deployment.admin("init")
-        assert init.returncode == 0, init.stderr
-        yield deployment
+        for deployment_ in deployment(base, sshd=False):
+            # A second collector of the same study, for the ownership rules.
+            deployment_.accounts.user("bob", base / "home", (deployment_.collectors,))
+            yield deployment_
     finally:
-        accounts.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -315,6 +298,9 @@ def _uid(user: str) -> int:
 
 
 def test_a_racing_collector_never_gets_another_studys_bytes_published(dep: Deployment) -> None:
+    """Swaps through an fd held since before the claim: a symlink to another study's file
+    (readable by the processor, not by the collector) or to /etc/shadow, then the honest file
+    back, in a tight loop while the processor runs three times per entry."""
     alice = dep.collector
     # Another study's stored file: readable by the processor, never by alice.
     other = dep.base / "study" / "other" / "raw"
@@ -324,16 +310,20 @@ def test_a_racing_collector_never_gets_another_studys_bytes_published(dep: Deplo
     os.chown(target, _uid(dep.service), -1)
     target.chmod(0o440)
     assert as_user(dep, alice, "cat", str(target)).returncode != 0
+    shadow = Path("/etc/shadow")
+    forbidden = [secret.encode()] + ([shadow.read_bytes()] if shadow.exists() else [])
     content = "A" * 4096
     # Both outcomes are fine (and both happen: rounds without pauses tend to be quarantined).
     outcomes: dict[str, int] = {"published": 0, "quarantined": 0}
     rounds = 6
     for round_ in range(rounds):
         name = build(dep, alice, {"data.bin": content})
+        aim = shadow if round_ % 3 == 2 else target
+        pause = "0.002" if round_ % 2 else "0"
         racer = subprocess.Popen(
             ["setpriv", f"--reuid={alice}", f"--regid={alice}", "--init-groups",
-             str(dep.python), "-I", "-c", RACE, str(dep.inbox), name, str(target), content, "2",
-             "0.002" if round_ % 2 else "0"],
+             str(dep.python), "-I", "-c", RACE, str(dep.inbox), name, str(aim), content, "2",
+             pause],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert racer.stdout is not None
@@ -355,13 +345,27 @@ def test_a_racing_collector_never_gets_another_studys_bytes_published(dep: Deplo
     # what was published is exactly what alice sent.
     for path in dep.destination.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            assert secret.encode() not in path.read_bytes(), path
+            assert not any(f in path.read_bytes() for f in forbidden), path
     for rel, data in tree_files(dep.destination).items():
         if rel.startswith("data"):
             assert data == content.encode(), rel
     assert tree_problems(dep.destination) == []
     assert dropbox_problems(study_dir(dep), dep.base / "state", dep.destination) == []
     assert target.read_text() == secret
+
+
+def test_one_collectors_flood_does_not_starve_another(dep: Deployment) -> None:
+    flood = [build(dep, dep.collector, {"flood.txt": f"flood {i}"}) for i in range(4)]
+    time.sleep(0.02)
+    small = build(dep, bob(dep), {"small.txt": "one small upload"})
+    result = process(dep)
+    assert result.returncode == 0, result.stderr
+    fd = os.open(dep.destination, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        order = list(dict.fromkeys(r["upload"] for r in read_ledger(fd)))
+    finally:
+        os.close(fd)
+    assert order[-5:] == [flood[0], small, *flood[1:]]
 
 
 def test_an_entry_made_unmovable_after_its_claim_costs_only_itself(dep: Deployment) -> None:

@@ -57,6 +57,12 @@ CRASH_STEPS = (
 )
 
 
+#: errors from the uploader's side of a copy that mean "they changed it under us"
+_ENTRY_CHANGED = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ESTALE}
+)
+
+
 def _parse_crash_at(value: str | None) -> tuple[str, int] | None:
     if not value:
         return None
@@ -312,17 +318,20 @@ class StudyRun:
             finally:
                 os.close(entry_fd)
                 os.close(staging)
-        except PermissionError as exc:
-            # The uploader owns every object in the entry and can chmod any of them (through
-            # a held fd, even now): what the processor may not read is their doing, and it
-            # must cost only their entry, never the pass. (The staging side is the
-            # processor's own 0700 folder, made a moment ago.)
-            raise EntryRejected(
-                f"the processor may not read part of the entry (its mode was changed): {exc}"
-            ) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpace("the study's destination is out of space") from exc
+            if exc.errno in _ENTRY_CHANGED:
+                # The uploader owns every object in the entry and can still remove, swap or
+                # chmod any of them through a held fd: whatever the kernel then refuses costs
+                # them their entry, never the pass (nor the studies after this one). The
+                # staging side is the processor's own 0700 folder, made a moment ago.
+                what = (
+                    "the processor may not read part of the entry (its mode was changed)"
+                    if exc.errno in (errno.EACCES, errno.EPERM)
+                    else "the entry changed while it was being read"
+                )
+                raise EntryRejected(f"{what}: {exc.strerror}") from None
             raise
         item.step = "staged"
         item.files = list(staged.files)

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -143,22 +144,31 @@ def change_one_percent(root: Path, rng: random.Random) -> int:
 
 @contextmanager
 def loop_ext4(image: Path, mountpoint: Path, size: int) -> Iterator[Path]:
-    """A journaled ext4 file system on a loop device, unmounted and removed afterwards."""
+    """A journaled ext4 file system on a loop device, unmounted and removed afterwards.
+
+    The loop device uses direct I/O: with the default buffered loop, what this file system
+    writes back lands as dirty pages of the image file on the root disk, where the next
+    ``syncfs`` (the receiver's, or the processor's) pays for whatever earlier steps left.
+    """
     with image.open("wb") as f:
         f.truncate(size)
     run("mkfs.ext4", "-q", "-F", "-O", "has_journal", image)
-    mountpoint.mkdir()
-    run("mount", "-o", "loop", image, mountpoint)
+    device = run("losetup", "--find", "--show", "--direct-io=on", image).stdout.strip()
     try:
-        yield mountpoint
+        mountpoint.mkdir()
+        run("mount", device, mountpoint)
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["sync"], check=False)
+            for _ in range(10):
+                if subprocess.run(["umount", str(mountpoint)], check=False).returncode == 0:
+                    break
+                time.sleep(1)
+            else:
+                subprocess.run(["umount", "-l", str(mountpoint)], check=False)
     finally:
-        subprocess.run(["sync"], check=False)
-        for _ in range(10):
-            if subprocess.run(["umount", str(mountpoint)], check=False).returncode == 0:
-                break
-            time.sleep(1)
-        else:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
         image.unlink(missing_ok=True)
 
 
@@ -179,10 +189,13 @@ def settle() -> None:
     subprocess.run(["sync"], check=False)
 
 
-def timed(argv: list[str], *, shell: bool = False, rss: Path | None = None) -> tuple[float, int]:
-    """Run, fail loudly on a non-zero status; return (seconds, peak RSS KiB or 0)."""
+def timed(
+    argv: list[str], *, shell: bool = False, rss: Path | None = None
+) -> tuple[float, tuple[int, float]]:
+    """Run, fail loudly on a non-zero status; return (seconds, (peak RSS KiB, CPU seconds)),
+    the usage only when `rss` names a file for /usr/bin/time (else zeros)."""
     if rss is not None:
-        argv = [TIME, "-f", "%M", "-o", str(rss), *argv]
+        argv = [TIME, "-f", USAGE, "-o", str(rss), *argv]
     start = time.perf_counter()
     done = subprocess.run(
         argv if not shell else ["bash", "-c", argv[0]],
@@ -191,12 +204,23 @@ def timed(argv: list[str], *, shell: bool = False, rss: Path | None = None) -> t
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{argv!r} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed, (last_int(rss) if rss is not None else 0)
+    return elapsed, (last_usage(rss.read_text()) if rss is not None else (0, 0.0))
 
 
-def last_int(path: Path) -> int:
-    lines = [line for line in path.read_text().splitlines() if line.strip().isdigit()]
-    return int(lines[-1]) if lines else 0
+USAGE = "usage %M %U %S"  # peak RSS (KiB), user and system CPU seconds
+
+
+def usage_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.startswith("usage "))
+
+
+def last_usage(text: str) -> tuple[int, float]:
+    """(peak RSS KiB, CPU seconds) from the last line /usr/bin/time wrote with USAGE."""
+    found = re.findall(r"^usage (\d+) ([\d.]+) ([\d.]+)$", text, re.MULTILINE)
+    if not found:
+        return 0, 0.0
+    rss, user, system = found[-1]
+    return int(rss), float(user) + float(system)
 
 
 @dataclass
@@ -236,11 +260,14 @@ class Bench:
         e = " ".join(shlex.quote(a) for a in self.ssh_argv())
         return timed(["rsync", "-a", "-e", e, f"{src}/", f"{self.shell}@127.0.0.1:{dest}/"])[0]
 
-    def dh_send(self, src: Path, state: Path) -> tuple[float, int, int, dict[str, Any] | None]:
-        """(seconds, client RSS KiB, receiver RSS KiB or 0, receipt or None)."""
+    def dh_send(
+        self, src: Path, state: Path
+    ) -> tuple[float, tuple[int, float], tuple[int, float], dict[str, Any] | None]:
+        """(seconds, client usage, receiver usage or zeros, receipt or None); a usage is
+        (peak RSS KiB, CPU seconds)."""
         dep = self.dep
         receiver_log = self.rss_dir / "receiver.txt"
-        before = receiver_log.read_text().count("\n")
+        before = usage_lines(receiver_log.read_text())
         client_rss = self.rss_dir / "client.txt"
         argv = [
             str(dep.python), "-I", "-m", "dittohead.client.cli", "send",
@@ -251,29 +278,30 @@ class Bench:
         ]  # fmt: skip
         start = time.perf_counter()
         done = subprocess.run(
-            [TIME, "-f", "%M", "-o", str(client_rss), *argv],
+            [TIME, "-f", USAGE, "-o", str(client_rss), *argv],
             capture_output=True, text=True, check=False, timeout=3600,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"dittohead send failed: {done.stderr[-2000:]}")
-        lines = receiver_log.read_text().splitlines()
-        receiver = int(lines[-1]) if len(lines) > before and lines[-1].isdigit() else 0
+        log_text = receiver_log.read_text()
+        ran = usage_lines(log_text) > before  # no receiver when nothing was new
+        receiver = last_usage(log_text) if ran else (0, 0.0)
         text = done.stdout.strip().splitlines()
         receipt = json.loads(text[-1]) if text else None
-        return elapsed, last_int(client_rss), receiver, receipt
+        return elapsed, last_usage(client_rss.read_text()), receiver, receipt
 
-    def dh_process(self) -> tuple[float, int]:
+    def dh_process(self) -> tuple[float, tuple[int, float]]:
         dep = self.dep
         argv = [
             "setpriv", f"--reuid={dep.service}", f"--regid={dep.service}", "--init-groups",
             str(dep.python), "-I", "-m", "dittohead.receiver.service", "--once",
             "--config", str(dep.config_path),
         ]  # fmt: skip
-        seconds, rss = timed(argv, rss=self.rss_dir / "processor.txt")
+        seconds, usage = timed(argv, rss=self.rss_dir / "processor.txt")
         if os.listdir(dep.inbox):
             raise RuntimeError(f"the processor left entries in the inbox: {os.listdir(dep.inbox)}")
-        return seconds, rss
+        return seconds, usage
 
     def cp_sha(self, src: Path, dest: Path) -> float:
         cmd = (
@@ -293,7 +321,7 @@ def wrap_receiver(dep: Deployment, rss_log: Path) -> None:
     """Run the ForceCommand under /usr/bin/time so the receiver's peak RSS is logged."""
     config = dep.base / "sshd_config"
     text = config.read_text()
-    wrapped = text.replace("ForceCommand ", f"ForceCommand {TIME} -f %M -a -o {rss_log} ", 1)
+    wrapped = text.replace("ForceCommand ", f"ForceCommand {TIME} -f '{USAGE}' -a -o {rss_log} ", 1)
     assert wrapped != text, "no ForceCommand in the harness's sshd_config"
     config.write_text(wrapped)
     check = run("/usr/sbin/sshd", "-t", "-f", config, check=False)
@@ -330,7 +358,8 @@ def wait_for_ssh(bench: Bench) -> None:
 
 def one_run(
     b: Bench, spec: Spec, src: Path, state: Path, r: int, runs: int,
-    times: dict[str, list[float]], rss: dict[str, int], rng: random.Random, n_files: int,
+    times: dict[str, list[float]], rss: dict[str, int], cpu: dict[str, list[float]],
+    rng: random.Random, n_files: int,
 ) -> int:  # fmt: skip
     """One run of every measurement, tools in a rotating order; return the files changed."""
     # Fresh sends, in a rotating order so no tool always goes first (or last).
@@ -344,8 +373,10 @@ def one_run(
         seconds, client, receiver, receipt = b.dh_send(src, state)
         assert receipt is not None and receipt["files"] == n_files, receipt
         times["dh_send"].append(seconds)
-        rss["client"] = max(rss["client"], client)
-        rss["receiver"] = max(rss["receiver"], receiver)
+        rss["client"] = max(rss["client"], client[0])
+        rss["receiver"] = max(rss["receiver"], receiver[0])
+        cpu["client_send"].append(client[1])
+        cpu["receiver_send"].append(receiver[1])
 
     def tar() -> None:
         times["tar_ssh"].append(b.tar_ssh(src, tar_dest))
@@ -367,9 +398,10 @@ def one_run(
     subprocess.run(["sync"], check=False)
 
     def proc() -> None:
-        seconds, peak = b.dh_process()
+        seconds, usage = b.dh_process()
         times["dh_process"].append(seconds)
-        rss["processor"] = max(rss["processor"], peak)
+        rss["processor"] = max(rss["processor"], usage[0])
+        cpu["processor"].append(usage[1])
 
     def cp() -> None:
         times["cp_sha256_sync"].append(b.cp_sha(src, cp_dest))
@@ -383,7 +415,7 @@ def one_run(
     def dh_none() -> None:
         seconds, client, _, _ = b.dh_send(src, state)
         times["dh_nochange"].append(seconds)
-        rss["client"] = max(rss["client"], client)
+        rss["client"] = max(rss["client"], client[0])
 
     def rs_none() -> None:
         times["rsync_nochange"].append(b.rsync(src, rsync_dest))
@@ -399,8 +431,8 @@ def one_run(
         seconds, client, receiver, receipt = b.dh_send(src, state)
         assert receipt is not None and receipt["files"] == changed, receipt
         times["dh_change1"].append(seconds)
-        rss["client"] = max(rss["client"], client)
-        rss["receiver"] = max(rss["receiver"], receiver)
+        rss["client"] = max(rss["client"], client[0])
+        rss["receiver"] = max(rss["receiver"], receiver[0])
 
     def rs_some() -> None:
         times["rsync_change1"].append(b.rsync(src, rsync_dest))
@@ -440,9 +472,10 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
         )
     }  # fmt: skip
     rss = {"client": 0, "receiver": 0, "processor": 0}
+    cpu: dict[str, list[float]] = {"client_send": [], "receiver_send": [], "processor": []}
     changed = 0
     for r in range(runs):
-        changed = one_run(b, spec, src, state, r, runs, times, rss, rng, len(all_files))
+        changed = one_run(b, spec, src, state, r, runs, times, rss, cpu, rng, len(all_files))
     b.reset_dittohead(state)
     for name in ("tar", "rsync"):
         shutil.rmtree(b.mnt / "peers" / f"{name}-{spec.name}", ignore_errors=True)
@@ -464,6 +497,8 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
             "cp_sha256_sync / dh_process": med["cp_sha256_sync"] / med["dh_process"],
         },
         "peak_rss_mib": {k: v / 1024 for k, v in rss.items()},
+        # user + system CPU seconds of the fresh send's client and receiver, and the processor
+        "cpu_s_median": {k: statistics.median(v) for k, v in cpu.items() if v},
     }
 
 
@@ -529,6 +564,11 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     out += ["", "| peak RSS (MiB) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in ("client", "receiver", "processor"):
         cells = [f"{results[n]['peak_rss_mib'][key]:.0f}" for n in names]
+        out.append(f"| {key} | " + " | ".join(cells) + " |")
+    out += ["", "| CPU seconds, user+sys (median) | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names)]  # fmt: skip
+    for key in ("client_send", "receiver_send", "processor"):
+        cells = [f"{results[n]['cpu_s_median'].get(key, 0.0):.2f}" for n in names]
         out.append(f"| {key} | " + " | ".join(cells) + " |")
     out += ["", "| target | dataset | value | met |", "|---|---|---:|---|"]
     for v in verdicts:

@@ -475,8 +475,11 @@ def run_once(config: Config, hooks: Hooks | None = None) -> Summary:
     """Finalize everything pending in every study; return what was done.
 
     Raises `Stopped` when `hooks` asks to stop; the work is then resumed by the next run.
+    A study that fails (a damaged ledger, a journal that disagrees with the folders) is logged
+    and skipped so that the other studies still flow; its first error is raised at the end.
     """
     summary = Summary()
+    failed: DittoheadError | None = None
     with processor_lock(config.state_dir):
         for name, study in config.studies.items():
             try:
@@ -484,8 +487,17 @@ def run_once(config: Config, hooks: Hooks | None = None) -> Summary:
             except FileNotFoundError as exc:
                 log.error("%s: %s is missing; run 'dittohead-admin init'", name, exc.filename)
                 continue
+            except DittoheadError as exc:  # a damaged ledger, say
+                log.error("%s: %s; the other studies carry on", name, exc.message)
+                failed = failed or exc
+                continue
             try:
                 summary.add(run.run())
+            except DittoheadError as exc:
+                log.error("%s: %s; the other studies carry on", name, exc.message)
+                failed = failed or exc
             finally:
                 run.close()
+    if failed is not None:
+        raise failed
     return summary

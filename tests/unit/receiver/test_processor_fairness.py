@@ -1,4 +1,5 @@
-"""Round-robin between uploaders: one collector's flood cannot starve another's upload."""
+"""Round-robin between uploaders: one collector's flood cannot starve another's upload; and
+one study in trouble does not hold up the others."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dittohead.core.errors import ServerError
 from dittohead.receiver import processor
+from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.claim import Candidate, fair_order
+from dittohead.receiver.config import load_config
+from dittohead.receiver.journal import Journal, JournalEntry
 from dittohead.receiver.processor import run_once
 from tests.support.invariants import ledger_of
-from tests.support.server import Server, make_server
+from tests.support.server import STUDY, Server, make_server
 
 
 def cand(name: str, uid: int, ctime: int) -> Candidate:
@@ -81,3 +87,26 @@ def test_a_flood_does_not_starve_another_uploader(
     # The flood's own versions still follow its commit order.
     stored = {r["upload"]: r["stored_as"] for r in ledger_of(server.destination)}
     assert [stored[n] for n in flood] == ["flood.txt"] + [f"flood~{i}.txt" for i in range(2, 7)]
+
+
+def test_a_failing_study_does_not_stop_the_others(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    doc = yaml.safe_load(server.config_path.read_text())
+    (tmp_path / "study2").mkdir()
+    doc["studies"] = {
+        "broken": {**doc["studies"][STUDY], "destination": str(tmp_path / "study2" / "raw")},
+        **doc["studies"],
+    }
+    server.config_path.write_text(yaml.safe_dump(doc))
+    config = load_config(server.config_path)
+    init(config)
+    server = Server(server.base, server.config_path, config)
+    # A journal naming an entry that is nowhere: that study stops with an error for the admin.
+    Journal(config.state_dir, "broken").write(
+        JournalEntry("brogden-a-20260101T000000Z-0000000000000000", "broken", "staged", 0, "", 0, 0)
+    )
+    name = server.commit({"a.txt": b"still flows"})
+    with pytest.raises(ServerError, match="journaled but not in processing"):
+        run_once(config)
+    assert (config.study_dir(STUDY) / "done" / name).is_dir()
+    assert (server.destination / "a.txt").read_bytes() == b"still flows"

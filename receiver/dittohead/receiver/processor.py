@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
-from dittohead.receiver import fsops
+from dittohead.receiver import fsops, janitor
 from dittohead.receiver.claim import (
     ClaimDenied,
     ClaimLost,
@@ -121,6 +121,7 @@ class Summary:
     duplicates: int = 0
     quarantined: int = 0
     deferred: int = 0
+    stale: int = 0  # abandoned staging entries the janitor moved aside
     finalized: list[str] = field(default_factory=list)
 
     def add(self, other: Summary) -> None:
@@ -129,6 +130,7 @@ class Summary:
         self.duplicates += other.duplicates
         self.quarantined += other.quarantined
         self.deferred += other.deferred
+        self.stale += other.stale
         self.finalized += other.finalized
 
 
@@ -175,7 +177,7 @@ class StudyRun:
         self.study = study
         self.hooks = hooks or Hooks()
         self._fds: list[int] = []
-        study_fd = self._keep(os.open(config.study_dir(name), fsops.DIR_FLAGS))
+        self.study_fd = study_fd = self._keep(os.open(config.study_dir(name), fsops.DIR_FLAGS))
         self.inbox = self._keep(os.open("inbox", fsops.DIR_FLAGS, dir_fd=study_fd))
         self.processing = self._keep(_open_sub(study_fd, "processing"))
         self.done = self._keep(_open_sub(study_fd, "done"))
@@ -212,6 +214,10 @@ class StudyRun:
 
     def run(self) -> Summary:
         summary = Summary()
+        # Abandoned staging entries (a receiver that died) are moved aside, never read.
+        summary.stale += len(
+            janitor.sweep(self.study_fd, self.inbox, self.config.limits.stale_after)
+        )
         # First finish whatever a previous run was doing when it stopped.
         for entry in self.journal.entries():
             self._check_stop()

@@ -12,6 +12,7 @@ from dittohead.core.errors import ConfigError
 from dittohead.receiver import fsops
 from dittohead.receiver.config import parse_config
 from dittohead.receiver.janitor import STALE, sweep
+from dittohead.receiver.processor import run_once
 from tests.support.server import STUDY, Server, make_server
 
 DAY = 86400.0
@@ -80,3 +81,15 @@ def test_stale_after_must_exceed_the_receivers_stall_timeout(tmp_path: Path) -> 
         parse_config(
             {"dropbox": "/srv/x", "limits": {"stall_timeout": 600, "stale_after": 900}}, "t.yaml"
         )
+
+
+def test_every_processor_pass_runs_the_janitor(tmp_path: Path) -> None:
+    server = make_server(tmp_path, stall_timeout=0.01, stale_after=0.05)
+    abandoned = staging(server, {"x.bin": b"half"})
+    good = server.commit({"ok.txt": b"fine"})
+    time.sleep(0.2)
+    summary = run_once(server.config)
+    assert (summary.stale, summary.entries) == (1, 1)
+    study = server.config.study_dir(STUDY)
+    assert (study / STALE / abandoned / "x.bin").read_bytes() == b"half"
+    assert (study / "done" / good).is_dir()

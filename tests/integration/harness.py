@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.support.server import config_doc, write_config
 
 SSHD = Path("/usr/sbin/sshd")
 REPO = Path(__file__).resolve().parents[2]
@@ -191,22 +192,11 @@ def _write_config(dep: Deployment) -> None:
     (dep.base / "etc").mkdir()
     (dep.base / "study" / dep.study).mkdir(parents=True)
     (dep.base / "study" / "other").mkdir(parents=True)
-    config = {
-        "dropbox": str(dep.base / "dropbox"),
-        "socket": str(dep.base / "run" / "processor.sock"),
-        "state_dir": str(dep.base / "state"),
-        "user": dep.service,
-        "sources": {"brogden-a": "Brogden A"},
-        "studies": {
-            dep.study: {"destination": str(dep.destination), "uploaders": [dep.collectors]},
-            "other": {
-                "destination": str(dep.base / "study" / "other" / "raw"),
-                "uploaders": [dep.other_collectors],
-            },
-        },
+    studies = {
+        dep.study: (dep.destination, [dep.collectors]),
+        "other": (dep.base / "study" / "other" / "raw", [dep.other_collectors]),
     }
-    dep.config_path.write_text(yaml.safe_dump(config))
-    dep.config_path.chmod(0o644)
+    write_config(dep.config_path, config_doc(dep.base, dep.service, studies))
 
 
 def _start_sshd(dep: Deployment) -> None:

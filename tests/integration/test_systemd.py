@@ -38,7 +38,7 @@ import yaml
 from dittohead.receiver.admin import cli
 from dittohead.receiver.config import Config, load_config
 from tests.integration.harness import REPO, Accounts, reachable_python, require, run
-from tests.support.server import STUDY, Server, make_server
+from tests.support.server import STUDY, Server, config_doc, make_server, write_config
 
 pytestmark = pytest.mark.systemd
 
@@ -188,21 +188,10 @@ class Site:
 
 
 def _write_config(site: Site, idle: float, uploaders: list[str] | None = None) -> None:
-    doc = {
-        "dropbox": str(site.base / "dropbox"),
-        "socket": str(site.base / "run" / "processor.sock"),
-        "state_dir": str(site.base / "state"),
-        "user": site.service,
-        "sources": {"brogden-a": "Brogden A"},
-        "studies": {
-            STUDY: {
-                "destination": str(site.base / "study" / STUDY / "raw-dittohead"),
-                "uploaders": uploaders or [site.collectors],
-            }
-        },
-        "processor": {"idle_timeout": idle},
-    }
-    site.config_path.write_text(yaml.safe_dump(doc))
+    dest = site.base / "study" / STUDY / "raw-dittohead"
+    studies = {STUDY: (dest, uploaders or [site.collectors])}
+    doc = config_doc(site.base, site.service, studies, processor={"idle_timeout": idle})
+    write_config(site.config_path, doc)
     site.config_path.chmod(0o644)
 
 

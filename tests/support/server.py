@@ -69,6 +69,33 @@ class Server:
         return name
 
 
+def config_doc(
+    base: Path, user: str, studies: dict[str, tuple[Path, list[str]]], **extra: Any
+) -> dict[str, Any]:
+    """A server configuration with everything under `base` (one shape for every test tier).
+
+    `studies` maps a study name to its destination and uploader groups; `extra` adds top-level
+    keys (``limits``, ``processor``).
+    """
+    return {
+        "dropbox": str(base / "dropbox"),
+        "socket": str(base / "run" / "processor.sock"),
+        "state_dir": str(base / "state"),
+        "user": user,
+        "sources": {"brogden-a": "Brogden A"},
+        "studies": {
+            name: {"destination": str(dest), "uploaders": groups}
+            for name, (dest, groups) in studies.items()
+        },
+        **extra,
+    }
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o644)  # the receiver reads it as the collector
+
+
 def make_server(base: Path, **limits: Any) -> Server:
     """A dropbox and destination under `base`, set up by `dittohead-admin init`.
 
@@ -77,18 +104,10 @@ def make_server(base: Path, **limits: Any) -> Server:
     """
     group = grp.getgrgid(os.getgid()).gr_name
     (base / "study").mkdir(parents=True)
-    doc: dict[str, Any] = {
-        "dropbox": str(base / "dropbox"),
-        "socket": str(base / "run" / "processor.sock"),
-        "state_dir": str(base / "state"),
-        "user": "root",
-        "sources": {"brogden-a": "Brogden A"},
-        "studies": {STUDY: {"destination": str(base / "study" / "raw"), "uploaders": [group]}},
-    }
-    if limits:
-        doc["limits"] = limits
+    extra = {"limits": limits} if limits else {}
+    doc = config_doc(base, "root", {STUDY: (base / "study" / "raw", [group])}, **extra)
     path = base / "dittohead.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    write_config(path, doc)
     config = load_config(path)
     init(config)
     return Server(base, path, config)

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -113,39 +114,61 @@ class Ledger:
             0o640,
             dir_fd=self._dir_fd,
         )
-        data = _read_all(self._fd)
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):
-            # A torn line from a crash: never acknowledged, cut it off (see module docstring).
-            os.ftruncate(self._fd, len(complete))
-            os.fsync(self._fd)
-        self.records: list[dict[str, Any]] = list(parse_lines(complete))
-        self._prev = self.records[-1]["hash"] if self.records else GENESIS
+        self.count = 0
+        self._prev = GENESIS
         self._pending: list[bytes] = []
-        # path as sent -> {sha256: stored_as}: what "the same content for that path" means
+        # Only what publishing needs, not the records themselves: the processor's memory
+        # must not grow with a study's whole history. path as sent -> {sha256: stored_as}
+        # ("the same content for that path"), and (upload, path) -> (stored_as, outcome) so a
+        # replay after a crash finds what it already recorded.
         self._versions: dict[str, dict[str, str]] = {}
-        self._seen: dict[tuple[str, str], dict[str, Any]] = {}
-        for doc in self.records:
-            self._index(doc)
+        self._seen: dict[tuple[str, str], tuple[str, Outcome]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        whole = 0  # bytes of complete lines
+        with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
+            fh.seek(0)
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                whole += len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError as exc:
+                    raise LedgerError(
+                        f"the ledger has a line that is not JSON: {raw[:80]!r}"
+                    ) from exc
+                self.count += 1
+                self._prev = doc["hash"]
+                self._index(doc)
+        if whole != os.fstat(self._fd).st_size:
+            # A torn line from a crash: never acknowledged, cut it off (see module docstring).
+            os.ftruncate(self._fd, whole)
+            os.fsync(self._fd)
 
     def _index(self, doc: dict[str, Any]) -> None:
-        self._versions.setdefault(doc["path"], {}).setdefault(doc["sha256"], doc["stored_as"])
-        self._seen[(doc["upload"], doc["path"])] = doc
+        path = sys.intern(doc["path"])
+        stored_as = doc["stored_as"]
+        stored_as = path if stored_as == path else stored_as
+        self._versions.setdefault(path, {}).setdefault(doc["sha256"], stored_as)
+        self._seen[(sys.intern(doc["upload"]), path)] = (stored_as, doc["outcome"])
 
     def stored_version(self, path: str, sha256: str) -> str | None:
         """Where content `sha256` of `path` is already stored, if it is."""
         return self._versions.get(path, {}).get(sha256)
 
-    def recorded(self, upload: str, path: str) -> dict[str, Any] | None:
-        """The record of `path` from `upload`, if the ledger has it (replays use this)."""
+    def recorded(self, upload: str, path: str) -> tuple[str, Outcome] | None:
+        """(stored_as, outcome) of `path` from `upload`, if recorded (replays use this)."""
         return self._seen.get((upload, path))
 
     def append(self, record: Record) -> None:
         """Queue a record; it is written (and made durable) by `flush`."""
-        line, digest = encode_line(len(self.records) + 1, self._prev, record)
-        doc = json.loads(line)
-        self.records.append(doc)
-        self._index(doc)
+        self.count += 1
+        line, digest = encode_line(self.count, self._prev, record)
+        self._index(record.body())
         self._prev = digest
         self._pending.append(line)
 

@@ -150,7 +150,7 @@ def publish_file(
     """Publish one staged file (idempotent) and queue its ledger record."""
     done = ledger.recorded(up.upload, item.path)
     if done is not None:
-        return _record(up, item, done["stored_as"], done["outcome"])
+        return _record(up, item, *done)
     existing = ledger.stored_version(item.path, item.sha256)
     if existing is not None:
         record = _record(up, item, existing, "duplicate")

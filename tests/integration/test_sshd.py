@@ -203,3 +203,36 @@ def test_a_tty_is_refused(sshd_deployment: Deployment) -> None:
     # without a TTY is refused by the receiver: see test_anything_but_the_client_is_refused).
     assert "PTY allocation request failed" in done.stderr
     assert os.listdir(dep.inbox) == []
+
+
+def test_an_authorized_key_line_forces_the_receiver(sshd_deployment: Deployment) -> None:
+    """A user outside the Match Group, whose only key is the line `authorized-key` prints:
+    sshd's `restrict,command=` alone must lock them into the receiver."""
+    dep = sshd_deployment
+    user = dep.accounts.user("keyonly", dep.base / "home")
+    keys = dep.base / "keys"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / user)
+    line = dep.admin("authorized-key", str(keys / f"{user}.pub"))
+    assert line.returncode == 0, line.stderr
+    assert line.stdout.startswith('restrict,command="') and line.stdout.count("\n") == 1
+    (keys / f"{user}.authorized").write_text(line.stdout)
+
+    shell = dep.ssh(user, "id")
+    assert shell.returncode != 0
+    assert "use 'dittohead send'" in one_error_line(shell.stderr)
+    tty = run(
+        "ssh", "-tt", "-F", "none", "-p", str(dep.port), "-i", dep.key(user),
+        "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes",
+        f"{user}@127.0.0.1", check=False, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "PTY allocation request failed" in tty.stderr  # `restrict` implies no-pty
+    forward = run(
+        "ssh", "-F", "none", "-p", str(dep.port), "-i", dep.key(user), "-N",
+        "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes",
+        "-o", "ExitOnForwardFailure=yes", "-L", "127.0.0.1:0:127.0.0.1:22",
+        f"{user}@127.0.0.1", check=False, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert forward.returncode != 0  # `restrict` implies no-port-forwarding
+    refused = dep.send(user, study_folder(dep, "s05"))
+    assert f"not an uploader for study '{dep.study}'" in one_error_line(refused.stderr)
+    assert os.listdir(dep.inbox) == []

@@ -9,22 +9,29 @@ fds keep working after the move: everything after the claim assumes they still w
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 import re
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dittohead.receiver import fsops
+from dittohead.receiver.accounts import groups_of
 
 log = logging.getLogger(__name__)
 
 ENTRY_RE = re.compile(
     r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})-(?P<time>[0-9]{8}T[0-9]{6}Z)-(?P<rand>[0-9a-f]{16})"
 )
+
+
+def source_of(entry: str) -> str:
+    """The station id in an entry name (``<source>-<UTC time>-<random>``)."""
+    match = ENTRY_RE.fullmatch(entry)
+    if match is None:
+        raise ValueError(f"{entry!r} is not an entry name")
+    return match["source"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,7 @@ class Candidate:
 
     @property
     def source(self) -> str:
-        match = ENTRY_RE.fullmatch(self.name)
-        assert match is not None
-        return match["source"]
+        return source_of(self.name)
 
 
 class ClaimLost(Exception):
@@ -56,30 +61,8 @@ class EntryRejected(Exception):
     """An entry breaks the rules; it goes to quarantine with this reason for the admin."""
 
 
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def uploader_groups(uid: int) -> set[str]:
-    """The names of every group `uid` belongs to, through NSS (so LDAP accounts work)."""
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        return set()
-    names = set()
-    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return names
-
-
 def may_upload(uid: int, uploaders: tuple[str, ...]) -> bool:
-    return bool(uploader_groups(uid) & set(uploaders))
+    return bool(groups_of(uid) & set(uploaders))
 
 
 def committed_entries(inbox_fd: int) -> list[Candidate]:

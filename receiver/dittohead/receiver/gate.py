@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
-import grp
 import logging
 import os
-import pwd
 import resource
 import signal
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -39,6 +37,7 @@ from dittohead.core.errors import (
 )
 from dittohead.core.grammar import UploadRequest, parse_command
 from dittohead.receiver import fsops
+from dittohead.receiver.accounts import group_names, user_name
 from dittohead.receiver.config import DEFAULT_CONFIG, Config, Limits, Study, load_config
 from dittohead.receiver.stage import manifest_cap, out_of_space
 
@@ -108,23 +107,6 @@ def find_study(config: Config, name: str) -> Study:
             "study runner"
         )
     return study
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def group_names(gids: Iterable[int]) -> set[str]:
-    names = set()
-    for gid in gids:
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue  # a gid without a name cannot match a configured group name
-    return names
 
 
 def process_groups() -> set[str]:

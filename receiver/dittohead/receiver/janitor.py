@@ -22,7 +22,8 @@ import stat
 import time
 
 from dittohead.receiver import fsops
-from dittohead.receiver.claim import ENTRY_RE, user_name
+from dittohead.receiver.accounts import user_name
+from dittohead.receiver.claim import ENTRY_RE
 
 log = logging.getLogger(__name__)
 

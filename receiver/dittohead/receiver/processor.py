@@ -17,13 +17,14 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
 from dittohead.receiver import fsops, janitor
+from dittohead.receiver.accounts import user_name
 from dittohead.receiver.claim import (
     ClaimDenied,
     ClaimLost,
@@ -33,7 +34,7 @@ from dittohead.receiver.claim import (
     fair_order,
     iso_utc,
     may_upload,
-    user_name,
+    source_of,
 )
 from dittohead.receiver.config import Config, Study
 from dittohead.receiver.journal import Journal, JournalEntry
@@ -350,9 +351,9 @@ class StudyRun:
             upload=item.entry,
             uploader=user_name(item.uid),
             uid=item.uid,
-            source=_source_of(item.entry),
+            source=source_of(item.entry),
             received_at=item.received_at,
-            recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            recorded_at=iso_utc(time.time_ns()),
         )
         summary = Summary(entries=1, finalized=[item.entry])
         staging = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.staging_root)
@@ -471,10 +472,6 @@ class StudyRun:
         except FileNotFoundError:
             return False
         return True
-
-
-def _source_of(entry: str) -> str:
-    return entry.rsplit("-", 2)[0]
 
 
 def run_once(config: Config, hooks: Hooks | None = None) -> Summary:

@@ -18,7 +18,7 @@ from dittohead.core.errors import (
     UploadRejected,
     UsageError,
 )
-from dittohead.receiver import gate
+from dittohead.receiver import accounts, gate
 from dittohead.receiver.config import DEFAULT_CONFIG, Limits, parse_config
 
 CONFIG = parse_config(
@@ -68,8 +68,8 @@ def test_authorization_needs_one_uploader_group() -> None:
 
 
 def test_group_names_come_from_the_kernel_ids() -> None:
-    assert gate.group_names([0, 2**31 - 7]) == {"root"}  # an unnamed gid is skipped
-    assert gate.group_names([os.getgid()]) <= gate.process_groups()
+    assert accounts.group_names([0, 2**31 - 7]) == {"root"}  # an unnamed gid is skipped
+    assert accounts.group_names([os.getgid()]) <= gate.process_groups()
 
 
 def _runtime(tmp_path: Path, mode: int = 0o700) -> Path:
@@ -127,14 +127,14 @@ def test_admit_runs_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     config = tmp_path / "c.yaml"
     config.write_text(
         f"dropbox: {tmp_path / 'dropbox'}\nstudies:\n  s1:\n    destination: /d\n"
-        f"    uploaders: [{gate.group_names([os.getgid()]).pop()}]\nlimits:\n"
+        f"    uploaders: [{accounts.group_names([os.getgid()]).pop()}]\nlimits:\n"
         "  min_free_bytes: 0\n",
         encoding="utf-8",
     )
     options = gate.Options(config, False)
     admission = gate.admit(options, {b"SSH_ORIGINAL_COMMAND": b"dittohead upload v1 s1 pc-1"})
     try:
-        assert admission.user == gate.user_name(os.getuid())
+        assert admission.user == accounts.user_name(os.getuid())
         assert (admission.request.study, admission.request.source) == ("s1", "pc-1")
         assert os.path.samestat(os.fstat(admission.inbox_fd), inbox.stat())
     finally:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dittohead.core.errors import ConfigError
+from dittohead.receiver.accounts import group_name, user_name
 from dittohead.receiver.admin.init_cmd import layout
 from dittohead.receiver.admin.sshd_cmd import uploader_groups
 from dittohead.receiver.config import Config
@@ -153,11 +154,11 @@ def check_layout(config: Config) -> list[Problem]:
             )
             continue
         if (st.st_uid, st.st_gid) != (want.uid, want.gid):
-            owner = f"{_user(want.uid)}:{_group_name(want.gid)}"
+            owner = f"{user_name(want.uid)}:{group_name(want.gid)}"
             problems.append(
                 Problem(
                     where,
-                    f"owned by {_user(st.st_uid)}:{_group_name(st.st_gid)}, not {owner}",
+                    f"owned by {user_name(st.st_uid)}:{group_name(st.st_gid)}, not {owner}",
                     f"chown {owner} {where}",
                 )
             )
@@ -195,9 +196,9 @@ def check_destinations(config: Config) -> list[Problem]:
             problems.append(
                 Problem(
                     where,
-                    f"owned by {_user(st.st_uid)}, not {_user(uid)} (the processor cannot add "
-                    "to it)",
-                    f"chown {_user(uid)} {where}",
+                    f"owned by {user_name(st.st_uid)}, not {user_name(uid)} "
+                    "(the processor cannot add to it)",
+                    f"chown {user_name(uid)} {where}",
                 )
             )
         mode = stat.S_IMODE(st.st_mode)
@@ -408,20 +409,6 @@ def check(config: Config, probe: Probe | None = None) -> list[Problem]:
         *check_units(config, probe),
         *check_sshd(config, probe),
     ]
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def run(config: Config, args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ existing folder's mode that is stricter than the layout's unless given ``--force
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import pwd
 import stat
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dittohead.core.errors import ConfigError, DittoheadError
+from dittohead.receiver.accounts import group_name
 from dittohead.receiver.config import Config
 
 
@@ -115,14 +115,7 @@ def _destination(path: Path, uid: int, as_root: bool) -> str | None:
     if as_root:
         os.chown(path, uid, gid)
     os.chmod(path, 0o2750)  # noqa: S103 - the study group reads; setgid keeps the group
-    return f"created {path} (2750, group {_group(gid)})"
-
-
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+    return f"created {path} (2750, group {group_name(gid)})"
 
 
 def init(config: Config, force: bool = False) -> list[str]:

@@ -37,7 +37,7 @@ import yaml
 
 from dittohead.receiver.admin import cli
 from dittohead.receiver.config import Config, load_config
-from tests.integration.harness import REPO, Accounts, reachable_python, require, run
+from tests.integration.harness import REPO, Accounts, deployment, require, run
 from tests.support.server import STUDY, Server, config_doc, make_server, write_config
 
 pytestmark = pytest.mark.systemd
@@ -200,29 +200,25 @@ def site() -> Iterator[Site]:
     need_root()
     # Not pytest's tmp_path: its parents are 0700 and the real users must get through.
     base = Path(tempfile.mkdtemp(prefix="dittohead-systemd-", dir="/tmp"))
-    base.chmod(0o755)
-    accounts = Accounts()
+    # The harness's accounts, config and folders, without its sshd; then this tier's config.
+    setup = deployment(base, sshd=False)
     try:
-        homes = base / "home"
-        homes.mkdir(mode=0o755)
-        collectors = accounts.group("coll")
+        dep = next(setup)
         s = Site(
             base=base,
-            python=reachable_python(base),
-            accounts=accounts,
-            collectors=collectors,
-            collector=accounts.user("alice", homes, (collectors,)),
-            service=accounts.user("svc", homes, system=True),
+            python=dep.python,
+            accounts=dep.accounts,
+            collectors=dep.collectors,
+            collector=dep.collector,
+            service=dep.service,
         )
-        (base / "etc").mkdir()
-        (base / "study" / STUDY).mkdir(parents=True)
         _write_config(s, idle=1.5)
         init = run(s.python, "-I", "-m", "dittohead.receiver.admin", "init",
                    "--config", s.config_path, check=False)  # fmt: skip
         assert init.returncode == 0, init.stderr
         yield s
     finally:
-        accounts.close()
+        setup.close()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.hostile import streams
 from tests.integration.harness import Deployment, run
+from tests.support.invariants import tree_files
 
 pytestmark = [pytest.mark.sshd, pytest.mark.root]
 
@@ -26,14 +27,6 @@ def study_folder(dep: Deployment, name: str) -> Path:
     (folder / "eprime" / f"{name}.txt").write_text(f"subject {name}\n")
     (folder / "biopac" / f"{name}.acq").write_bytes(os.urandom(300_000))
     return folder
-
-
-def stored(dep: Deployment) -> dict[str, bytes]:
-    return {
-        p.relative_to(dep.destination).as_posix(): p.read_bytes()
-        for p in sorted(dep.destination.rglob("*"))
-        if p.is_file() and ".dittohead" not in p.parts
-    }
 
 
 def history(dep: Deployment) -> list[dict[str, object]]:
@@ -65,7 +58,7 @@ def test_a_collectors_send_lands_in_the_study_tree(sshd_deployment: Deployment) 
     done = dep.process()
     assert done.returncode == 0, done.stderr
     assert os.listdir(dep.inbox) == []
-    files = stored(dep)
+    files = tree_files(dep.destination)
     assert files["eprime/s01.txt"] == b"subject s01\n"
     assert files["biopac/s01.acq"] == (folder / "biopac" / "s01.acq").read_bytes()
     st = (dep.destination / "eprime" / "s01.txt").stat()
@@ -89,7 +82,7 @@ def test_a_changed_file_becomes_a_new_version(sshd_deployment: Deployment) -> No
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["files"] == 1  # only what changed was sent
     assert dep.process().returncode == 0
-    files = stored(dep)
+    files = tree_files(dep.destination)
     assert files["eprime/s02.txt"] == b"subject s02\n"
     assert files["eprime/s02~2.txt"] == b"subject s02, corrected\n"
 
@@ -99,13 +92,13 @@ def test_an_identical_resend_stores_nothing_new(sshd_deployment: Deployment) -> 
     folder = study_folder(dep, "s03")
     assert dep.send(dep.collector, folder, state=dep.base / "a.json").returncode == 0
     assert dep.process().returncode == 0
-    before = stored(dep)
+    before = tree_files(dep.destination)
     # A fresh state file: the client sends everything again; the server must notice.
     resent = dep.send(dep.collector, folder, state=dep.base / "b.json")
     assert resent.returncode == 0, resent.stderr
     upload = json.loads(resent.stdout)["upload"]
     assert dep.process().returncode == 0
-    assert stored(dep) == before
+    assert tree_files(dep.destination) == before
     outcomes = {r["outcome"] for r in history(dep) if r["upload"] == upload}
     assert outcomes == {"duplicate"}
 

@@ -15,6 +15,7 @@ import pytest
 from dittohead.receiver.admin.history_cmd import latest, verify
 from dittohead.receiver.ledger import check_chain, read_ledger
 from dittohead.receiver.processor import run_once
+from tests.support.invariants import ledger_of, tree_files
 from tests.support.server import STUDY, Server, make_server
 
 
@@ -23,32 +24,17 @@ def server(tmp_path: Path) -> Server:
     return make_server(tmp_path)
 
 
-def ledger(server: Server) -> list[dict[str, Any]]:
-    fd = os.open(server.destination, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return read_ledger(fd)
-    finally:
-        os.close(fd)
-
-
-def stored_files(server: Server) -> dict[str, bytes]:
-    out = {}
-    for path in sorted(server.destination.rglob("*")):
-        rel = path.relative_to(server.destination).as_posix()
-        if rel.startswith(".dittohead") or not path.is_file():
-            continue
-        out[rel] = path.read_bytes()
-    return out
-
-
 def test_first_upload_is_stored_under_its_own_names(server: Server) -> None:
     name = server.commit({"eprime/s01.txt": b"one", "biopac/s01.acq": b"\x00" * 1000})
     summary = run_once(server.config)
     assert summary.entries == 1 and summary.stored == 2
-    assert stored_files(server) == {"eprime/s01.txt": b"one", "biopac/s01.acq": b"\x00" * 1000}
+    assert tree_files(server.destination) == {
+        "eprime/s01.txt": b"one",
+        "biopac/s01.acq": b"\x00" * 1000,
+    }
     assert not list(server.inbox.iterdir())
     assert (server.config.study_dir(STUDY) / "done" / name).is_dir()
-    records = ledger(server)
+    records = ledger_of(server.destination)
     assert {r["path"] for r in records} == {"eprime/s01.txt", "biopac/s01.acq"}
     assert all(r["outcome"] == "stored" and r["upload"] == name for r in records)
     assert all(r["source"] == "brogden-a" and r["uid"] == os.getuid() for r in records)
@@ -73,14 +59,14 @@ def test_changed_content_becomes_a_new_version_and_the_first_keeps_its_name(
     run_once(server.config)
     server.commit({"eprime/s01.txt": b"v3"})
     run_once(server.config)
-    assert stored_files(server) == {
+    assert tree_files(server.destination) == {
         "eprime/s01.txt": b"v1",
         "eprime/s01~2.txt": b"v2",
         "eprime/s01~3.txt": b"v3",
         "a.tar.gz": b"A1",
         "a.tar~2.gz": b"A2",
     }
-    newest = latest(ledger(server))
+    newest = latest(ledger_of(server.destination))
     assert newest["eprime/s01.txt"]["stored_as"] == "eprime/s01~3.txt"
     assert newest["a.tar.gz"]["stored_as"] == "a.tar~2.gz"
 
@@ -91,8 +77,8 @@ def test_identical_content_is_a_duplicate_and_writes_nothing(server: Server) -> 
     server.commit({"x.txt": b"same"})
     summary = run_once(server.config)
     assert (summary.stored, summary.duplicates) == (2, 1)
-    assert stored_files(server) == {"x.txt": b"same", "x~2.txt": b"other"}
-    last = ledger(server)[-1]
+    assert tree_files(server.destination) == {"x.txt": b"same", "x~2.txt": b"other"}
+    last = ledger_of(server.destination)[-1]
     assert last["outcome"] == "duplicate" and last["stored_as"] == "x.txt"
 
 
@@ -106,7 +92,7 @@ def test_entries_are_finalized_in_commit_order(server: Server) -> None:
     # Make the commit order disagree with the names' order: ctime decides, not the name.
     os.utime(server.inbox / first)  # touching changes ctime too: `first` now committed later
     run_once(server.config)
-    by_upload = {r["upload"]: r["stored_as"] for r in ledger(server)}
+    by_upload = {r["upload"]: r["stored_as"] for r in ledger_of(server.destination)}
     assert by_upload[second] == "f.txt" and by_upload[first] == "f~2.txt"
 
 
@@ -160,8 +146,10 @@ def test_an_entry_that_disagrees_with_its_manifest_is_quarantined(
     quarantine = server.config.study_dir(STUDY) / "quarantine"
     assert (quarantine / bad).is_dir()
     assert reason in (quarantine / f"{bad}.reason").read_text()
-    assert stored_files(server) == {"ok.txt": b"fine"}  # nothing of the bad entry published
-    assert [r["upload"] for r in ledger(server)] == [good]
+    assert tree_files(server.destination) == {
+        "ok.txt": b"fine"
+    }  # nothing of the bad entry published
+    assert [r["upload"] for r in ledger_of(server.destination)] == [good]
 
 
 def test_ledger_verify_finds_tampering(server: Server) -> None:
@@ -190,4 +178,4 @@ def test_ledger_chain_detects_an_edited_line(server: Server) -> None:
     doc["uploader"] = "someone-else"
     lines[0] = json.dumps(doc)
     path.write_text("\n".join(lines) + "\n")
-    assert any("does not match its hash" in p for p in check_chain(ledger(server)))
+    assert any("does not match its hash" in p for p in check_chain(ledger_of(server.destination)))

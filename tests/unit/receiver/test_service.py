@@ -14,9 +14,8 @@ import pytest
 
 from dittohead.receiver import service
 from dittohead.receiver.processor import Hooks, KernelSettingError, Stopped, check_kernel, run_once
+from tests.support.invariants import ledger_of, tree_files
 from tests.support.server import Server, make_server
-
-from .test_processor import ledger, stored_files
 
 
 @pytest.fixture
@@ -37,11 +36,11 @@ def test_a_stop_between_files_is_finished_by_the_next_run(server: Server) -> Non
     assert any(m.startswith("verifying nccam3 " + name) for m in seen)
     assert f"finalizing nccam3 {name}: 0/5 files" in seen
     # Two files are published and recorded; the rest waits with the journal.
-    assert len(ledger(server)) == 2
+    assert len(ledger_of(server.destination)) == 2
     summary = run_once(server.config)
     assert summary.entries == 1
-    assert stored_files(server) == files
-    records = ledger(server)
+    assert tree_files(server.destination) == files
+    records = ledger_of(server.destination)
     assert sorted(str(r["path"]) for r in records) == sorted(files)
     assert all(r["outcome"] == "stored" for r in records)
 

@@ -448,21 +448,21 @@ def one_run(
     return changed
 
 
-def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
-    src = b.mnt / "data" / spec.name
+def generate(spec: Spec, src: Path, rng: random.Random) -> tuple[int, int, float]:
+    """A fresh copy of the dataset in `src`: (files, bytes, seconds it took)."""
     if src.exists():
         shutil.rmtree(src)
     t0 = time.perf_counter()
     spec.make(src, rng)
     all_files = files_of(src)
     total = sum(p.stat().st_size for p in all_files)
-    print(
-        f"[{spec.name}] {spec.what}: {len(all_files)} files, {total / MiB:.0f} MiB "
-        f"(generated in {time.perf_counter() - t0:.1f} s)",
-        flush=True,
-    )
     subprocess.run(["sync"], check=False)
+    return len(all_files), total, time.perf_counter() - t0
+
+
+def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    src = b.mnt / "data" / spec.name
     state = b.mnt / f"state-{spec.name}.json"
     times: dict[str, list[float]] = {
         k: []
@@ -473,9 +473,17 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
     }  # fmt: skip
     rss = {"client": 0, "receiver": 0, "processor": 0}
     cpu: dict[str, list[float]] = {"client_send": [], "receiver_send": [], "processor": []}
-    changed = 0
+    changed = n_files = total = 0
     for r in range(runs):
-        changed = one_run(b, spec, src, state, r, runs, times, rss, cpu, rng, len(all_files))
+        # Fresh data every run: new random bytes (and, for S and M, new sizes), so no run
+        # profits from what an earlier one left in a cache or in a destination.
+        n_files, total, took = generate(spec, src, rng)
+        print(
+            f"[{spec.name}] {spec.what}: {n_files} files, {total / MiB:.0f} MiB "
+            f"(generated in {took:.1f} s)",
+            flush=True,
+        )
+        changed = one_run(b, spec, src, state, r, runs, times, rss, cpu, rng, n_files)
     b.reset_dittohead(state)
     for name in ("tar", "rsync"):
         shutil.rmtree(b.mnt / "peers" / f"{name}-{spec.name}", ignore_errors=True)
@@ -483,7 +491,7 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "dataset": spec.what,
-        "files": len(all_files),
+        "files": n_files,  # of the last run's data (S and M sizes vary per run)
         "bytes": total,
         "changed_files": changed,
         "runs": times,

@@ -7,7 +7,9 @@ prints its one line and exits with its code, anything else is an internal error 
 traceback only with ``-v``).
 
 Keep the imports light and portable: this module must load on Windows and must not pull in
-anything from the server side (see tests/unit/client/test_import_boundary.py).
+anything from the server side; asyncssh (and `send`, `login`, `hostkeys`, which need it) is
+imported only once there is something to send, because a send with nothing new is mostly
+start-up time (see tests/unit/client/test_import_boundary.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from dittohead.client.hostkeys import DEFAULT_PORT
-from dittohead.client.login import login_name
-from dittohead.client.send import Job, Prompts, Server, prepare, run
+from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import check_source, check_study
 from dittohead.core.receipt import Receipt
@@ -170,6 +170,13 @@ class _ProgressLine:
 
 
 # -- the send command -------------------------------------------------------------------------
+
+
+def run(job: Job, *, prompts: Prompts, progress: _ProgressLine | None) -> Receipt:
+    """Connect and send (`send.run`); asyncssh is loaded here, not when the CLI starts."""
+    from dittohead.client.send import run as send_run  # noqa: PLC0415 (deliberately lazy)
+
+    return send_run(job, prompts=prompts, progress=progress)
 
 
 def _server(args: argparse.Namespace) -> Server:

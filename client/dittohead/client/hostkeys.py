@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
+from dittohead.client.job import DEFAULT_PORT, TrustPrompt
 from dittohead.client.state import server_id, state_dir
 from dittohead.core.errors import HostKeyError, UsageError, describe_os_error
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 22
-
-#: Asked when a server is not known yet: (server "host:port", "SHA256:…", key type) → trust?
-TrustPrompt = Callable[[str, str, str], bool]
 
 _INTERCEPT = (
     "someone may be intercepting the connection, or the server was reinstalled: "

@@ -14,15 +14,15 @@ asyncssh or the operating system raised while connecting into words for a collec
 
 from __future__ import annotations
 
-import getpass
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
 
 from dittohead.client.hostkeys import HostKeyPolicy
+from dittohead.client.job import SecretPrompt
 from dittohead.core.errors import (
     DittoheadError,
     HostKeyError,
@@ -34,16 +34,6 @@ from dittohead.core.errors import (
 log = logging.getLogger(__name__)
 
 MAX_PASSWORD_TRIES = 3
-
-#: Asks for a secret: prompt text → the answer, or None to give up.
-SecretPrompt = Callable[[str], "str | None"]
-
-
-def login_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception as exc:  # getpass raises OSError or KeyError depending on the platform
-        raise UsageError("cannot tell your user name; give it with --user") from exc
 
 
 def load_identity(path: Path, ask: SecretPrompt | None) -> asyncssh.SSHKey:

@@ -24,24 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
-from dittohead.client.hostkeys import DEFAULT_PORT, HostKeyPolicy, TrustPrompt
-from dittohead.client.login import (
-    LoginClient,
-    SecretPrompt,
-    connect_failure,
-    load_identity,
-    login_name,
-)
+from dittohead.client.hostkeys import HostKeyPolicy
+from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
+from dittohead.client.login import LoginClient, connect_failure, load_identity
 from dittohead.client.pack import Pack
-from dittohead.client.scan import Plan, scan
-from dittohead.client.state import State, load_state
 from dittohead.core.errors import (
     ConfigError,
     DittoheadError,
@@ -53,8 +45,26 @@ from dittohead.core.errors import (
     TransferError,
     UploadRejected,
 )
-from dittohead.core.grammar import UploadRequest, check_source, check_study
+from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
+
+# This module is the client's programmatic interface. Planning lives in `job` (free of
+# asyncssh, so that a send with nothing new starts fast) and is re-exported from here.
+__all__ = [
+    "Job",
+    "Progress",
+    "Prompts",
+    "Server",
+    "ServerRefused",
+    "check_receipt",
+    "cipher_preference",
+    "parse_receipt",
+    "prepare",
+    "run",
+    "send_folder",
+    "server_failure",
+    "upload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +74,6 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 #: Told about progress: (file bytes read so far, total file bytes).
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Server:
-    """Where to send, and how to prove who we are and who the server is."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    user: str | None = None  # None: the local login name
-    identity: Path | None = None  # None: the SSH agent and ~/.ssh/id_* keys
-    known_hosts: Path | None = None  # None: trust on first use (see hostkeys)
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """How to ask the person in front of the screen. None means "cannot ask": refuse."""
-
-    trust: TrustPrompt | None = None
-    password: SecretPrompt | None = None
-    passphrase: SecretPrompt | None = None
 
 
 class ServerRefused(DittoheadError):
@@ -269,36 +259,6 @@ async def _session(
     receipt = parse_receipt(stdout)
     check_receipt(receipt, pack, request, server.host)
     return receipt
-
-
-@dataclass
-class Job:
-    """One send, prepared: what the folder holds and what the server has not confirmed."""
-
-    server: Server
-    request: UploadRequest
-    scanned: Plan
-    state: State
-    selected: Plan = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.selected = self.state.select(self.scanned)
-
-
-def prepare(
-    server: Server,
-    *,
-    study: str,
-    source: str,
-    folder: str | Path,
-    things: Sequence[str] = (),
-    state: Path | None = None,
-) -> Job:
-    """Check the request, scan the folder and load the state; nothing touches the network."""
-    request = UploadRequest(check_study(study), check_source(source))
-    plan = scan(folder, things)
-    loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
-    return Job(server, request, plan, loaded)
 
 
 def run(job: Job, *, prompts: Prompts | None = None, progress: Progress | None = None) -> Receipt:

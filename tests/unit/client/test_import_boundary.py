@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 # POSIX-only standard modules: the client must run on Windows, where they do not exist.
 POSIX_ONLY = ("fcntl", "pwd", "grp", "termios", "resource", "posix")
@@ -58,3 +60,68 @@ def test_cli_import_loads_no_receiver_and_no_server_dependencies() -> None:
 
 def test_client_code_imports_no_posix_only_module() -> None:
     assert _probe()["ours"] == []
+
+
+# Runs the real command on a folder whose every file the state already confirms (and with
+# --dry-run): nothing is to be sent, so asyncssh (~0.1 s to import) and the modules that need
+# it must not have been loaded.
+NOTHING_NEW = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from pathlib import Path
+
+    folder, state_path, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    from dittohead.client.cli import main
+    from dittohead.client.scan import scan
+    from dittohead.client.state import load_state
+
+    if mode == "confirmed":
+        state = load_state(state_path, host="drop.example.org", port=22, study="nccam3",
+                           source="brogden-a")
+        state.record(scan(folder).files)
+    argv = ["send", "--host", "drop.example.org", "--state", str(state_path), "--study",
+            "nccam3", "--source", "brogden-a", "--json", str(folder)]
+    if mode == "dry-run":
+        argv.insert(1, "--dry-run")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(argv)
+    print(json.dumps({"status": status, "out": json.loads(out.getvalue()),
+                      "modules": sorted(sys.modules)}))
+    """
+)
+
+ONLY_TO_SEND = ("asyncssh", "dittohead.client.send", "dittohead.client.login",
+                  "dittohead.client.hostkeys", "dittohead.client.pack")  # fmt: skip
+
+
+def _nothing_new(tmp_path: Path, mode: str) -> dict[str, Any]:
+    folder = tmp_path / "pc"
+    (folder / "eprime").mkdir(parents=True)
+    (folder / "eprime" / "s01.txt").write_bytes(b"subject 1\n")
+    (folder / "s02.edat2").write_bytes(b"\x00" * 1000)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", NOTHING_NEW, str(folder), str(tmp_path / "st.json"), mode],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_cli_import_does_not_load_asyncssh() -> None:
+    modules = _probe()["modules"]
+    assert [m for m in ONLY_TO_SEND if m in modules] == []
+
+
+def test_nothing_new_does_not_load_asyncssh(tmp_path: Path) -> None:
+    result = _nothing_new(tmp_path, "confirmed")
+    assert result["status"] == 0
+    assert result["out"]["nothing_to_send"] is True
+    assert [m for m in ONLY_TO_SEND if m in result["modules"]] == []
+
+
+def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
+    result = _nothing_new(tmp_path, "dry-run")
+    assert result["status"] == 0
+    assert result["out"]["files"] == ["eprime/s01.txt", "s02.edat2"]
+    assert [m for m in ONLY_TO_SEND if m in result["modules"]] == []

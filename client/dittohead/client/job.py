@@ -1,0 +1,86 @@
+"""Job: one send decided on the collector's PC, before (and often instead of) any connection.
+
+`prepare` checks the request, scans the folder and loads the state; the `Job` it returns says
+what the server has not confirmed yet. When that is nothing, ``dittohead send`` ends without
+connecting, so this module and everything it imports stay free of asyncssh (~0.1 s to import
+on a lab PC, more than the rest of a no-change run) and of the modules that need it
+(`hostkeys`, `login`, `send`): those are loaded only once there is something to send
+(tests/unit/client/test_import_boundary.py checks this).
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dittohead.client.scan import Plan, scan
+from dittohead.client.state import State, load_state
+from dittohead.core.errors import UsageError
+from dittohead.core.grammar import UploadRequest, check_source, check_study
+
+DEFAULT_PORT = 22
+
+#: Asked when a server is not known yet: (server "host:port", "SHA256:…", key type) → trust?
+TrustPrompt = Callable[[str, str, str], bool]
+
+#: Asks for a secret: prompt text → the answer, or None to give up.
+SecretPrompt = Callable[[str], "str | None"]
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception as exc:  # getpass raises OSError or KeyError depending on the platform
+        raise UsageError("cannot tell your user name; give it with --user") from exc
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to send, and how to prove who we are and who the server is."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    user: str | None = None  # None: the local login name
+    identity: Path | None = None  # None: the SSH agent and ~/.ssh/id_* keys
+    known_hosts: Path | None = None  # None: trust on first use (see hostkeys)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """How to ask the person in front of the screen. None means "cannot ask": refuse."""
+
+    trust: TrustPrompt | None = None
+    password: SecretPrompt | None = None
+    passphrase: SecretPrompt | None = None
+
+
+@dataclass
+class Job:
+    """One send, prepared: what the folder holds and what the server has not confirmed."""
+
+    server: Server
+    request: UploadRequest
+    scanned: Plan
+    state: State
+    selected: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.selected = self.state.select(self.scanned)
+
+
+def prepare(
+    server: Server,
+    *,
+    study: str,
+    source: str,
+    folder: str | Path,
+    things: Sequence[str] = (),
+    state: Path | None = None,
+) -> Job:
+    """Check the request, scan the folder and load the state; nothing touches the network."""
+    request = UploadRequest(check_study(study), check_source(source))
+    plan = scan(folder, things)
+    loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
+    return Job(server, request, plan, loaded)

@@ -140,6 +140,14 @@ def _find_moved(dir_fd: int, base: str, dev: int, ino: int) -> str | None:
     return None  # pragma: no cover
 
 
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def publish_file(
     tree: TreeDirs,
     staging_fd: int,
@@ -158,21 +166,22 @@ def publish_file(
         return record
     rel_dir, _, base = item.path.rpartition("/")
     dir_fd, stored_dir = tree.open(rel_dir)
-    dev = os.fstat(staging_fd).st_dev
     try:
-        os.stat(item.staged, dir_fd=staging_fd, follow_symlinks=False)
+        for _, name in candidate_names(base):
+            if _move_noreplace(staging_fd, item.staged, dir_fd, name):
+                break
     except FileNotFoundError:
-        # Moved by a run that crashed before recording it: find it by its inode.
-        found = _find_moved(dir_fd, base, dev, item.ino)
+        # The rename looks the staged copy up before the target, so ENOENT means the copy is
+        # gone (asked again to be sure): moved by a run that crashed before recording it.
+        # Find it by its inode. (No stat before every move: replays are the rare case.)
+        if _exists(staging_fd, item.staged):
+            raise
+        found = _find_moved(dir_fd, base, os.fstat(staging_fd).st_dev, item.ino)
         if found is None:
             raise RuntimeError(
                 f"staged copy of {item.path!r} is gone and was not published; see the journal"
             ) from None
         name = found
-    else:
-        for _, name in candidate_names(base):
-            if _move_noreplace(staging_fd, item.staged, dir_fd, name):
-                break
     stored_as = f"{stored_dir}/{name}" if stored_dir else name
     record = _record(up, item, stored_as, "stored")
     ledger.append(record)

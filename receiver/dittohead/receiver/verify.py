@@ -15,13 +15,15 @@ Nothing is published here: the whole entry must pass before `publish` touches th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dittohead.core.errors import DittoheadError
-from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, Manifest, parse_manifest
+from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, Manifest, ManifestEntry
 from dittohead.core.names import NameSet, check_path
 from dittohead.receiver import fsops
 from dittohead.receiver.claim import EntryRejected
@@ -31,6 +33,7 @@ _BUF = 1 << 20
 #: bytes of manifest JSON allowed per listed file, on top of a fixed allowance
 _MANIFEST_PER_FILE = 1536
 _SETID = stat.S_ISUID | stat.S_ISGID
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, 
     view = memoryview(buf)
     total = 0
     while total < limit:
-        n = os.readv(src, [view[: min(len(view), limit - total)]])
+        ask = min(len(view), limit - total)
+        n = os.readv(src, [view[:ask]])
         if n == 0:
             break
         chunk = view[:n]
@@ -190,6 +194,11 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, 
         while chunk:
             chunk = chunk[os.write(dst, chunk) :]
         total += n
+        if n < ask and total == limit - 1:
+            # A short read that lands exactly on the expected size is the end of a regular
+            # file: no need for the extra read() that would return 0 (one syscall per file).
+            # Growth after this read is caught by the caller's after-fstat (size, mtime).
+            break
     return hasher.hexdigest(), total
 
 
@@ -228,10 +237,57 @@ def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Manife
             os.close(src)
     finally:
         os.close(fd)
+    return _parse_manifest(data, limits.max_files)
+
+
+def _parse_manifest(data: bytes, max_files: int) -> Manifest:
+    """The manifest's shape, checked as strictly as `core.manifest.parse_manifest` does.
+
+    Its paths are *not* put through the name policy here: `stage_entry` accepts an entry only
+    when the manifest lists exactly the files the walk found, and the walk has already checked
+    every one of those names (`check_path`, and one `NameSet` for case/Unicode twins and
+    file-versus-folder clashes). A listed path that is not one of them — a bad name, a ``./``
+    spelling, a twin — is therefore "listed but missing", and the entry is refused all the same.
+    This spares a second run of the name policy per file (~15 us each).
+    """
     try:
-        return parse_manifest(data, max_files=limits.max_files)
-    except DittoheadError as exc:
-        raise EntryRejected(exc.message) from None
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _bad_manifest("not JSON") from None
+    if not isinstance(doc, dict) or set(doc) != {"files", "bytes", "entries"}:
+        raise _bad_manifest("it must have exactly the keys files, bytes and entries")
+    files, total, raw = doc["files"], doc["bytes"], doc["entries"]
+    if not _is_count(files) or not _is_count(total) or not isinstance(raw, list):
+        raise _bad_manifest("files and bytes must be whole numbers and entries a list")
+    if len(raw) > max_files:
+        raise _bad_manifest(f"more than {max_files} files")
+    seen: set[str] = set()
+    entries: list[ManifestEntry] = []
+    size_sum = 0
+    for item in raw:
+        if not isinstance(item, dict) or set(item) != {"path", "size", "sha256"}:
+            raise _bad_manifest("each entry must have exactly path, size and sha256")
+        path, size, digest = item["path"], item["size"], item["sha256"]
+        if not isinstance(path, str) or not _is_count(size) or not isinstance(digest, str):
+            raise _bad_manifest("an entry has a field of the wrong type")
+        if not _HEX64.fullmatch(digest):
+            raise _bad_manifest(f"the sha256 of {path!r} is not 64 lower-case hex digits")
+        if path in seen:
+            raise _bad_manifest(f"{path!r} appears twice")
+        seen.add(path)
+        size_sum += size
+        entries.append(ManifestEntry(path, size, digest))
+    if len(entries) != files or size_sum != total:
+        raise _bad_manifest("its totals do not match its entries")
+    return Manifest(tuple(entries))
+
+
+def _bad_manifest(why: str) -> EntryRejected:
+    return EntryRejected(f"the upload's manifest is not valid ({why})")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def stage_entry(
@@ -250,6 +306,8 @@ def stage_entry(
     manifest = read_manifest(entry_fd, owner, dev, limits)
     walker = _Walker(owner, dev, limits, manifest, staging_fd, after_copy=after_copy)
     walker.walk(entry_fd, "")
+    # Every file found is listed (checked per file); now every listed path must have been
+    # found, which is also what vouches for the listed names (see `_parse_manifest`).
     got = {f.path for f in walker.files}
     missing = [e.path for e in manifest.entries if e.path not in got]
     if missing:

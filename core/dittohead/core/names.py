@@ -33,6 +33,24 @@ _WINDOWS_DEVICES = re.compile(
 # Characters Windows refuses in a file name (besides control characters and the separators).
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 
+# The fast path of `check_path`: a whole relative path made only of printable ASCII that every
+# rule accepts, matched by one regular expression instead of a Python loop over characters and
+# components (a scan checks every name in the folder; ~0.5 µs instead of ~10 µs per path).
+# It only ever *accepts*; anything it does not match (non-ASCII, "./", any doubt) goes through
+# the rules below, which also word the refusal. tests/unit/core/test_names.py proves it agrees
+# with them. Per component: it is not a device name (CON, con.txt, LPT1…; the superscript
+# digits are not ASCII), it has 1 to 255 characters from _SAFE, and it does not end with a dot
+# or a space (which also excludes "." and ".."). re.ASCII keeps (?i) from matching non-ASCII
+# letters that fold to ASCII ones (k and the Kelvin sign).
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '/\\<>:"|?*')
+_SAFE_END = _SAFE.replace(".", "").replace(" ", "")
+_FAST_COMPONENT = (
+    r"(?!(?i:CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9]|LPT[0-9])(?:\.|/|\Z))"
+    rf"[{re.escape(_SAFE)}]{{0,{MAX_COMPONENT_BYTES - 1}}}[{re.escape(_SAFE_END)}]"
+)
+_FAST_PATH = re.compile(rf"{_FAST_COMPONENT}(?:/{_FAST_COMPONENT}){{0,{MAX_DEPTH - 1}}}", re.ASCII)
+_FAST_RESERVED = re.compile(r"(?i:\.dittohead)(?:/|\Z)", re.ASCII)
+
 
 def _reject(name: str, why: str) -> NameRejected:
     return NameRejected(f"{name!r} is not an allowed name: {why}")
@@ -77,6 +95,17 @@ def check_path(name: str, *, allow_reserved: bool = False) -> str:
     Raises `NameRejected` naming the rule otherwise. `allow_reserved` lets the receiver check
     the manifest's own name; user files may never live under ``.dittohead/``.
     """
+    if (
+        len(name) <= MAX_PATH_BYTES  # all ASCII when it matches: one byte per character
+        and _FAST_PATH.fullmatch(name)
+        and (allow_reserved or not _FAST_RESERVED.match(name))
+    ):
+        return name
+    return check_path_by_rules(name, allow_reserved=allow_reserved)
+
+
+def check_path_by_rules(name: str, *, allow_reserved: bool = False) -> str:
+    """`check_path` without its fast path: every rule in turn (and the words of a refusal)."""
     name = normalize(name)
     if name == "":
         raise _reject(name, "it is empty")

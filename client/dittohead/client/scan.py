@@ -104,13 +104,27 @@ def _cannot_read(path: str, exc: OSError) -> LocalFileError:
     )
 
 
+def _by_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
 class _Walker:
-    """Collects files, folders and bad names below one root."""
+    """Collects files, folders and bad names below one root, in `path_key` order.
+
+    Folders are walked depth first with each folder's entries sorted by name, which visits
+    paths in exactly the order `path_key` sorts them (a folder, then everything inside it, then
+    its next sibling): the lists come out sorted, and the names go into `names` in that order,
+    without sorting tens of thousands of paths afterwards.
+    """
 
     def __init__(self) -> None:
         self.files: list[FileItem] = []
         self.dirs: list[str] = []
         self.problems: list[tuple[str, str]] = []
+        # Every name together: duplicates that differ only in case or Unicode normalization
+        # (one file on Windows), and files that are also folders. NameSet refuses the later
+        # spelling; keep going so that every clash is reported in the same message.
+        self.names = NameSet()
 
     def _name_ok(self, rel: str) -> bool:
         try:
@@ -120,29 +134,56 @@ class _Walker:
             return False
         return True
 
+    def _add_name(self, rel: str, *, is_dir: bool) -> None:
+        try:
+            if is_dir:
+                self.names.add_dir(rel)
+            else:
+                self.names.add_file(rel)
+        except NameRejected as exc:
+            self.problems.append((rel, _reason(exc, rel)))
+
+    def add_thing(self, name: str) -> None:
+        """A THING folder (already checked by `_check_thing`) that is about to be walked."""
+        self.dirs.append(name)
+        self._add_name(name, is_dir=True)
+
+    @staticmethod
+    def _list(abs_dir: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise _cannot_read(abs_dir, exc) from exc
+        entries.sort(key=_by_name)
+        return entries
+
     def walk(self, top: str, top_rel: str) -> None:
         """Walk `top` (whose relative name is `top_rel`, "" for FOLDER itself)."""
-        # An explicit stack instead of recursion: deep trees cannot hit the recursion limit, and
-        # os.scandir gives the entry type without a stat call on POSIX (one lstat per file).
-        stack = [(top, top_rel)]
+        # An explicit stack of half-read folders instead of recursion: deep trees cannot hit
+        # the recursion limit, and os.scandir gives the entry type without a stat call on
+        # POSIX (one lstat per file).
+        stack = [(iter(self._list(top)), top_rel)]
         while stack:
-            abs_dir, rel_dir = stack.pop()
-            try:
-                with os.scandir(abs_dir) as it:
-                    entries = list(it)
-            except OSError as exc:
-                raise _cannot_read(abs_dir, exc) from exc
+            entries, rel_dir = stack[-1]
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
-                    self._visit(entry, rel, stack)
+                    inside = self._visit(entry, rel)
                 except FileNotFoundError:
                     # Deleted between listing and stat: it is simply not part of this send.
                     log.warning("%s disappeared while the folder was scanned; skipped", rel)
+                    continue
                 except OSError as exc:
                     raise _cannot_read(entry.path, exc) from exc
+                if inside is not None:
+                    stack.append((iter(inside), rel))
+                    break  # walk the folder now; the rest of this one comes after it
+            else:
+                stack.pop()
 
-    def _visit(self, entry: os.DirEntry[str], rel: str, stack: list[tuple[str, str]]) -> None:
+    def _visit(self, entry: os.DirEntry[str], rel: str) -> list[os.DirEntry[str]] | None:
+        """Record `entry`; return the entries of a folder that is to be walked."""
         if entry.is_symlink():
             log.warning("skipped %s: it is a symbolic link (only real files are sent)", rel)
         elif entry.is_dir(follow_symlinks=False):
@@ -152,13 +193,16 @@ class _Walker:
                 # A folder with a bad name is reported once; its contents would only repeat
                 # the same complaint, and they get checked again once it is renamed.
                 self.dirs.append(rel)
-                stack.append((entry.path, rel))
+                self._add_name(rel, is_dir=True)
+                return self._list(entry.path)
         elif entry.is_file(follow_symlinks=False):
             if self._name_ok(rel):
                 st = entry.stat(follow_symlinks=False)
                 self.files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
+                self._add_name(rel, is_dir=False)
         else:
             log.warning("skipped %s: it is not a regular file or folder", rel)
+        return None
 
 
 def _check_thing(root: str, thing: str) -> str:
@@ -202,31 +246,19 @@ def scan(folder: str | os.PathLike[str], things: Sequence[str] = ()) -> Plan:
     walker = _Walker()
     if things:
         for name in sorted({_check_thing(root, t) for t in things}):
-            walker.dirs.append(name)
+            walker.add_thing(name)
             walker.walk(os.path.join(root, name), name)
     else:
         walker.walk(root, "")
 
-    files = sorted(walker.files, key=lambda f: path_key(f.path))
-    dirs = sorted(walker.dirs, key=path_key)
-    problems = walker.problems
-    # All names together, in a stable order: duplicates that differ only in case or Unicode
-    # normalization (one file on Windows), and files that are also folders. NameSet refuses
-    # the later spelling; keep going so that every clash is reported in the same message.
-    names = NameSet()
-    for rel, is_dir in sorted(
-        [(d, True) for d in dirs] + [(f.path, False) for f in files],
-        key=lambda item: path_key(item[0]),
-    ):
-        try:
-            if is_dir:
-                names.add_dir(rel)
-            else:
-                names.add_file(rel)
-        except NameRejected as exc:
-            problems.append((rel, _reason(exc, rel)))
-    if problems:
-        raise NamesRejected(sorted(problems, key=lambda p: path_key(p[0])))
-    holding = {parent for f in files for parent in parents(f.path)}
+    if walker.problems:
+        raise NamesRejected(sorted(walker.problems, key=lambda p: path_key(p[0])))
+    files, dirs = walker.files, walker.dirs
+    # Folders that hold a file somewhere below them: the files' own folders and their parents
+    # (worked out over the distinct folders, not once per file).
+    direct = {f.path.rpartition("/")[0] for f in files}
+    holding = set(direct)
+    for d in direct:
+        holding.update(parents(d))
     empty = tuple(d for d in dirs if d not in holding)
     return Plan(root, tuple(files), tuple(dirs), empty)

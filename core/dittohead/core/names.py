@@ -126,6 +126,8 @@ def check_path_by_rules(name: str, *, allow_reserved: bool = False) -> str:
 
 def fold(name: str) -> str:
     """The key under which Windows (and macOS) would see two names as the same file."""
+    if name.isascii():  # NFC leaves ASCII alone, and ASCII case-folds to its lower case
+        return name.lower()
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
@@ -147,6 +149,11 @@ class NameSet:
     def __init__(self) -> None:
         # folded path -> (spelling, is_dir, explicit)
         self._seen: dict[str, tuple[str, bool, bool]] = {}
+        # Exact spellings stored as folders. An entry never changes its spelling or kind once
+        # stored, and a folder is stored only after all its parents were, so a name whose
+        # parent is in here need not claim its parents again (that would change nothing): one
+        # look-up per name instead of one claim per parent.
+        self._dirs: set[str] = set()
 
     def __contains__(self, path: str) -> bool:
         return fold(path) in self._seen
@@ -156,6 +163,8 @@ class NameSet:
         old = self._seen.get(key)
         if old is None:
             self._seen[key] = (path, is_dir, explicit)
+            if is_dir:
+                self._dirs.add(path)
             return
         spelling, old_is_dir, old_explicit = old
         if spelling != path:
@@ -169,12 +178,16 @@ class NameSet:
         if explicit:
             self._seen[key] = (path, True, True)
 
+    def _claim_parents(self, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent and parent not in self._dirs:
+            for name in parents(path):
+                self._claim(name, True, False)
+
     def add_file(self, path: str) -> None:
-        for parent in parents(path):
-            self._claim(parent, True, False)
+        self._claim_parents(path)
         self._claim(path, False, True)
 
     def add_dir(self, path: str) -> None:
-        for parent in parents(path):
-            self._claim(parent, True, False)
+        self._claim_parents(path)
         self._claim(path, True, True)

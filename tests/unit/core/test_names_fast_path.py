@@ -1,8 +1,12 @@
-"""`check_path`'s fast path (one regular expression for plain ASCII names) decides exactly like
-the rules it short-cuts (`check_path_by_rules`): the same names accepted, returned unchanged,
-and every refusal worded by the rules."""
+"""The short cuts of the name policy decide exactly like the rules they skip: `check_path`'s
+fast path (one regular expression for plain ASCII names) like `check_path_by_rules` (the same
+names accepted, returned unchanged, every refusal worded by the rules); `fold`'s ASCII case
+like the Unicode formula; `NameSet`, which remembers its folders, like claiming every parent
+every time."""
 
 from __future__ import annotations
+
+import unicodedata
 
 import pytest
 from hypothesis import example, given, settings
@@ -14,8 +18,11 @@ from dittohead.core.names import (
     MAX_COMPONENT_BYTES,
     MAX_DEPTH,
     MAX_PATH_BYTES,
+    NameSet,
     check_path,
     check_path_by_rules,
+    fold,
+    parents,
 )
 
 
@@ -117,3 +124,71 @@ def test_ordinary_names_take_the_fast_path() -> None:
     for name in ("sub1/ses2/task3/trial00042.txt", "eprime/S01-run_2 (copy).edat2", "a/.hidden"):
         assert _FAST_PATH.fullmatch(name)
         assert check_path(name) == name
+
+
+def fold_by_rules(name: str) -> str:
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+@given(st.text(alphabet=TRICKY + "\u00df\u1e9e\u0301\u00c9", max_size=12))
+def test_fold_takes_a_short_cut_only_where_it_changes_nothing(name: str) -> None:
+    assert fold(name) == fold_by_rules(name)
+
+
+class ReferenceNameSet:
+    """NameSet as it was before it remembered its folders: every parent claimed every time."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, bool, bool]] = {}
+
+    def _claim(self, path: str, is_dir: bool, explicit: bool) -> None:
+        key = fold_by_rules(path)
+        old = self._seen.get(key)
+        if old is None:
+            self._seen[key] = (path, is_dir, explicit)
+            return
+        spelling, old_is_dir, old_explicit = old
+        if spelling != path:
+            raise NameRejected(
+                f"{path!r} is not an allowed name: it would be the same file as {spelling!r} "
+                "on Windows (case or accents)"
+            )
+        if old_is_dir != is_dir:
+            raise NameRejected(
+                f"{path!r} is not an allowed name: it is used both as a file and as a folder"
+            )
+        if not is_dir or (explicit and old_explicit):
+            raise NameRejected(f"{path!r} is not an allowed name: it appears twice in the upload")
+        if explicit:
+            self._seen[key] = (path, True, True)
+
+    def add_file(self, path: str) -> None:
+        for parent in parents(path):
+            self._claim(parent, True, False)
+        self._claim(path, False, True)
+
+    def add_dir(self, path: str) -> None:
+        for parent in parents(path):
+            self._claim(parent, True, False)
+        self._claim(path, True, True)
+
+
+def _added(names: NameSet | ReferenceNameSet, path: str, is_dir: bool) -> str:
+    try:
+        (names.add_dir if is_dir else names.add_file)(path)
+    except NameRejected as exc:
+        return exc.message
+    return "ok"
+
+
+set_paths = st.lists(
+    st.sampled_from(["a", "A", "b", "\u00e9", "e\u0301", "x.txt", "X.TXT"]), min_size=1, max_size=4
+).map("/".join)
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.tuples(set_paths, st.booleans()), max_size=25))
+def test_name_set_refuses_exactly_what_it_refused_before(ops: list[tuple[str, bool]]) -> None:
+    new, old = NameSet(), ReferenceNameSet()
+    for path, is_dir in ops:
+        assert _added(new, path, is_dir) == _added(old, path, is_dir), (path, is_dir)

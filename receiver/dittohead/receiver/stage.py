@@ -47,6 +47,7 @@ DIR_MODE = 0o2770
 DIR_FD_CACHE = 64
 #: re-check the file system's free space after this many bytes written
 SPACE_CHECK_BYTES = 64 * 1024 * 1024
+_RESERVED_KEY = fold(RESERVED_TOP)
 _MANIFEST_KEYS = {"files", "bytes", "entries"}
 _ENTRY_KEYS = {"path", "size", "sha256"}
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -230,7 +231,9 @@ class Staging:
         if member.is_dir and name.endswith("/"):
             name = name[:-1]  # tar writes folders as "name/"; only that one slash goes
         name = check_path(name, allow_reserved=True)
-        if fold(name.split("/", 1)[0]) == fold(RESERVED_TOP):
+        top = name.split("/", 1)[0]
+        # fold() of an ASCII name is its lower case (NFC and casefold change nothing else).
+        if (top.lower() if top.isascii() else fold(top)) == _RESERVED_KEY:
             # Only the manifest (and its folder) may live under .dittohead/: the processor
             # reads that folder as dittohead's own, so nothing else may be smuggled in there.
             wanted = MANIFEST_DIR if member.is_dir else MANIFEST_PATH

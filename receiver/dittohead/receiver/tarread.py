@@ -27,7 +27,7 @@ import io
 import re
 import select
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from dittohead.core.errors import TransferError, UploadRejected
@@ -153,6 +153,21 @@ class Stream:
             remaining -= count
             self.unread -= count
             yield self._view[start : start + count]
+
+    def whole(self, size: int) -> memoryview | None:
+        """`size` bytes and their NUL padding, if all of them are buffered already: the data as
+        one view (valid until the next read), the padding consumed and checked. Else None, and
+        nothing is consumed (read them with `chunks` and `skip_padding`)."""
+        start = self._start
+        end = start + size
+        pad = -size % BLOCK
+        if self._end - end < pad:
+            return None
+        if pad and self._buf.count(0, end, end + pad) != pad:
+            raise malformed("there are stray bytes after the data of a member")
+        self._start = end + pad
+        self.unread -= size
+        return self._view[start:end]
 
     def read(self, size: int) -> bytes:
         """`size` bytes as one object (callers bound `size`)."""
@@ -316,12 +331,14 @@ class TarReader:
     ) -> Member:
         if pax is not None and longname is not None:
             raise malformed("a member has both a GNU long name and a pax header")
-        records = dict(self._global)
-        for key, value in (pax or {}).items():
-            if value:
-                records[key] = value
-            else:
-                records.pop(key, None)
+        records = self._global  # read only; copied below before a pax header changes it
+        if pax is not None:
+            records = dict(records)
+            for key, value in pax.items():
+                if value:
+                    records[key] = value
+                else:
+                    records.pop(key, None)
         name = _text(block[0:100])
         prefix = _text(block[345:500]) if block[257:265] == _POSIX_MAGIC else ""
         if prefix:
@@ -342,10 +359,16 @@ class TarReader:
         what = _REFUSED_TYPES.get(kind, f"of an unknown tar member type {kind!r}")
         raise _refused(name, what)
 
-    def data(self, member: Member) -> Iterator[memoryview]:
+    def data(self, member: Member) -> Iterable[memoryview]:
         """The data of file `member`, as views valid until the next one is produced."""
-        yield from self._stream.chunks(member.size)
-        self._stream.skip_padding(member.size)
+        # A small member usually sits in the buffer already, padding and all: one view, and
+        # no generator per file.
+        whole = self._stream.whole(member.size)
+        return (whole,) if whole is not None else self._chunks(member.size)
+
+    def _chunks(self, size: int) -> Iterator[memoryview]:
+        yield from self._stream.chunks(size)
+        self._stream.skip_padding(size)
 
     def finish(self) -> None:
         """After the first end-of-archive block: the second one, NUL padding, end of input."""

@@ -108,3 +108,22 @@ def test_python_tarfile_output_round_trips() -> None:
             tar.addfile(info, io.BytesIO(data))
     got = [(m.name, len(body)) for m, body in members(out.getvalue(), bufsize=4096)]
     assert got == [("a/" + "é" * 80, 5000), ("b", 0)]
+
+
+def test_every_buffer_size_reads_the_same_members() -> None:
+    # Small members come out of the buffer as one view (`Stream.whole`) when they and their
+    # padding are buffered, else chunk by chunk; both must give the same bytes.
+    bodies = [b"", b"x", b"y" * 511, b"z" * 512, b"w" * 513, bytes(range(256)) * 9]
+    stream = b"".join(ts.member(f"f{i}", body) for i, body in enumerate(bodies)) + ts.end()
+    want = [(f"f{i}", body) for i, body in enumerate(bodies)]
+    for bufsize in (512, 700, 1024, 1536, 4096, 1 << 20):
+        got = [(m.name, body) for m, body in members(stream, bufsize=bufsize)]
+        assert got == want, bufsize
+
+
+@pytest.mark.parametrize("bufsize", [512, 1024, 1 << 20])
+def test_junk_in_the_padding_is_refused_whatever_the_buffer(bufsize: int) -> None:
+    good = ts.member("a", b"abc")
+    spoiled = good[:-1] + b"!"  # the last padding byte of the member
+    with pytest.raises(UploadRejected, match="stray bytes after the data"):
+        members(spoiled + ts.end(), bufsize=bufsize)

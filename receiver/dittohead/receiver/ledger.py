@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring as _encode_str
 from typing import Any, Literal
 
 from dittohead.core.errors import DittoheadError, OutOfSpace
@@ -70,20 +71,30 @@ def chain_hash(prev: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(prev.encode() + b"\n" + _canonical(body)).hexdigest()
 
 
-# "hash" sorts before every other key of a line, so the canonical line is the canonical hashed
-# body with '"hash":"…",' put in front: one json.dumps per record instead of two (the line is
-# byte for byte what _canonical({**body, "prev": prev, "hash": digest}) gives; tested).
-if min({"seq", "prev", "hash", *_RECORD_FIELDS}) != "hash":  # pragma: no cover
-    raise ImportError("a ledger field sorts before 'hash'; encode_line must change")
+# The canonical JSON of a line, spelled out: its keys in sorted order, strings through the very
+# function json.dumps(ensure_ascii=False) escapes them with, ints as json writes them. This is
+# byte for byte _canonical() of the hashed body (tested against it with Hypothesis) at a third
+# of the cost per record. "hash" sorts before every other key, so the stored line is that body
+# with '"hash":"…",' put in front. A new field in Record must be added here (checked at import).
+_LINE_KEYS = (
+    "outcome", "path", "prev", "received_at", "recorded_at", "seq", "sha256", "size", "source",
+    "stored_as", "uid", "upload", "uploader",
+)  # fmt: skip
+if tuple(sorted({"seq", "prev", *_RECORD_FIELDS})) != _LINE_KEYS or min(_LINE_KEYS) < "hash":
+    raise ImportError("Record's fields changed: update encode_line")  # pragma: no cover
 
 
 def encode_line(seq: int, prev: str, record: Record) -> tuple[bytes, str]:
-    body = record.body()
-    body["seq"] = seq
-    body["prev"] = prev
-    canonical = _canonical(body)
-    digest = hashlib.sha256(prev.encode() + b"\n" + canonical).hexdigest()
-    line = b'{"hash":"' + digest.encode() + b'",' + canonical[1:] + b"\n"
+    e = _encode_str
+    hashed = (
+        f'{{"outcome":{e(record.outcome)},"path":{e(record.path)},"prev":{e(prev)},'
+        f'"received_at":{e(record.received_at)},"recorded_at":{e(record.recorded_at)},'
+        f'"seq":{int(seq)},"sha256":{e(record.sha256)},"size":{int(record.size)},'
+        f'"source":{e(record.source)},"stored_as":{e(record.stored_as)},'
+        f'"uid":{int(record.uid)},"upload":{e(record.upload)},"uploader":{e(record.uploader)}}}'
+    ).encode()
+    digest = hashlib.sha256(prev.encode() + b"\n" + hashed).hexdigest()
+    line = b'{"hash":"' + digest.encode() + b'",' + hashed[1:] + b"\n"
     return line, digest
 
 

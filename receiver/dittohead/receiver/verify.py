@@ -151,16 +151,18 @@ class _Walker:
             dir_fd=self.staging_fd,
         )
         try:
-            before = os.fstat(src)
-            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
-                raise EntryRejected(f"{rel!r}: file was replaced while being read")
             digest, copied = _copy_hashing(src, dst, want.size + 1, self.buf)
             after = os.fstat(src)
             ino = os.fstat(dst).st_ino
         finally:
             os.close(src)
             os.close(dst)
-        changed = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        # "Before" is `st`, the O_PATH fd's fstat taken ahead of the re-open: the window it
+        # opens is wider than one taken after the re-open, so nothing slips through that a
+        # separate fstat of `src` would have caught (and it saves that call per file).
+        if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
+            raise EntryRejected(f"{rel!r}: file was replaced while being read")
+        changed = (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
             after.st_size,
             after.st_mtime_ns,
             after.st_ctime_ns,

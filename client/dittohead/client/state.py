@@ -82,7 +82,10 @@ class State:
 
     def select(self, plan: Plan) -> Plan:
         """The part of `plan` the server has not confirmed: new files and changed ones."""
-        return plan.with_files(f for f in plan.files if not self.is_confirmed(f))
+        confirmed = self.files  # is_confirmed inlined: it runs once per file in the folder
+        return plan.with_files(
+            f for f in plan.files if confirmed.get(f.path) != (f.size, f.mtime_ns)
+        )
 
     def to_json(self) -> bytes:
         doc = {
@@ -118,21 +121,25 @@ class State:
             ) from exc
 
 
-def _parse(data: bytes) -> dict[str, Any]:
+def _parse(data: bytes) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """The document and its files as ``path → (size, mtime_ns)``; ValueError if malformed."""
     doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
         raise ValueError("not a version 1 state file")
     files = doc.get("files")
     if not isinstance(files, dict):
         raise ValueError("no files")
-    for value in files.values():
-        if not (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        ):
+    # One pass that checks and converts (a state lists every file sent, tens of thousands).
+    # JSON numbers come back as int, float or bool: ``type(v) is int`` refuses the last two.
+    out: dict[str, tuple[int, int]] = {}
+    for path, value in files.items():
+        if type(value) is not list or len(value) != 2:
             raise ValueError("bad file entry")
-    return doc
+        size, mtime = value
+        if type(size) is not int or type(mtime) is not int:
+            raise ValueError("bad file entry")
+        out[path] = (size, mtime)
+    return doc, out
 
 
 def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[int, int]]:
@@ -145,7 +152,7 @@ def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[i
             f"cannot read the state file {describe_os_error(exc)}; nothing was sent"
         ) from exc
     try:
-        doc = _parse(data)
+        doc, files = _parse(data)
     except (UnicodeDecodeError, ValueError):
         # Forgetting is safe (the next send repeats files, the server keeps one copy of
         # identical content); refusing to send would not be.
@@ -159,7 +166,7 @@ def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[i
             f"station {owner[2]}, not to {server}, {study}, {source}; "
             "give another --state file (or leave --state out); nothing was sent"
         )
-    return {p: (v[0], v[1]) for p, v in doc["files"].items()}
+    return files
 
 
 def load_state(path: Path | None, *, host: str, port: int, study: str, source: str) -> State:

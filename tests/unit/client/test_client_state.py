@@ -149,6 +149,23 @@ def test_a_damaged_state_file_means_send_everything(
     assert "damaged" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "entry", ["garbage", [1], [1, 2, 3], [True, 1], [1, False], [1.0, 2], [1, "2"], None, {"a": 1}]
+)
+def test_a_state_entry_that_is_not_two_whole_numbers_means_send_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, entry: object
+) -> None:
+    path = tmp_path / "s.json"
+    doc = {"version": 1, "server": f"{HOST}:{PORT}", "study": STUDY, "source": SOURCE}
+    doc["files"] = {"a": [1, 2], "b": entry}
+    path.write_text(json.dumps(doc))
+    assert _load(path).files == {}
+    assert "damaged" in caplog.text
+    doc["files"] = {"a": [1, 2], "b": [3, 4]}
+    path.write_text(json.dumps(doc))
+    assert _load(path).files == {"a": (1, 2), "b": (3, 4)}
+
+
 def test_atomic_write_leaves_the_old_file_when_writing_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

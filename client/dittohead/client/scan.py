@@ -134,19 +134,16 @@ class _Walker:
             return False
         return True
 
-    def _add_name(self, rel: str, *, is_dir: bool) -> None:
+    def _add_dir_name(self, rel: str) -> None:
         try:
-            if is_dir:
-                self.names.add_dir(rel)
-            else:
-                self.names.add_file(rel)
+            self.names.add_dir(rel)
         except NameRejected as exc:
             self.problems.append((rel, _reason(exc, rel)))
 
     def add_thing(self, name: str) -> None:
         """A THING folder (already checked by `_check_thing`) that is about to be walked."""
         self.dirs.append(name)
-        self._add_name(name, is_dir=True)
+        self._add_dir_name(name)
 
     @staticmethod
     def _list(abs_dir: str) -> list[os.DirEntry[str]]:
@@ -163,12 +160,28 @@ class _Walker:
         # An explicit stack of half-read folders instead of recursion: deep trees cannot hit
         # the recursion limit, and os.scandir gives the entry type without a stat call on
         # POSIX (one lstat per file).
-        stack = [(iter(self._list(top)), top_rel)]
+        files, problems, add_file = self.files, self.problems, self.names.add_file
+        stack = [(iter(self._list(top)), f"{top_rel}/" if top_rel else "")]
         while stack:
-            entries, rel_dir = stack[-1]
+            entries, prefix = stack[-1]
             for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                rel = prefix + entry.name
                 try:
+                    # Regular files (not links: follow_symlinks=False) are handled right here:
+                    # this runs once per file, tens of thousands of times.
+                    if entry.is_file(follow_symlinks=False):
+                        try:
+                            check_path(rel)
+                        except NameRejected as exc:
+                            problems.append((rel, _reason(exc, rel)))
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
+                        try:
+                            add_file(rel)
+                        except NameRejected as exc:
+                            problems.append((rel, _reason(exc, rel)))
+                        continue
                     inside = self._visit(entry, rel)
                 except FileNotFoundError:
                     # Deleted between listing and stat: it is simply not part of this send.
@@ -177,13 +190,13 @@ class _Walker:
                 except OSError as exc:
                     raise _cannot_read(entry.path, exc) from exc
                 if inside is not None:
-                    stack.append((iter(inside), rel))
+                    stack.append((iter(inside), f"{rel}/"))
                     break  # walk the folder now; the rest of this one comes after it
             else:
                 stack.pop()
 
     def _visit(self, entry: os.DirEntry[str], rel: str) -> list[os.DirEntry[str]] | None:
-        """Record `entry`; return the entries of a folder that is to be walked."""
+        """Record `entry` (anything but a regular file); return a folder's entries to walk."""
         if entry.is_symlink():
             log.warning("skipped %s: it is a symbolic link (only real files are sent)", rel)
         elif entry.is_dir(follow_symlinks=False):
@@ -193,13 +206,8 @@ class _Walker:
                 # A folder with a bad name is reported once; its contents would only repeat
                 # the same complaint, and they get checked again once it is renamed.
                 self.dirs.append(rel)
-                self._add_name(rel, is_dir=True)
+                self._add_dir_name(rel)
                 return self._list(entry.path)
-        elif entry.is_file(follow_symlinks=False):
-            if self._name_ok(rel):
-                st = entry.stat(follow_symlinks=False)
-                self.files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
-                self._add_name(rel, is_dir=False)
         else:
             log.warning("skipped %s: it is not a regular file or folder", rel)
         return None

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dittohead.core.errors import NameRejected
 from dittohead.core.names import (
-    _FAST_PATH,
+    _FAST_USER_PATH,
     MAX_COMPONENT_BYTES,
     MAX_DEPTH,
     MAX_PATH_BYTES,
@@ -122,7 +122,7 @@ def test_ordinary_names_take_the_fast_path() -> None:
     # The point of it: what instruments write (E-Prime, eye trackers, BIOPAC) is matched by
     # the expression alone.
     for name in ("sub1/ses2/task3/trial00042.txt", "eprime/S01-run_2 (copy).edat2", "a/.hidden"):
-        assert _FAST_PATH.fullmatch(name)
+        assert _FAST_USER_PATH.fullmatch(name)
         assert check_path(name) == name
 
 

@@ -23,12 +23,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import check_source, check_study
-from dittohead.core.receipt import Receipt
+
+if TYPE_CHECKING:
+    from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
 

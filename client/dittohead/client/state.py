@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +181,10 @@ def load_state(path: Path | None, *, host: str, port: int, study: str, source: s
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+    # Imported here: only a send that went through writes the state, and tempfile costs a few
+    # milliseconds of start-up that a send with nothing new would pay for nothing.
+    import tempfile  # noqa: PLC0415
+
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")

@@ -3,7 +3,8 @@
 Everything the receiver and the processor do to the disk goes through these few functions, so
 that the rules are in one place: never follow a symlink, never overwrite, never resolve a path
 from the root when a held directory fd can be used instead. The Linux-only calls that Python
-does not wrap (``renameat2``, ``openat2``, ``syncfs``) are reached through ctypes.
+does not wrap (``renameat2``, ``openat2``, ``syncfs``, ``sync_file_range``) are reached through
+ctypes.
 """
 
 from __future__ import annotations
@@ -155,6 +156,37 @@ def syncfs(fd: int) -> None:
     """Flush the whole file system that `fd` lives on (one call instead of a fsync per file)."""
     if _libc.syncfs(fd) != 0:
         _raise_errno("syncfs")
+
+
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
+
+
+def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> bool:
+    """Start writing bytes ``[offset, offset + count)`` of `fd` to disk now, in the background
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); with `wait`, first wait for any writeback of
+    that range already under way (``SYNC_FILE_RANGE_WAIT_BEFORE``).
+
+    Only a head start, never durability: it flushes no metadata and no disk cache, so the
+    `syncfs` before a commit stays. Without it a machine with plenty of memory keeps a whole
+    upload dirty in the page cache and that `syncfs` writes all of it at the end. Returns False
+    where the call is not available (e.g. ENOSYS, or a file system that refuses it), so the
+    caller can stop asking.
+    """
+    if _sync_file_range is None:
+        return False
+    flags = SYNC_FILE_RANGE_WRITE | (SYNC_FILE_RANGE_WAIT_BEFORE if wait else 0)
+    if _sync_file_range(fd, offset, count, flags) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+    return True
 
 
 def link_tmpfile(tmp_fd: int, dir_fd: int, name: str) -> None:

@@ -47,6 +47,11 @@ DIR_MODE = 0o2770
 DIR_FD_CACHE = 64
 #: re-check the file system's free space after this many bytes written
 SPACE_CHECK_BYTES = 64 * 1024 * 1024
+#: hand a large file's data to the disk's writeback in steps of this size while it arrives
+WRITEBACK_BYTES = 8 * 1024 * 1024
+#: files smaller than this are left to the commit's syncfs (a call per small file costs more
+#: than it saves)
+WRITEBACK_TAIL_BYTES = 1024 * 1024
 _RESERVED_KEY = fold(RESERVED_TOP)
 _MANIFEST_KEYS = {"files", "bytes", "entries"}
 _ENTRY_KEYS = {"path", "size", "sha256"}
@@ -139,6 +144,7 @@ class Staging:
         self._created = False
         self._dirs: _Dirs | None = None
         self._since_space_check = 0
+        self._writeback_works = True
 
     def _create(self) -> int:
         os.mkdir(self.dot_entry, DIR_MODE, dir_fd=self.inbox_fd)
@@ -258,6 +264,7 @@ class Staging:
         out = os.open(base, _CREATE, FILE_MODE, dir_fd=self._dirs.open(parent))
         digest = hashlib.sha256()
         kept: list[bytes] = []
+        done = flushed = 0  # bytes written, and handed to writeback early
         try:
             for chunk in reader.data(member):
                 digest.update(chunk)
@@ -266,12 +273,29 @@ class Staging:
                 view = chunk
                 while view:
                     view = view[os.write(out, view) :]
+                done += len(chunk)
+                if done - flushed >= WRITEBACK_BYTES:
+                    self._writeback(out, flushed, done - flushed)
+                    flushed = done
                 self._since_space_check += len(chunk)
                 if self._since_space_check >= SPACE_CHECK_BYTES:
                     self._check_space()
+            if done >= WRITEBACK_TAIL_BYTES and done > flushed:
+                self._writeback(out, flushed, done - flushed)
         finally:
             os.close(out)
         return digest.hexdigest(), b"".join(kept)
+
+    def _writeback(self, fd: int, offset: int, count: int) -> None:
+        # Start writing this range to disk now, while the rest of the upload still arrives,
+        # instead of leaving the whole upload dirty for the commit's syncfs (with much free
+        # memory the kernel's own writeback does not start before that). Waiting for the range
+        # one step back bounds what is dirty or in flight per file; the syncfs stays.
+        if not self._writeback_works:
+            return
+        if offset >= WRITEBACK_BYTES:
+            fsops.start_writeback(fd, offset - WRITEBACK_BYTES, WRITEBACK_BYTES, wait=True)
+        self._writeback_works = fsops.start_writeback(fd, offset, count)
 
     def _check_space(self) -> None:
         # Refuse an upload that would eat the reserve before the disk is full, so that the

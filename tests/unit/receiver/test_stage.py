@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -22,10 +23,11 @@ from dittohead.core.errors import (
     TransferError,
     UploadRejected,
 )
+from dittohead.receiver import fsops
 from dittohead.receiver import stage as stage_mod
 from dittohead.receiver.config import Limits
 from dittohead.receiver.stage import Staged, Staging, entry_name
-from dittohead.receiver.tarread import BUFFER_BYTES
+from dittohead.receiver.tarread import BUFFER_BYTES, PIPE_BYTES, Stream
 from tests.hostile import streams as ts
 
 LIMITS = Limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
@@ -309,3 +311,78 @@ def test_entry_names_are_sortable_and_unguessable() -> None:
     assert first.startswith("brogden-a-19700101T000000Z-")
     assert len(first.rsplit("-", 1)[1]) == 16
     assert first != entry_name("brogden-a", now=0)
+
+
+def test_large_files_are_handed_to_writeback_while_they_arrive(
+    inbox: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = inbox
+    calls: list[tuple[int, int, bool]] = []
+    real = fsops.start_writeback
+
+    def record(out: int, offset: int, count: int, *, wait: bool = False) -> bool:
+        calls.append((offset, count, wait))
+        return real(out, offset, count, wait=wait)
+
+    monkeypatch.setattr(fsops, "start_writeback", record)
+    monkeypatch.setattr(stage_mod, "WRITEBACK_BYTES", 64 * 1024)
+    monkeypatch.setattr(stage_mod, "WRITEBACK_TAIL_BYTES", 4096)
+    files = {"big.bin": os.urandom(200 * 1024 + 5), "mid.bin": b"m" * 5000, "small": b"s"}
+    staged = receive(fd, ts.upload(list(files.items())), via="file", bufsize=16 * 1024)
+    check_entry(path, staged, files)
+    # big.bin in contiguous steps of at least 64 KiB, each after the first waiting for an
+    # earlier range first; mid.bin only its tail at the close; small: nothing (left to the
+    # commit's syncfs).
+    step = 64 * 1024
+    started = [(offset, count) for offset, count, wait in calls if not wait]
+    waited = [(offset, count) for offset, count, wait in calls if wait]
+    big, mid = started[:-1], started[-1]
+    assert mid == (0, 5000)
+    assert [offset for offset, _ in big] == [sum(c for _, c in big[:i]) for i in range(len(big))]
+    assert sum(count for _, count in big) == len(files["big.bin"])
+    assert all(count >= step for _, count in big[:-1]) and len(big) >= 3
+    assert len(waited) == len(big) - 1
+    for (offset, count), (later, _) in zip(waited, big[1:], strict=True):
+        assert count == step and offset + step <= later
+
+
+def test_writeback_is_not_asked_for_again_where_it_is_refused(
+    inbox: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = inbox
+    calls: list[int] = []
+
+    def refuse(out: int, offset: int, count: int, *, wait: bool = False) -> bool:
+        calls.append(offset)
+        return False  # as on a file system without sync_file_range
+
+    monkeypatch.setattr(fsops, "start_writeback", refuse)
+    monkeypatch.setattr(stage_mod, "WRITEBACK_BYTES", 4096)
+    files = {"a.bin": os.urandom(50_000), "b.bin": os.urandom(50_000)}
+    staged = receive(fd, ts.upload(list(files.items())), via="file")
+    check_entry(path, staged, files)
+    assert calls == [0]
+
+
+def test_start_writeback_on_a_file_and_on_a_pipe(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        assert fsops.start_writeback(f.fileno(), 0, 100_000)
+        assert fsops.start_writeback(f.fileno(), 4096, 4096, wait=True)
+    read_fd, write_fd = os.pipe()
+    try:
+        assert not fsops.start_writeback(write_fd, 0, 10)  # ESPIPE: not a file
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_the_upload_pipe_is_widened() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        Stream(read_fd, stall_timeout=1)
+        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring as _encode_str
 from typing import Any, Literal
@@ -127,7 +127,9 @@ def check_chain(docs: Iterable[dict[str, Any]]) -> list[str]:
 class Ledger:
     """One study's ledger, opened for reading and appending by the processor."""
 
-    def __init__(self, dest_fd: int) -> None:
+    def __init__(self, dest_fd: int, *, replay: Collection[str]) -> None:
+        """Open the ledger under `dest_fd`; `replay` names the uploads a crash may have left
+        part-recorded (the processor's journal), the only ones `recorded` is asked about."""
         self._dir_fd = fsops.makedirs_beneath(dest_fd, LEDGER_DIR, 0o750)  # setgid: inherited
         self._fd = os.open(
             LEDGER_NAME,
@@ -137,12 +139,18 @@ class Ledger:
         )
         self.count = 0
         self._prev = GENESIS
-        self._pending: list[bytes] = []
+        # Encoded lines waiting for `flush`, back to back: one buffer written as it is, rather
+        # than one bytes object per line joined into a second copy at the flush.
+        self._pending = bytearray()
         # Only what publishing needs, not the records themselves: the processor's memory
-        # must not grow with a study's whole history. path as sent -> {sha256: stored_as}
-        # ("the same content for that path"), and (upload, path) -> (stored_as, outcome) so a
-        # replay after a crash finds what it already recorded.
-        self._versions: dict[str, dict[str, str]] = {}
+        # must not grow with a study's whole history. path as sent -> where each content of it
+        # is stored ("the same content for that path"): in the common case (one content, stored
+        # under the path itself) just its sha256, else {sha256: stored_as}. And, for the
+        # uploads in `replay` only, (upload, path) -> (stored_as, outcome), so a replay after a
+        # crash finds what it already recorded; an upload claimed in this pass has no records
+        # before this pass, and publishes each of its paths once.
+        self._versions: dict[str, str | dict[str, str]] = {}
+        self._replay = frozenset(replay)
         self._seen: dict[tuple[str, str], tuple[str, Outcome]] = {}
         self._load()
 
@@ -178,15 +186,26 @@ class Ledger:
     ) -> None:
         path = sys.intern(path)
         stored_as = path if stored_as == path else stored_as
-        self._versions.setdefault(path, {}).setdefault(sha256, stored_as)
-        self._seen[(sys.intern(upload), path)] = (stored_as, outcome)
+        have = self._versions.get(path)
+        if have is None:
+            self._versions[path] = sha256 if stored_as is path else {sha256: stored_as}
+        elif isinstance(have, str):
+            if have != sha256:  # a second content: the first keeps its place (as setdefault)
+                self._versions[path] = {have: path, sha256: stored_as}
+        else:
+            have.setdefault(sha256, stored_as)
+        if upload in self._replay:
+            self._seen[(upload, path)] = (stored_as, outcome)
 
     def stored_version(self, path: str, sha256: str) -> str | None:
         """Where content `sha256` of `path` is already stored, if it is."""
-        return self._versions.get(path, {}).get(sha256)
+        have = self._versions.get(path)
+        if isinstance(have, str):
+            return path if have == sha256 else None
+        return None if have is None else have.get(sha256)
 
     def recorded(self, upload: str, path: str) -> tuple[str, Outcome] | None:
-        """(stored_as, outcome) of `path` from `upload`, if recorded (replays use this)."""
+        """(stored_as, outcome) of `path` from `upload` (one of `replay`), if recorded."""
         return self._seen.get((upload, path))
 
     def append(self, record: Record) -> None:
@@ -195,14 +214,13 @@ class Ledger:
         line, digest = encode_line(self.count, self._prev, record)
         self._remember(record.upload, record.path, record.sha256, record.stored_as, record.outcome)
         self._prev = digest
-        self._pending.append(line)
+        self._pending += line
 
     def flush(self) -> None:
         if not self._pending:
             return
-        data = b"".join(self._pending)
         end = os.lseek(self._fd, 0, os.SEEK_END)
-        view = memoryview(data)
+        view = memoryview(self._pending)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
@@ -215,7 +233,9 @@ class Ledger:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpace("the study's destination is out of space") from exc
             raise
-        self._pending.clear()
+        finally:
+            view.release()  # else the kept queue could not grow again after a failed flush
+        self._pending = bytearray()
 
     def close(self) -> None:
         try:

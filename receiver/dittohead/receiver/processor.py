@@ -191,8 +191,9 @@ class StudyRun:
         # publishing is a rename), until the whole entry has been verified.
         self.staging_root = self._keep(_open_sub(meta, "staging", 0o700))
         self.inbox_dev = os.fstat(self.inbox).st_dev
-        self.ledger = Ledger(self.dest)
         self.journal = Journal(config.state_dir, name)
+        # The uploads a crash may have left part-recorded are exactly those with a journal.
+        self.ledger = Ledger(self.dest, replay=self.journal.entries())
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False
 

@@ -27,7 +27,7 @@ import shutil
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -262,29 +262,44 @@ class Staging:
         assert self._dirs is not None
         parent, _, base = name.rpartition("/")
         out = os.open(base, _CREATE, FILE_MODE, dir_fd=self._dirs.open(parent))
+        try:
+            whole = None if keep else reader.whole(member)
+            if whole is not None:
+                # The usual small file: data and padding are in the buffer already.
+                digest = hashlib.sha256(whole)
+                _write_all(out, whole)
+                if member.size >= WRITEBACK_TAIL_BYTES:
+                    self._writeback(out, 0, member.size)
+                self._count(member.size)
+                return digest.hexdigest(), b""
+            return self._stream_into(out, reader.data(member), keep=keep)
+        finally:
+            os.close(out)
+
+    def _stream_into(
+        self, out: int, chunks: Iterable[memoryview], *, keep: bool
+    ) -> tuple[str, bytes]:
         digest = hashlib.sha256()
         kept: list[bytes] = []
         done = flushed = 0  # bytes written, and handed to writeback early
-        try:
-            for chunk in reader.data(member):
-                digest.update(chunk)
-                if keep:
-                    kept.append(bytes(chunk))
-                view = chunk
-                while view:
-                    view = view[os.write(out, view) :]
-                done += len(chunk)
-                if done - flushed >= WRITEBACK_BYTES:
-                    self._writeback(out, flushed, done - flushed)
-                    flushed = done
-                self._since_space_check += len(chunk)
-                if self._since_space_check >= SPACE_CHECK_BYTES:
-                    self._check_space()
-            if done >= WRITEBACK_TAIL_BYTES and done > flushed:
+        for chunk in chunks:
+            digest.update(chunk)
+            if keep:
+                kept.append(bytes(chunk))
+            _write_all(out, chunk)
+            done += len(chunk)
+            if done - flushed >= WRITEBACK_BYTES:
                 self._writeback(out, flushed, done - flushed)
-        finally:
-            os.close(out)
+                flushed = done
+            self._count(len(chunk))
+        if done >= WRITEBACK_TAIL_BYTES and done > flushed:
+            self._writeback(out, flushed, done - flushed)
         return digest.hexdigest(), b"".join(kept)
+
+    def _count(self, written: int) -> None:
+        self._since_space_check += written
+        if self._since_space_check >= SPACE_CHECK_BYTES:
+            self._check_space()
 
     def _writeback(self, fd: int, offset: int, count: int) -> None:
         # Start writing this range to disk now, while the rest of the upload still arrives,
@@ -325,6 +340,11 @@ class Staging:
         # fd-based and never follows a symlink: whatever the entry holds, only it goes.
         with suppress(FileNotFoundError):
             shutil.rmtree(self.dot_entry, dir_fd=self.inbox_fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def manifest_lists_exactly(data: bytes, written: dict[str, tuple[int, str]]) -> bool:

@@ -30,7 +30,7 @@ import re
 import select
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -375,16 +375,16 @@ class TarReader:
         what = _REFUSED_TYPES.get(kind, f"of an unknown tar member type {kind!r}")
         raise _refused(name, what)
 
-    def data(self, member: Member) -> Iterable[memoryview]:
-        """The data of file `member`, as views valid until the next one is produced."""
-        # A small member usually sits in the buffer already, padding and all: one view, and
-        # no generator per file.
-        whole = self._stream.whole(member.size)
-        return (whole,) if whole is not None else self._chunks(member.size)
+    def whole(self, member: Member) -> memoryview | None:
+        """All the data of file `member` as one view (valid until the next read), if it and its
+        padding are in the buffer already, as small members usually are; else None (read it
+        with `data`)."""
+        return self._stream.whole(member.size)
 
-    def _chunks(self, size: int) -> Iterator[memoryview]:
-        yield from self._stream.chunks(size)
-        self._stream.skip_padding(size)
+    def data(self, member: Member) -> Iterator[memoryview]:
+        """The data of file `member`, as views valid until the next one is produced."""
+        yield from self._stream.chunks(member.size)
+        self._stream.skip_padding(member.size)
 
     def finish(self) -> None:
         """After the first end-of-archive block: the second one, NUL padding, end of input."""

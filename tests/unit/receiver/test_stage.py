@@ -358,8 +358,9 @@ def test_writeback_is_not_asked_for_again_where_it_is_refused(
 
     monkeypatch.setattr(fsops, "start_writeback", refuse)
     monkeypatch.setattr(stage_mod, "WRITEBACK_BYTES", 4096)
-    files = {"a.bin": os.urandom(50_000), "b.bin": os.urandom(50_000)}
-    staged = receive(fd, ts.upload(list(files.items())), via="file")
+    monkeypatch.setattr(stage_mod, "WRITEBACK_TAIL_BYTES", 4096)
+    files = {"a.bin": os.urandom(50_000), "b.bin": os.urandom(50_000), "c": b"c" * 5000}
+    staged = receive(fd, ts.upload(list(files.items())), via="file", bufsize=16 * 1024)
     check_entry(path, staged, files)
     assert calls == [0]
 

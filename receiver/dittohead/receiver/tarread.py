@@ -10,8 +10,8 @@ The receiver parses tar itself instead of using `tarfile`'s reader, for two reas
 
 Each 512-byte header's checksum and number fields are checked exactly as
 `tarfile.TarInfo.frombuf` checks them: a header whose numbers are all in the plain fixed-width
-octal form every tar writer uses (and whose unsigned checksum matches) is read directly, which
-costs a fifth of `frombuf`; anything else goes to `frombuf` itself (a test holds the two to
+octal form every tar writer uses (and whose unsigned checksum matches) is read directly (about
+1.5 µs instead of 11 µs); anything else goes to `frombuf` itself (a test holds the two to
 the same answers). Its name handling is not used (it strips every trailing slash from
 directories and reads GNU atime fields as a ustar prefix), the name is rebuilt from the raw
 fields instead.
@@ -33,6 +33,7 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from zlib import adler32
 
 from dittohead.core.errors import TransferError, UploadRejected
 
@@ -257,13 +258,19 @@ def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
+def byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes, computed in C: Adler-32 keeps 1 + the byte sum
+    modulo 65521 in its low 16 bits, which is exact for 256 bytes (at most 65,280)."""
+    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+
+
 def header_size(block: bytes) -> int:
     """The size field of a non-zero header block, once its checksum and every number field
     passed the checks of `tarfile.TarInfo.frombuf` (whose answer this always equals)."""
     if (
         _PLAIN_NUMBERS.fullmatch(block, 100, 157)
         and _PLAIN_DEVICES.fullmatch(block, 329, 345)
-        and int(block[148:155].rstrip(b"\0 "), 8) == 256 + sum(block) - sum(block[148:156])
+        and int(block[148:155].rstrip(b"\0 "), 8) == 256 + byte_sum(block) - sum(block[148:156])
     ):
         return int(block[124:135], 8)
     # Anything else (base-256 numbers, odd spacing, a signed checksum, a sparse header) is

@@ -135,3 +135,10 @@ def test_python_tarfile_headers_take_the_fast_path() -> None:
     for block in _headers_of(out.getvalue()):
         assert tarread._PLAIN_NUMBERS.fullmatch(block, 100, 157), block[100:157]
         assert fast(block) == reference(block)
+
+
+@given(st.binary(min_size=512, max_size=512))
+@example(b"\xff" * 512)
+@example(bytes(512))
+def test_byte_sum_is_the_sum_of_the_bytes(block: bytes) -> None:
+    assert tarread.byte_sum(block) == sum(block)

@@ -21,9 +21,10 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from dittohead.core.errors import DittoheadError
-from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, Manifest, ManifestEntry
+from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH
 from dittohead.core.names import NameSet, check_path
 from dittohead.receiver import fsops
 from dittohead.receiver.claim import EntryRejected
@@ -36,7 +37,8 @@ _SETID = stat.S_ISUID | stat.S_ISGID
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
+# Slots: one of these per file of an entry is held from the walk to the end of publishing.
+@dataclass(frozen=True, slots=True)
 class StagedFile:
     path: str  # as sent
     size: int
@@ -57,7 +59,7 @@ class _Walker:
         owner: int,
         dev: int,
         limits: Limits,
-        manifest: Manifest,
+        listing: Listing,
         staging_fd: int,
         *,
         after_copy: Callable[[int], None],
@@ -65,7 +67,7 @@ class _Walker:
         self.owner = owner
         self.dev = dev
         self.limits = limits
-        self.expected = manifest.by_path()
+        self.expected = listing
         self.staging_fd = staging_fd
         self.names = NameSet()
         self.files: list[StagedFile] = []
@@ -171,7 +173,8 @@ class _Walker:
             raise EntryRejected(f"{rel!r}: file changed while it was being copied")
         if digest != want.sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
-        self.files.append(StagedFile(rel, want.size, digest, staged, ino))
+        # The listing's strings, equal to rel and digest, are kept rather than a second copy.
+        self.files.append(StagedFile(want.path, want.size, want.sha256, staged, ino))
         self.after_copy(len(self.files))
 
 
@@ -204,7 +207,19 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, 
     return hasher.hexdigest(), total
 
 
-def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Manifest:
+class Listed(NamedTuple):
+    """One file of the manifest (a tuple: one per file is held while the entry is walked)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+#: the manifest's files by path, in its order
+Listing = dict[str, Listed]
+
+
+def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Listing:
     """The entry's manifest, read through the same rules as any other file in it."""
     try:
         dir_fd = os.open(MANIFEST_DIR, fsops.DIR_FLAGS, dir_fd=entry_fd)
@@ -242,7 +257,17 @@ def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Manife
     return _parse_manifest(data, limits.max_files)
 
 
-def _parse_manifest(data: bytes, max_files: int) -> Manifest:
+def _object(pairs: list[tuple[str, Any]]) -> Any:
+    # Each file's JSON object becomes a small tuple as it is parsed (the dict is dropped at
+    # once), so the whole manifest never exists as one dict per file. Anything else stays a
+    # dict (as json.loads gives it: the last of repeated keys wins) for the checks below.
+    doc = dict(pairs)
+    if doc.keys() == {"path", "size", "sha256"}:
+        return Listed(doc["path"], doc["size"], doc["sha256"])
+    return doc
+
+
+def _parse_manifest(data: bytes, max_files: int) -> Listing:
     """The manifest's shape, checked as strictly as `core.manifest.parse_manifest` does.
 
     Its paths are *not* put through the name policy here: `stage_entry` accepts an entry only
@@ -253,7 +278,7 @@ def _parse_manifest(data: bytes, max_files: int) -> Manifest:
     This spares a second run of the name policy per file (~15 us each).
     """
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_object)
     except (UnicodeDecodeError, ValueError):
         raise _bad_manifest("not JSON") from None
     if not isinstance(doc, dict) or set(doc) != {"files", "bytes", "entries"}:
@@ -263,25 +288,23 @@ def _parse_manifest(data: bytes, max_files: int) -> Manifest:
         raise _bad_manifest("files and bytes must be whole numbers and entries a list")
     if len(raw) > max_files:
         raise _bad_manifest(f"more than {max_files} files")
-    seen: set[str] = set()
-    entries: list[ManifestEntry] = []
+    listing: Listing = {}
     size_sum = 0
     for item in raw:
-        if not isinstance(item, dict) or set(item) != {"path", "size", "sha256"}:
+        if not isinstance(item, Listed):
             raise _bad_manifest("each entry must have exactly path, size and sha256")
-        path, size, digest = item["path"], item["size"], item["sha256"]
+        path, size, digest = item
         if not isinstance(path, str) or not _is_count(size) or not isinstance(digest, str):
             raise _bad_manifest("an entry has a field of the wrong type")
         if not _HEX64.fullmatch(digest):
             raise _bad_manifest(f"the sha256 of {path!r} is not 64 lower-case hex digits")
-        if path in seen:
+        if path in listing:
             raise _bad_manifest(f"{path!r} appears twice")
-        seen.add(path)
+        listing[path] = item
         size_sum += size
-        entries.append(ManifestEntry(path, size, digest))
-    if len(entries) != files or size_sum != total:
+    if len(listing) != files or size_sum != total:
         raise _bad_manifest("its totals do not match its entries")
-    return Manifest(tuple(entries))
+    return listing
 
 
 def _bad_manifest(why: str) -> EntryRejected:
@@ -305,17 +328,18 @@ def stage_entry(
 
     `after_copy(k)` is called once the k-th file is in staging (the processor's fault hook).
     """
-    manifest = read_manifest(entry_fd, owner, dev, limits)
-    walker = _Walker(owner, dev, limits, manifest, staging_fd, after_copy=after_copy)
+    listing = read_manifest(entry_fd, owner, dev, limits)
+    walker = _Walker(owner, dev, limits, listing, staging_fd, after_copy=after_copy)
     walker.walk(entry_fd, "")
-    # Every file found is listed (checked per file); now every listed path must have been
-    # found, which is also what vouches for the listed names (see `_parse_manifest`).
-    got = {f.path for f in walker.files}
-    missing = [e.path for e in manifest.entries if e.path not in got]
-    if missing:
-        raise EntryRejected(f"{missing[0]!r} is listed in the manifest but missing")
+    # Every file found is listed (checked per file), once (the walk's NameSet); now every
+    # listed path must have been found, which is also what vouches for the listed names (see
+    # `_parse_manifest`).
+    found = {f.path: f for f in walker.files}
+    if len(found) != len(listing):
+        missing = next(path for path in listing if path not in found)
+        raise EntryRejected(f"{missing!r} is listed in the manifest but missing")
     if sum(f.size for f in walker.files) > limits.max_upload_bytes:
         raise EntryRejected("larger than the per-upload limit")
-    order = {e.path: i for i, e in enumerate(manifest.entries)}
-    files = sorted(walker.files, key=lambda f: order[f.path])
-    return StagedEntry(tuple(files), tuple(walker.dirs))
+    walker.files.clear()
+    files = tuple(found[path] for path in listing)  # in the manifest's order
+    return StagedEntry(files, tuple(walker.dirs))

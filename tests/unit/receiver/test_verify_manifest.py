@@ -88,8 +88,10 @@ def test_shape_checks_agree_with_the_core_parser(doc: Any, max_files: int) -> No
         ours = _parse_manifest(data, max_files)
     except EntryRejected:
         ours = None
-    if core is not None:
-        assert ours == core  # everything the core accepts, accepted the same
+    if core is not None:  # everything the core accepts, accepted the same
+        assert ours is not None
+        assert list(ours.values()) == [(e.path, e.size, e.sha256) for e in core.entries]
+        assert list(ours) == [e.path for e in core.entries]
     if ours is None:
         assert core is None  # nothing refused here that the core would accept
     elif core is None:
@@ -104,6 +106,28 @@ def test_not_json_is_refused() -> None:
     for data in (b"\xff{", b"{", b"[]"):
         with pytest.raises(EntryRejected, match="manifest is not valid"):
             _parse_manifest(data, 10)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # repeated keys: the last one wins, as json.loads has it
+        b'{"files":1,"bytes":3,"entries":[{"path":"x","path":"a.txt","size":3,"sha256":"%s"}]}',
+        b'{"files":1,"files":1,"bytes":3,"entries":[{"path":"a.txt","size":3,"sha256":"%s"}]}',
+        # an entry-shaped top level, and an entry with one key too many
+        b'{"path":"a.txt","size":3,"sha256":"%s"}',
+        b'{"files":1,"bytes":3,"entries":[{"path":"a.txt","size":3,"sha256":"%s","x":1}]}',
+    ],
+)
+def test_odd_json_is_judged_like_the_core_parser(data: bytes) -> None:
+    data = data.replace(b"%s", _SHA.encode())
+    try:
+        core = [(e.path, e.size, e.sha256) for e in parse_manifest(data).entries]
+    except DittoheadError:
+        with pytest.raises(EntryRejected):
+            _parse_manifest(data, 10)
+    else:
+        assert list(_parse_manifest(data, 10).values()) == core
 
 
 @pytest.fixture

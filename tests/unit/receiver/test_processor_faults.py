@@ -166,7 +166,7 @@ def test_kills_at_random_instants(tmp_path: Path) -> None:
     for round_ in range(6):
         files = {
             f"run{i % 4}/block{i}.bin": rng.randbytes(rng.randrange(100_000, 500_000))
-            for i in range(16)
+            for i in range(32)
         }
         files["run0/block0.bin"] = b"round %d" % (round_ % 3)  # new versions and duplicates
         server.commit(files)

@@ -216,6 +216,11 @@ class Ledger:
         self._prev = digest
         self._pending += line
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of lines `append` queued that `flush` has not written yet."""
+        return len(self._pending)
+
     def flush(self) -> None:
         if not self._pending:
             return

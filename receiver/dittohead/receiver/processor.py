@@ -58,6 +58,10 @@ CRASH_STEPS = (
 )
 
 
+#: bytes of queued ledger lines (~500 per file) that make a big entry's publishing stop to sync
+#: the tree and write them: memory stays flat as entries grow, at one syncfs per ~8,000 files
+_LEDGER_BATCH = 4 << 20
+
 #: errors from the uploader's side of a copy that mean "they changed it under us"
 _ENTRY_CHANGED = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ESTALE}
@@ -361,8 +365,15 @@ class StudyRun:
         tree = TreeDirs(self.dest)
         try:
             make_dirs(tree, tuple(item.dirs))
-            total = len(item.files)
-            for done, staged in enumerate(item.files):
+            # Taken from the entry and let go one by one as they are published (the journal
+            # on disk keeps the list for a replay), so memory does not hold every staged file
+            # and every queued ledger line at once.
+            todo, item.files = item.files, []
+            todo.reverse()
+            total = len(todo)
+            while todo:
+                staged = todo.pop()
+                done = total - len(todo) - 1
                 self.hooks.progress(f"finalizing {self.name} {item.entry}: {done}/{total} files")
                 if self.hooks.stop_requested():
                     # Between two files: make what is published durable and recorded, then
@@ -377,6 +388,11 @@ class StudyRun:
                     fault_point("published")
                 else:
                     summary.duplicates += 1
+                if self.ledger.queued_bytes >= _LEDGER_BATCH:
+                    # A big entry: make what is published so far durable and record it, as
+                    # at a stop (a replay skips what is recorded), so the queue stays small.
+                    fsops.syncfs(self.dest)
+                    self.ledger.flush()
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
             fsops.syncfs(self.dest)

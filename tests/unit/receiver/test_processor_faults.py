@@ -20,24 +20,37 @@ from pathlib import Path
 import pytest
 
 from dittohead.receiver.processor import CRASH_STEPS
-from tests.support.invariants import dropbox_problems, sent_problems, tree_files, tree_problems
+from tests.support.invariants import (
+    dropbox_problems,
+    ledger_of,
+    sent_problems,
+    tree_files,
+    tree_problems,
+)
 from tests.support.server import STUDY, Server, make_server
 
 REPO = Path(__file__).resolve().parents[3]
 PROCESS = (
     "import sys\n"
+    "from dittohead.receiver import processor\n"
     "from dittohead.receiver.config import load_config\n"
-    "from dittohead.receiver.processor import run_once\n"
-    "run_once(load_config(sys.argv[1]))\n"
+    "if len(sys.argv) > 2:\n"
+    "    processor._LEDGER_BATCH = int(sys.argv[2])\n"
+    "processor.run_once(load_config(sys.argv[1]))\n"
 )
 
 
-def processor(server: Server, crash: str | None = None) -> subprocess.Popen[bytes]:
+def processor(
+    server: Server, crash: str | None = None, batch: int | None = None
+) -> subprocess.Popen[bytes]:
+    """The processor as a subprocess; `batch` sets how many bytes of queued ledger lines make
+    it sync and write them in the middle of an entry (1: after every file)."""
     env = {k: v for k, v in os.environ.items() if k != "DITTOHEAD_TEST_CRASH_AT"}
     if crash:
         env["DITTOHEAD_TEST_CRASH_AT"] = crash
     return subprocess.Popen(
-        [sys.executable, "-c", PROCESS, str(server.config_path)],
+        [sys.executable, "-c", PROCESS, str(server.config_path)]
+        + ([] if batch is None else [str(batch)]),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -45,8 +58,8 @@ def processor(server: Server, crash: str | None = None) -> subprocess.Popen[byte
     )
 
 
-def run_processor(server: Server, crash: str | None = None) -> int:
-    proc = processor(server, crash)
+def run_processor(server: Server, crash: str | None = None, batch: int | None = None) -> int:
+    proc = processor(server, crash, batch)
     _, err = proc.communicate(timeout=30)
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(err.decode())
@@ -137,6 +150,23 @@ def test_two_kills_in_a_row_then_a_clean_run(tmp_path: Path) -> None:
     assert run_processor(server, "copied:2") == -signal.SIGKILL
     assert run_processor(server, "flushed:1") == -signal.SIGKILL
     assert run_processor(server) == 0
+    assert tree_files(server.destination) == EXPECTED
+    assert all_problems(server, sent) == []
+
+
+@pytest.mark.parametrize("crash", ["published:1", "published:2", "published:4", "flushed:2"])
+def test_a_kill_between_ledger_batches_is_finished_by_the_next_run(
+    tmp_path: Path, crash: str
+) -> None:
+    """Big entries sync and write their ledger lines every few thousand files; here after every
+    file, so a kill lands with part of an entry recorded and the rest published or not."""
+    server = make_server(tmp_path)
+    sent, _ = commit_all(server)
+    assert run_processor(server, crash, batch=1) == -signal.SIGKILL, "the hook did not fire"
+    step, nth = crash.split(":")
+    if step == "published":  # every file before the n-th stored one is already recorded
+        assert len(ledger_of(server.destination)) == int(nth) - 1
+    assert run_processor(server, batch=1) == 0
     assert tree_files(server.destination) == EXPECTED
     assert all_problems(server, sent) == []
 

@@ -119,7 +119,7 @@ def tar_header(name: str, *, is_dir: bool, size: int = 0, mtime: int = 0) -> byt
     return b"%b%06o\0 %b" % (head, sum(head) + after_sum, after_chksum)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One tar member: a folder (item is None) or a file."""
 
@@ -133,11 +133,12 @@ def members(plan: Plan) -> list[Member]:
     Folders sent: every folder that holds a file being sent (and its parents), plus the
     folders that are empty in FOLDER, so the server can recreate them.
     """
-    dirs: set[str] = set()
-    for f in plan.files:
-        dirs.update(parents(f.path))
-    for d in plan.empty_dirs:
-        dirs.add(d)
+    # The files' own folders and the empty ones, then their parents (over distinct folders,
+    # not once per file).
+    dirs = {f.path.rpartition("/")[0] for f in plan.files}
+    dirs.discard("")
+    dirs.update(plan.empty_dirs)
+    for d in list(dirs):
         dirs.update(parents(d))
     out = [Member(d, None) for d in dirs] + [Member(f.path, f) for f in plan.files]
     out.sort(key=lambda m: path_key(m.path))

@@ -20,7 +20,7 @@ MANIFEST_DIR = ".dittohead"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per file sent: slots make them cheaper to create
 class ManifestEntry:
     path: str
     size: int

@@ -23,15 +23,11 @@ truncation, non-NUL padding and anything but NUL bytes after the end of the arch
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
 import re
 import select
-import stat
 import tarfile
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from zlib import adler32
 
@@ -39,7 +35,6 @@ from dittohead.core.errors import TransferError, UploadRejected
 
 BLOCK = 512
 BUFFER_BYTES = 4 * 1024 * 1024
-PIPE_BYTES = 1024 * 1024
 #: largest pax ``x``/``g`` or GNU ``L`` record this server reads (names are capped at 1 KiB)
 MAX_EXTENSION_BYTES = 64 * 1024
 #: pax global headers allowed per upload (each applies to all later members; a flood of them
@@ -97,16 +92,6 @@ def _refused(name: str, what: str) -> UploadRejected:
     )
 
 
-def _widen_pipe(fd: int) -> None:
-    # sshd hands the upload over through a pipe of 64 KiB: with 1 MiB the receiver reads
-    # (and hashes and writes) in larger pieces, and sshd rarely waits while it is busy. Only
-    # a hint: where the size cannot be raised (pipe-max-size, the user's pipe quota) the
-    # default pipe works the same.
-    with suppress(OSError):
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-
-
 class Stream:
     """A file descriptor read as blocks and data chunks through one reusable buffer.
 
@@ -122,7 +107,6 @@ class Stream:
         self._start = 0  # first unread byte
         self._end = 0  # end of the bytes read so far
         self._file = io.FileIO(fd, "rb", closefd=False)
-        _widen_pipe(fd)
         self._stall = stall_timeout
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN | select.POLLPRI)

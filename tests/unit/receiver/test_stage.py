@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import os
@@ -27,7 +26,7 @@ from dittohead.receiver import fsops
 from dittohead.receiver import stage as stage_mod
 from dittohead.receiver.config import Limits
 from dittohead.receiver.stage import Staged, Staging, entry_name
-from dittohead.receiver.tarread import BUFFER_BYTES, PIPE_BYTES, Stream
+from dittohead.receiver.tarread import BUFFER_BYTES
 from tests.hostile import streams as ts
 
 LIMITS = Limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
@@ -374,16 +373,6 @@ def test_start_writeback_on_a_file_and_on_a_pipe(tmp_path: Path) -> None:
     read_fd, write_fd = os.pipe()
     try:
         assert not fsops.start_writeback(write_fd, 0, 10)  # ESPIPE: not a file
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
-
-
-def test_the_upload_pipe_is_widened() -> None:
-    read_fd, write_fd = os.pipe()
-    try:
-        Stream(read_fd, stall_timeout=1)
-        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
     finally:
         os.close(read_fd)
         os.close(write_fd)

@@ -15,7 +15,6 @@ start-up time (see tests/unit/client/test_import_boundary.py).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -134,6 +133,8 @@ def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
 
 
 def _ask_secret(prompt: str) -> str | None:
+    import getpass  # noqa: PLC0415 (start-up time: only asked once connecting)
+
     try:
         return getpass.getpass(prompt, stream=sys.stderr)
     except EOFError:

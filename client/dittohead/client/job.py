@@ -10,7 +10,6 @@ on a lab PC, more than the rest of a no-change run) and of the modules that need
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ SecretPrompt = Callable[[str], "str | None"]
 
 
 def login_name() -> str:
+    import getpass  # noqa: PLC0415 (start-up time; not needed with --user)
+
     try:
         return getpass.getuser()
     except Exception as exc:  # getpass raises OSError or KeyError depending on the platform

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -38,11 +39,26 @@ class JournalEntry:
     dirs: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
-        # Flat dicts instead of asdict(), whose recursive deep copy of every StagedFile cost
-        # 0.16 s per write of a 20,000-file entry (all fields are str, int or list of str).
-        doc = {name: getattr(self, name) for name in _ENTRY_FIELDS}
-        doc["files"] = [{name: getattr(f, name) for name in _FILE_FIELDS} for f in self.files]
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return b"".join(self.json_chunks())
+
+    def json_chunks(self) -> Iterator[bytes]:
+        """The entry as compact JSON, in pieces of at most `_FILES_PER_CHUNK` files each.
+
+        Written piece by piece, a 50,000-file entry never exists as one dict per file plus
+        its whole text at once (~24 MiB of the processor's peak). Flat dicts, not asdict(),
+        whose recursive deep copy cost 0.16 s per 20,000 files; all fields are str or int.
+        """
+        head = {name: getattr(self, name) for name in _ENTRY_FIELDS if name != "files"}
+        text = json.dumps(head, separators=(",", ":"))
+        yield (text[:-1] + ',"files":[').encode()
+        for start in range(0, len(self.files), _FILES_PER_CHUNK):
+            part = [
+                {name: getattr(f, name) for name in _FILE_FIELDS}
+                for f in self.files[start : start + _FILES_PER_CHUNK]
+            ]
+            text = json.dumps(part, separators=(",", ":"))
+            yield (("," if start else "") + text[1:-1]).encode()
+        yield b"]}"
 
     @classmethod
     def from_json(cls, data: bytes) -> JournalEntry:
@@ -52,6 +68,7 @@ class JournalEntry:
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(JournalEntry))
+_FILES_PER_CHUNK = 2048
 _FILE_FIELDS = tuple(f.name for f in fields(StagedFile))
 
 
@@ -67,9 +84,10 @@ class Journal:
         tmp = self.dir / f".{item.entry}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            data = memoryview(item.to_json())
-            while data:
-                data = data[os.write(fd, data) :]
+            for chunk in item.json_chunks():
+                data = memoryview(chunk)
+                while data:
+                    data = data[os.write(fd, data) :]
             os.fsync(fd)
         finally:
             os.close(fd)

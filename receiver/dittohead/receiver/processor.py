@@ -39,7 +39,7 @@ from dittohead.receiver.claim import (
 from dittohead.receiver.config import Config, Study
 from dittohead.receiver.journal import Journal, JournalEntry
 from dittohead.receiver.ledger import LEDGER_DIR, Ledger
-from dittohead.receiver.publish import TreeDirs, Upload, make_dirs, publish_file
+from dittohead.receiver.publish import TreeDirs, Upload, exists, make_dirs, publish_file
 from dittohead.receiver.verify import stage_entry
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,11 @@ class StudyRun:
         return summary
 
     def _resume(self, item: JournalEntry) -> Summary:
-        if self._exists(self.done, item.entry) or self._exists(self.quarantine, item.entry):
+        if exists(self.done, item.entry) or exists(self.quarantine, item.entry):
             # Finished (or quarantined) before the journal could be removed.
             self._cleanup(item.entry)
             return Summary()
-        if not self._exists(self.processing, item.entry):
+        if not exists(self.processing, item.entry):
             if item.step == "claiming":
                 # The claim never happened (crash between journal and rename): forget it.
                 self.journal.remove(item.entry)
@@ -481,14 +481,6 @@ class StudyRun:
     def _check_stop(self) -> None:
         if self.hooks.stop_requested():
             raise Stopped()
-
-    @staticmethod
-    def _exists(dir_fd: int, name: str) -> bool:
-        try:
-            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
 
 
 def run_once(config: Config, hooks: Hooks | None = None) -> Summary:

@@ -140,7 +140,8 @@ def _find_moved(dir_fd: int, base: str, dev: int, ino: int) -> str | None:
     return None  # pragma: no cover
 
 
-def _exists(dir_fd: int, name: str) -> bool:
+def exists(dir_fd: int, name: str) -> bool:
+    """Whether `name` is in `dir_fd` (as itself: a symlink is not followed)."""
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -174,7 +175,7 @@ def publish_file(
         # The rename looks the staged copy up before the target, so ENOENT means the copy is
         # gone (asked again to be sure): moved by a run that crashed before recording it.
         # Find it by its inode. (No stat before every move: replays are the rare case.)
-        if _exists(staging_fd, item.staged):
+        if exists(staging_fd, item.staged):
             raise
         found = _find_moved(dir_fd, base, os.fstat(staging_fd).st_dev, item.ino)
         if found is None:
@@ -211,4 +212,4 @@ def make_dirs(tree: TreeDirs, dirs: tuple[str, ...]) -> None:
         tree.open(rel)
 
 
-__all__ = ["TreeDirs", "Upload", "make_dirs", "publish_file", "version_name"]
+__all__ = ["TreeDirs", "Upload", "exists", "make_dirs", "publish_file", "version_name"]

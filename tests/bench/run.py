@@ -330,9 +330,13 @@ class Bench:
         return timed([cmd], shell=True)[0]
 
     def reset_dittohead(self, state: Path) -> None:
-        """An empty study tree and ledger, an empty inbox, no client state."""
+        """An empty study tree and ledger, an empty dropbox, no client state.
+
+        The processor keeps every finalized entry in ``done/`` (only root purges it); emptied
+        here too, or five runs of L and M would keep 10 GiB of originals on the image."""
         wipe(self.dep.destination)
-        wipe(self.dep.inbox)
+        for folder in ("inbox", "processing", "done"):
+            wipe(self.dep.inbox.parent / folder)
         state.unlink(missing_ok=True)
 
 

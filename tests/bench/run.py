@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,39 +143,20 @@ def change_one_percent(root: Path, rng: random.Random) -> int:
 
 
 @contextmanager
-def tmpfs(where: Path, size: int) -> Iterator[Path]:
-    """A RAM-backed folder of at most `size` bytes, unmounted afterwards."""
-    where.mkdir()
-    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "dittohead-bench", where)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-@contextmanager
-def loop_ext4(image: Path, mountpoint: Path, size: int, *, in_ram: bool) -> Iterator[Path]:
+def loop_ext4(image: Path, mountpoint: Path, size: int) -> Iterator[Path]:
     """A journaled ext4 file system on a loop device, unmounted and removed afterwards.
 
-    In RAM (`in_ram`: the image on a tmpfs, mounted with ``discard`` so deleted files give
-    their memory back) the "disk" is the same speed for every step: the root disk of these
-    machines is a shared cloud volume whose write speed drops once a burst of writes has been
-    spent, so on it whichever tool writes first in a run is fastest (seen: 2.4-3.0 s for the
-    first 1 GiB, 4-5 s for the next, whatever the tool). ``syncfs`` and ``sync`` still do all
-    their work (journal commits, writeback through the loop device); only the medium is fast.
-
-    On the root disk the loop device uses direct I/O: buffered, what this file system writes
-    back would land as dirty pages of the image file on the root disk, and the next
-    ``syncfs`` (the receiver's, or the processor's) would pay for whatever earlier steps left.
+    The loop device uses direct I/O: with the default buffered loop, what this file system
+    writes back lands as dirty pages of the image file on the root disk, where the next
+    ``syncfs`` (the receiver's, or the processor's) pays for whatever earlier steps left.
     """
     with image.open("wb") as f:
         f.truncate(size)
     run("mkfs.ext4", "-q", "-F", "-O", "has_journal", image)
-    direct = "off" if in_ram else "on"
-    device = run("losetup", "--find", "--show", f"--direct-io={direct}", image).stdout.strip()
+    device = run("losetup", "--find", "--show", "--direct-io=on", image).stdout.strip()
     try:
         mountpoint.mkdir()
-        run("mount", *(["-o", "discard"] if in_ram else []), device, mountpoint)
+        run("mount", device, mountpoint)
         try:
             yield mountpoint
         finally:
@@ -617,13 +598,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="L,S,M", help="datasets, e.g. L,S (default L,S,M)")
     parser.add_argument("--json", type=Path, help="results file (default: in the run dir)")
     parser.add_argument("--image-gib", type=int, default=0, help="size of the ext4 image")
-    parser.add_argument(
-        "--disk",
-        choices=("ram", "root"),
-        default="ram",
-        help="where the ext4 image lives: a tmpfs (default: every step sees the same disk "
-        "speed) or the root disk (what a deployment's disk does, burst limits included)",
-    )
     options = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (users, sshd, a loop mount)", file=sys.stderr)
@@ -636,20 +610,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="dittohead-bench-"))
     run_dir.chmod(0o755)
     out_json = options.json or run_dir / "results.json"
-    image_gib = options.image_gib or (4 if options.quick else 12)
+    image_gib = options.image_gib or (4 if options.quick else 24)
     started = datetime.now(UTC)
     results: dict[str, Any] = {}
     # The harness stops sshd and removes the users when the block ends; then the image goes.
-    in_ram = options.disk == "ram"
-    with ExitStack() as stack:
-        where = run_dir
-        if in_ram:
-            where = stack.enter_context(tmpfs(run_dir / "ram", (image_gib + 1) << 30))
-        image = where / "fs.img"
-        mnt = stack.enter_context(
-            loop_ext4(image, run_dir / "base", image_gib << 30, in_ram=in_ram)
-        )
-        dep = stack.enter_context(contextmanager(deployment)(mnt))
+    image = run_dir / "fs.img"
+    with (
+        loop_ext4(image, run_dir / "base", image_gib << 30) as mnt,
+        contextmanager(deployment)(mnt) as dep,
+    ):
         rss_dir = mnt / "rss"
         rss_dir.mkdir(mode=0o1777)
         rss_dir.chmod(0o1777)
@@ -677,8 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["rsync", "--version"], capture_output=True, text=True, check=False
             ).stdout.splitlines()[0],
             "transport": "loopback 127.0.0.1, OpenSSH sshd, cipher aes128-gcm",
-            "filesystem": "journaled ext4 on a loop device, image "
-            + ("in RAM (tmpfs)" if in_ram else "on the root disk"),
+            "filesystem": "journaled ext4 on a loop device (image on the root disk)",
         },
         "quick": options.quick,
         "runs": options.runs,

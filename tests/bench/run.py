@@ -594,7 +594,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small datasets (a smoke run)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per dataset (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per dataset (default 5)")
     parser.add_argument("--only", default="L,S,M", help="datasets, e.g. L,S (default L,S,M)")
     parser.add_argument("--json", type=Path, help="results file (default: in the run dir)")
     parser.add_argument("--image-gib", type=int, default=0, help="size of the ext4 image")

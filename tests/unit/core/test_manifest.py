@@ -18,8 +18,15 @@ def entry(path: str, data: bytes) -> ManifestEntry:
     return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
 
 
-@given(st.dictionaries(st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8}){0,2}\.txt", fullmatch=True),
-                       st.binary(max_size=64), max_size=20))  # fmt: skip
+# Windows device names ("con.txt", a folder "aux") are refused by the name policy, rightly;
+# the round trip is about the encoding, so the generator leaves them out.
+_DEVICES = {"con", "prn", "aux", "nul"}
+_PATHS = st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8}){0,2}\.txt", fullmatch=True).filter(
+    lambda p: not any(part.split(".")[0] in _DEVICES for part in p.split("/"))
+)
+
+
+@given(st.dictionaries(_PATHS, st.binary(max_size=64), max_size=20))
 def test_round_trip(files: dict[str, bytes]) -> None:
     # Generated names can collide as file-vs-folder ("a.txt" is never a folder, so they cannot).
     manifest = Manifest.of(entry(p, d) for p, d in files.items())

@@ -19,7 +19,6 @@ half-stored, and that a hostile stream cannot make *this* process write outside 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -32,7 +31,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
-from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH, parse_manifest
+from dittohead.core.manifest import (
+    MANIFEST_DIR,
+    MANIFEST_PATH,
+    checked_entries,
+    load_manifest,
+    parse_manifest,
+)
 from dittohead.core.names import MAX_PATH_BYTES, RESERVED_TOP, NameSet, check_path, fold
 from dittohead.receiver import fsops
 from dittohead.receiver.config import Limits
@@ -53,8 +58,6 @@ WRITEBACK_BYTES = 8 * 1024 * 1024
 #: than it saves)
 WRITEBACK_TAIL_BYTES = 1024 * 1024
 _RESERVED_KEY = fold(RESERVED_TOP)
-_MANIFEST_KEYS = {"files", "bytes", "entries"}
-_ENTRY_KEYS = {"path", "size", "sha256"}
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -352,37 +355,26 @@ def manifest_lists_exactly(data: bytes, written: dict[str, tuple[int, str]]) -> 
 
     The common case, checked without running the name policy a second time: every path in
     `written` already passed it (and the upload's `NameSet`) as a tar member, so a manifest
-    whose paths are exactly those names, each once, is one `parse_manifest` would accept and
-    `verify_manifest` would pass. A digest equal to ``hexdigest()`` is 64 lower-case hex digits
-    by construction. Anything else returns False, and `verify_manifest` then judges the
-    manifest exactly as before (so a path that did not arrive, a bad name or a wrong total is
-    reported in the same words).
+    of the right shape whose paths are exactly those names, each once, is one `parse_manifest`
+    would accept and `verify_manifest` would pass. A digest equal to ``hexdigest()`` is 64
+    lower-case hex digits by construction (so its form is not checked again). Anything else
+    returns False, and `verify_manifest` then judges the manifest exactly as before (so a path
+    that did not arrive, a bad name or a wrong total is reported in the same words).
     """
+    left = written.copy()  # each listed path is taken out once: a path listed twice is not
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        doc = load_manifest(data, _NotExact)
+        for path, size, digest in checked_entries(doc, _NotExact, check_sha256=False):
+            got = left.pop(path, None)
+            if got is None or got[0] != size or got[1] != digest:
+                return False
+    except _NotExact:
         return False
-    if not isinstance(doc, dict) or doc.keys() != _MANIFEST_KEYS:
-        return False
-    entries, files, total = doc["entries"], doc["files"], doc["bytes"]
-    if not isinstance(entries, list) or len(entries) != len(written):
-        return False
-    if type(files) is not int or files != len(entries) or type(total) is not int:
-        return False
-    seen: set[str] = set()
-    listed_bytes = 0
-    for item in entries:
-        if not isinstance(item, dict) or item.keys() != _ENTRY_KEYS:
-            return False
-        path, size = item["path"], item["size"]
-        if not isinstance(path, str) or type(size) is not int or path in seen:
-            return False
-        got = written.get(path)
-        if got is None or got[0] != size or got[1] != item["sha256"]:
-            return False
-        seen.add(path)
-        listed_bytes += size
-    return listed_bytes == total
+    return not left
+
+
+class _NotExact(Exception):
+    """What `checked_entries` raises for `manifest_lists_exactly`: the words come later."""
 
 
 def verify_manifest(data: bytes, written: dict[str, tuple[int, str]], *, max_files: int) -> None:

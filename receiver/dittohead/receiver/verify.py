@@ -15,16 +15,19 @@ Nothing is published here: the whole entry must pass before `publish` touches th
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 from dittohead.core.errors import DittoheadError
-from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH
+from dittohead.core.manifest import (
+    MANIFEST_DIR,
+    MANIFEST_PATH,
+    Listed,
+    checked_entries,
+    load_manifest,
+)
 from dittohead.core.names import NameSet, check_path
 from dittohead.receiver import fsops
 from dittohead.receiver.claim import EntryRejected
@@ -34,7 +37,6 @@ _BUF = 1 << 20
 #: bytes of manifest JSON allowed per listed file, on top of a fixed allowance
 _MANIFEST_PER_FILE = 1536
 _SETID = stat.S_ISUID | stat.S_ISGID
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # Slots: one of these per file of an entry is held from the walk to the end of publishing.
@@ -131,10 +133,11 @@ class _Walker:
             raise EntryRejected(exc.message) from None
 
     def _copy(self, rel: str, path_fd: int, st: os.stat_result) -> None:
-        want = self.expected.get(rel)
-        if want is None:
+        listed = self.expected.get(rel)
+        if listed is None:
             raise EntryRejected(f"{rel!r}: file is not listed in the manifest")
-        if st.st_size != want.size:
+        path, size, sha256 = listed  # the listing's strings, equal to rel and (below) digest
+        if st.st_size != size:
             raise EntryRejected(f"{rel!r}: size {st.st_size} differs from the manifest")
         if st.st_size > self.limits.max_file_bytes:
             raise EntryRejected(f"{rel!r}: larger than the per-file limit")
@@ -153,7 +156,7 @@ class _Walker:
             dir_fd=self.staging_fd,
         )
         try:
-            digest, copied = _copy_hashing(src, dst, want.size + 1, self.buf)
+            digest, copied = _copy_hashing(src, dst, size + 1, self.buf)
             after = os.fstat(src)
             ino = os.fstat(dst).st_ino
         finally:
@@ -169,12 +172,12 @@ class _Walker:
             after.st_mtime_ns,
             after.st_ctime_ns,
         )
-        if changed or copied != want.size:
+        if changed or copied != size:
             raise EntryRejected(f"{rel!r}: file changed while it was being copied")
-        if digest != want.sha256:
+        if digest != sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
-        # The listing's strings, equal to rel and digest, are kept rather than a second copy.
-        self.files.append(StagedFile(want.path, want.size, want.sha256, staged, ino))
+        # The listing's strings are kept rather than a second copy.
+        self.files.append(StagedFile(path, size, sha256, staged, ino))
         self.after_copy(len(self.files))
 
 
@@ -205,14 +208,6 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, 
             # Growth after this read is caught by the caller's after-fstat (size, mtime).
             break
     return hasher.hexdigest(), total
-
-
-class Listed(NamedTuple):
-    """One file of the manifest (a tuple: one per file is held while the entry is walked)."""
-
-    path: str
-    size: int
-    sha256: str
 
 
 #: the manifest's files by path, in its order
@@ -259,16 +254,6 @@ def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Listin
     return _parse_text(text, limits.max_files)
 
 
-def _object(pairs: list[tuple[str, Any]]) -> Any:
-    # Each file's JSON object becomes a small tuple as it is parsed (the dict is dropped at
-    # once), so the whole manifest never exists as one dict per file. Anything else stays a
-    # dict (as json.loads gives it: the last of repeated keys wins) for the checks below.
-    doc = dict(pairs)
-    if doc.keys() == {"path", "size", "sha256"}:
-        return Listed(doc["path"], doc["size"], doc["sha256"])
-    return doc
-
-
 def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -281,7 +266,7 @@ def _parse_manifest(data: bytes, max_files: int) -> Listing:
 
 
 def _parse_text(text: str, max_files: int) -> Listing:
-    """The manifest's shape, checked as strictly as `core.manifest.parse_manifest` does.
+    """The manifest's shape, checked by `core.manifest.checked_entries` as `parse_manifest` does.
 
     Its paths are *not* put through the name policy here: `stage_entry` accepts an entry only
     when the manifest lists exactly the files the walk found, and the walk has already checked
@@ -290,42 +275,20 @@ def _parse_text(text: str, max_files: int) -> Listing:
     spelling, a twin — is therefore "listed but missing", and the entry is refused all the same.
     This spares a second run of the name policy (check_path and NameSet) for every file.
     """
-    try:
-        doc = json.loads(text, object_pairs_hook=_object)
-    except ValueError:
-        raise _bad_manifest("not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"files", "bytes", "entries"}:
-        raise _bad_manifest("it must have exactly the keys files, bytes and entries")
-    files, total, raw = doc["files"], doc["bytes"], doc["entries"]
-    if not _is_count(files) or not _is_count(total) or not isinstance(raw, list):
-        raise _bad_manifest("files and bytes must be whole numbers and entries a list")
-    if len(raw) > max_files:
-        raise _bad_manifest(f"more than {max_files} files")
+    # Each file's JSON object becomes a small tuple as it is parsed (and is kept as it is), so
+    # the whole manifest never exists as one dict per file.
+    doc = load_manifest(text, _bad_manifest, entries_as_tuples=True)
     listing: Listing = {}
-    size_sum = 0
-    for item in raw:
-        if not isinstance(item, Listed):
-            raise _bad_manifest("each entry must have exactly path, size and sha256")
-        path, size, digest = item
-        if not isinstance(path, str) or not _is_count(size) or not isinstance(digest, str):
-            raise _bad_manifest("an entry has a field of the wrong type")
-        if not _HEX64.fullmatch(digest):
-            raise _bad_manifest(f"the sha256 of {path!r} is not 64 lower-case hex digits")
+    for entry in checked_entries(doc, _bad_manifest, max_files):
+        path = entry[0]
         if path in listing:
             raise _bad_manifest(f"{path!r} appears twice")
-        listing[path] = item
-        size_sum += size
-    if len(listing) != files or size_sum != total:
-        raise _bad_manifest("its totals do not match its entries")
+        listing[path] = entry
     return listing
 
 
 def _bad_manifest(why: str) -> EntryRejected:
     return EntryRejected(f"the upload's manifest is not valid ({why})")
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def stage_entry(

@@ -11,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dittohead.core.errors import UploadRejected
-from dittohead.core.manifest import Manifest, ManifestEntry, parse_manifest
+from dittohead.core.manifest import (
+    Manifest,
+    ManifestEntry,
+    checked_entries,
+    load_manifest,
+    parse_manifest,
+)
 
 
 def entry(path: str, data: bytes) -> ManifestEntry:
@@ -64,3 +70,34 @@ def test_not_json_and_too_many_files() -> None:
         parse_manifest(b"\xff{")
     with pytest.raises(UploadRejected, match="more than 0 files"):
         parse_manifest(Manifest.of([entry("a", b"")]).to_json(), max_files=0)
+
+
+def test_each_entry_is_judged_whole_before_the_next() -> None:
+    """`checked_entries` yields an entry before looking at the next, so a bad name is reported
+    before a bad sha256 further on, and either before the totals."""
+    doc = good()
+    doc["entries"][0]["sha256"] = "ZZ"
+    doc["entries"].insert(0, {"path": "../x", "size": 0, "sha256": "0" * 64})
+    doc["files"] = 7
+    with pytest.raises(UploadRejected) as info:
+        parse_manifest(json.dumps(doc).encode())
+    assert "'..'" in info.value.message
+
+
+def test_the_shape_check_takes_its_entries_as_dicts_or_as_parsed_tuples() -> None:
+    """`load_manifest(..., entries_as_tuples=True)` (the processor's) gives the same entries,
+    and the same refusals, as plain JSON objects."""
+    data = Manifest.of([entry("a.txt", b"x"), entry("b/c", b"")]).to_json()
+    for as_tuples in (False, True):
+        doc = load_manifest(data, UploadRejected, entries_as_tuples=as_tuples)
+        assert list(checked_entries(doc, UploadRejected)) == [
+            ("a.txt", 1, hashlib.sha256(b"x").hexdigest()),
+            ("b/c", 0, hashlib.sha256(b"").hexdigest()),
+        ]
+        with pytest.raises(UploadRejected, match="more than 1 files"):
+            list(checked_entries(doc, UploadRejected, 1))
+    bad = data.replace(b'"size":1', b'"size":-1')
+    for as_tuples in (False, True):
+        doc = load_manifest(bad, UploadRejected, entries_as_tuples=as_tuples)
+        with pytest.raises(UploadRejected, match="wrong type"):
+            list(checked_entries(doc, UploadRejected))

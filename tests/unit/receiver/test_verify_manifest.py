@@ -102,6 +102,29 @@ def test_shape_checks_agree_with_the_core_parser(doc: Any, max_files: int) -> No
         parse_manifest(json.dumps(doc).encode(), max_files=max_files)
 
 
+@given(_docs, st.integers(0, 4))
+def test_shape_refusals_are_worded_as_the_core_words_them(doc: Any, max_files: int) -> None:
+    """One rule, one wording (`core.manifest.checked_entries`): with every listed path made a
+    plain distinct name, the processor and the core refuse the same manifests in the same words
+    (the core adds that nothing was stored)."""
+    if isinstance(doc, dict) and isinstance(doc.get("entries"), list):
+        for i, item in enumerate(doc["entries"]):
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                item["path"] = f"f{i}"
+    data = json.dumps(doc).encode()
+    try:
+        parse_manifest(data, max_files=max_files)
+        core = None
+    except DittoheadError as exc:
+        core = exc.message
+    try:
+        _parse_manifest(data, max_files)
+        ours = None
+    except EntryRejected as exc:
+        ours = str(exc)
+    assert (core, ours) == (None, None) or core == f"{ours}; nothing was stored"
+
+
 def test_not_json_is_refused() -> None:
     for data in (b"\xff{", b"{", b"[]"):
         with pytest.raises(EntryRejected, match="manifest is not valid"):

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -156,6 +157,44 @@ def syncfs(fd: int) -> None:
     """Flush the whole file system that `fd` lives on (one call instead of a fsync per file)."""
     if _libc.syncfs(fd) != 0:
         _raise_errno("syncfs")
+
+
+class SyncAhead:
+    """`syncfs` of `fd`'s file system in a background thread, started now and then while a
+    long run of writes goes on, so that the `syncfs` which must follow them finds little left.
+
+    Only a head start: the caller's own `syncfs` afterwards is what makes the data durable.
+    `finish` waits for the thread and raises the error it met: a writeback error is reported
+    once per open file, so one seen by the background call would otherwise be lost to the
+    caller's `syncfs` on the same fd. Call `finish` before closing `fd`.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def start(self) -> None:
+        """Start a background `syncfs`, unless one is still running."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="dittohead-syncfs", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            syncfs(self._fd)  # a ctypes call: the GIL is released while the kernel writes
+        except OSError as exc:
+            self._error = exc
+
+    def finish(self) -> None:
+        """Wait for the background `syncfs`; raise what it failed with."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1

@@ -37,6 +37,7 @@ import yaml
 
 from dittohead.receiver.admin import cli
 from dittohead.receiver.config import Config, load_config
+from dittohead.receiver.processor import _SYNC_AHEAD_FILES
 from tests.integration.harness import REPO, Accounts, deployment, require, run
 from tests.support.server import STUDY, Server, config_doc, make_server, write_config
 
@@ -534,6 +535,9 @@ def test_a_full_pass_stays_inside_the_units_syscall_filter(tmp_path: Path) -> No
     server.commit({"eprime/s01.txt": b"one", "biopac/deep/s01.acq": b"\0" * 70_000})
     server.commit({"eprime/s01.txt": b"two"})  # a second version: the ~2 naming path
     server.commit({"eprime/s01.txt": b"one"})  # a duplicate
+    # Enough files for the background syncfs of the copies (a thread: clone3, futex, ...).
+    many = _SYNC_AHEAD_FILES
+    server.commit({f"trials/t{i:05d}.txt": b"%d" % i for i in range(many)})
     trace = tmp_path / "trace"
     processor = Path(sys.prefix) / "bin" / "dittohead-processor"
     result = run(strace, "-f", "-qq", "-o", trace, processor, "--once",
@@ -546,6 +550,7 @@ def test_a_full_pass_stays_inside_the_units_syscall_filter(tmp_path: Path) -> No
         if (m := re.match(r"^\d+\s+([a-z0-9_]+)\(", line))
     }
     assert {"renameat2", "syncfs", "mkdirat"} <= used  # the trace saw the real work
+    assert {"clone", "clone3"} & used  # and the background syncfs thread
     allowed = unit_syscall_filter(tool, "dittohead-processor.service")
     assert not {"mount", "setrlimit", "ptrace", "chroot", "setuid"} & allowed  # the denials bite
     assert used - allowed == set()

@@ -360,6 +360,15 @@ def wait_for_ssh(bench: Bench) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
+def run_rotated(steps: list[Callable[[], None]], r: int) -> None:
+    """Run `steps` starting with number ``r % len(steps)``, so that no tool always goes first
+    (or last), each after an untimed `settle`."""
+    k = r % len(steps)
+    for step in steps[k:] + steps[:k]:
+        settle()
+        step()
+
+
 def one_run(
     b: Bench, spec: Spec, src: Path, state: Path, r: int, runs: int,
     times: dict[str, list[float]], rss: dict[str, int], cpu: dict[str, list[float]],
@@ -391,10 +400,7 @@ def one_run(
     def rs() -> None:
         times["rsync_fresh"].append(b.rsync(src, rsync_dest))
 
-    order = [dh, tar, rs, tar_nosync]
-    for step in order[r % 4 :] + order[: r % 4]:
-        settle()
-        step()
+    run_rotated([dh, tar, rs, tar_nosync], r)
     shutil.rmtree(tar2_dest)
 
     # Finalizing: the processor on the entry just sent vs cp -a + sha256sum + sync.
@@ -410,9 +416,7 @@ def one_run(
     def cp() -> None:
         times["cp_sha256_sync"].append(b.cp_sha(src, cp_dest))
 
-    for step in [proc, cp] if r % 2 == 0 else [cp, proc]:
-        settle()
-        step()
+    run_rotated([proc, cp], r)
     shutil.rmtree(cp_dest)
 
     # Nothing changed: dittohead decides from its state file; rsync re-runs.
@@ -424,9 +428,7 @@ def one_run(
     def rs_none() -> None:
         times["rsync_nochange"].append(b.rsync(src, rsync_dest))
 
-    for step in [dh_none, rs_none] if r % 2 == 0 else [rs_none, dh_none]:
-        settle()
-        step()
+    run_rotated([dh_none, rs_none], r)
 
     # 1% of the files changed.
     changed = change_one_percent(src, rng)
@@ -441,9 +443,7 @@ def one_run(
     def rs_some() -> None:
         times["rsync_change1"].append(b.rsync(src, rsync_dest))
 
-    for step in [dh_some, rs_some] if r % 2 == 0 else [rs_some, dh_some]:
-        settle()
-        step()
+    run_rotated([dh_some, rs_some], r)
     print(
         f"[{spec.name}] run {r + 1}/{runs}: "
         + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()),

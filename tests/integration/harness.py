@@ -167,16 +167,27 @@ class Deployment:
         )  # fmt: skip
 
     def send(
-        self, user: str, folder: Path, *extra: str, state: Path | None = None
+        self,
+        user: str,
+        folder: Path,
+        *extra: str,
+        state: Path | None = None,
+        ssh: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """``dittohead send`` over the real sshd, logging in as `user` with their key."""
+        """``dittohead send`` over the real sshd, logging in as `user` with their key.
+
+        `ssh` is ``DITTOHEAD_SSH`` for the client: None leaves it to find OpenSSH's ``ssh``,
+        ``"builtin"`` makes it use asyncssh alone."""
+        env = {k: v for k, v in os.environ.items() if k != "DITTOHEAD_SSH"}
+        if ssh is not None:
+            env["DITTOHEAD_SSH"] = ssh
         return run(
             self.python, "-I", "-m", "dittohead.client.cli", "send",
             "--host", "127.0.0.1", "--port", str(self.port), "--user", user,
             "--identity", self.key(user), "--known-hosts", self.known_hosts,
             "--state", state or (self.base / f"state-{user}.json"),
             "--study", self.study, "--source", "brogden-a", "--json", *extra, folder,
-            check=False,
+            check=False, env=env,
         )  # fmt: skip
 
     def ssh(self, user: str, *command: str) -> subprocess.CompletedProcess[str]:

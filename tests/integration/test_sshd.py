@@ -43,11 +43,20 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_a_collectors_send_lands_in_the_study_tree(sshd_deployment: Deployment) -> None:
+@pytest.mark.parametrize(
+    ("ssh", "name"), [(None, "s01"), ("builtin", "s11")], ids=["openssh", "asyncssh"]
+)
+def test_a_collectors_send_lands_in_the_study_tree(
+    sshd_deployment: Deployment, ssh: str | None, name: str
+) -> None:
     dep = sshd_deployment
-    folder = study_folder(dep, "s01")
-    sent = dep.send(dep.collector, folder)
+    folder = study_folder(dep, name)
+    sent = dep.send(dep.collector, folder, "-v", ssh=ssh)
     assert sent.returncode == 0, sent.stderr
+    # Which SSH client carried it: OpenSSH's ssh when the client may use it, else asyncssh
+    # (whose connection `send` logs with its cipher).
+    assert ("sent through OpenSSH" in sent.stderr) == (ssh is None), sent.stderr
+    assert ("(cipher aes128-gcm@openssh.com)" in sent.stderr) == (ssh == "builtin"), sent.stderr
     receipt = json.loads(sent.stdout)
     assert (receipt["files"], receipt["study"], receipt["user"]) == (2, dep.study, dep.collector)
     # Committed, owned by the collector, waiting for the processor.
@@ -59,13 +68,13 @@ def test_a_collectors_send_lands_in_the_study_tree(sshd_deployment: Deployment) 
     assert done.returncode == 0, done.stderr
     assert os.listdir(dep.inbox) == []
     files = tree_files(dep.destination)
-    assert files["eprime/s01.txt"] == b"subject s01\n"
-    assert files["biopac/s01.acq"] == (folder / "biopac" / "s01.acq").read_bytes()
-    st = (dep.destination / "eprime" / "s01.txt").stat()
+    assert files[f"eprime/{name}.txt"] == f"subject {name}\n".encode()
+    assert files[f"biopac/{name}.acq"] == (folder / "biopac" / f"{name}.acq").read_bytes()
+    st = (dep.destination / "eprime" / f"{name}.txt").stat()
     assert st.st_uid == pwd_uid(dep.service)
     assert stat.S_IMODE(st.st_mode) == 0o440  # never writable by collectors
     records = {r["path"]: r for r in history(dep) if r["upload"] == receipt["upload"]}
-    assert set(records) == {"eprime/s01.txt", "biopac/s01.acq"}
+    assert set(records) == {f"eprime/{name}.txt", f"biopac/{name}.acq"}
     assert all(
         r["uploader"] == dep.collector and r["outcome"] == "stored" for r in records.values()
     )

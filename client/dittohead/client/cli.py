@@ -7,9 +7,10 @@ prints its one line and exits with its code, anything else is an internal error 
 traceback only with ``-v``).
 
 Keep the imports light and portable: this module must load on Windows and must not pull in
-anything from the server side; asyncssh (and `send`, `login`, `hostkeys`, which need it) is
-imported only once there is something to send, because a send with nothing new is mostly
-start-up time (see tests/unit/client/test_import_boundary.py).
+anything from the server side; `deliver` and `pack` are imported only once there is something
+to send, and asyncssh (with `send`, `login`, `hostkeys`, which need it) only when OpenSSH's
+``ssh`` cannot carry the upload: a send with nothing new is mostly start-up time (see
+tests/unit/client/test_import_boundary.py).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
 from dittohead.core.errors import DittoheadError, UsageError
-from dittohead.core.grammar import check_source, check_study
+from dittohead.core.grammar import UploadRequest, check_source, check_study
 
 if TYPE_CHECKING:
+    from dittohead.client.deliver import EarlyStart
     from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -175,11 +177,34 @@ class _ProgressLine:
 # -- the send command -------------------------------------------------------------------------
 
 
-def run(job: Job, *, prompts: Prompts, progress: _ProgressLine | None) -> Receipt:
-    """Connect and send (`send.run`); asyncssh is loaded here, not when the CLI starts."""
-    from dittohead.client.send import run as send_run  # noqa: PLC0415 (deliberately lazy)
+class _Early:
+    """Starts the connection as soon as the scan finds something to send (`deliver.EarlyStart`,
+    loaded only then: a send with nothing new never imports the sending modules)."""
 
-    return send_run(job, prompts=prompts, progress=progress)
+    def __init__(self, server: Server, study: str, source: str) -> None:
+        self.server, self.study, self.source = server, study, source
+        self.start: EarlyStart | None = None
+
+    def __call__(self) -> None:
+        from dittohead.client.deliver import EarlyStart  # noqa: PLC0415 (deliberately lazy)
+
+        self.start = EarlyStart(self.server, UploadRequest(self.study, self.source))
+        self.start()
+
+    def close(self) -> None:
+        if self.start is not None:
+            self.start.close()
+
+
+def run(
+    job: Job, *, prompts: Prompts, progress: _ProgressLine | None, early: _Early | None = None
+) -> Receipt:
+    """Connect and send (`deliver.run`): loaded here, not when the CLI starts; asyncssh only
+    when OpenSSH cannot carry the upload."""
+    from dittohead.client.deliver import run as deliver  # noqa: PLC0415 (deliberately lazy)
+
+    start = early.start if early is not None else None
+    return deliver(job, prompts=prompts, progress=progress, early=start)
 
 
 def _server(args: argparse.Namespace) -> Server:
@@ -234,6 +259,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     check_study(args.study)
     check_source(args.source)
     server = _server(args)
+    early = None if args.dry_run else _Early(server, args.study, args.source)
+    try:
+        return _send(args, server, early)
+    finally:
+        if early is not None:
+            early.close()  # started but not used: the scan failed, say
+
+
+def _send(args: argparse.Namespace, server: Server, early: _Early | None) -> int:
     job = prepare(
         server,
         study=args.study,
@@ -241,6 +275,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         folder=args.folder,
         things=args.things,
         state=args.state,
+        on_new=early,
     )
     if args.dry_run:
         return _dry_run(args, job)
@@ -267,7 +302,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 0
     progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
     try:
-        receipt = run(job, prompts=terminal_prompts(), progress=progress)
+        receipt = run(job, prompts=terminal_prompts(), progress=progress, early=early)
     finally:
         if progress is not None:
             progress.finish()

@@ -26,7 +26,7 @@ import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
 from dittohead.client.job import DEFAULT_PORT, TrustPrompt
-from dittohead.client.state import server_id, state_dir
+from dittohead.client.state import server_id, user_known_hosts
 from dittohead.core.errors import HostKeyError, UsageError, describe_os_error
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ _INTERCEPT = (
     "someone may be intercepting the connection, or the server was reinstalled: "
     "ask your admin; nothing was sent"
 )
-
-
-def user_known_hosts() -> Path:
-    """dittohead's own known_hosts file (trust on first use), beside the state files."""
-    return state_dir() / "known_hosts"
 
 
 def fingerprint(key: asyncssh.SSHKey) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dittohead.client.scan import Plan, scan
+from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
 from dittohead.core.errors import UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
@@ -79,9 +79,16 @@ def prepare(
     folder: str | Path,
     things: Sequence[str] = (),
     state: Path | None = None,
+    on_new: Callable[[], None] | None = None,
 ) -> Job:
-    """Check the request, scan the folder and load the state; nothing touches the network."""
+    """Check the request, load the state and scan the folder; nothing touches the network.
+
+    `on_new` is called (once) as soon as the scan finds a file the server has not confirmed,
+    while the scan goes on: the send can start connecting then (`deliver.EarlyStart`). It is
+    never called when there is nothing to send.
+    """
     request = UploadRequest(check_study(study), check_source(source))
-    plan = scan(folder, things)
     loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
+    watch = Watch(loaded.files, on_new) if on_new is not None else None
+    plan = scan(folder, things, watch=watch)
     return Job(server, request, plan, loaded)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dittohead.core.errors import LocalFileError, NameRejected, describe_os_error
@@ -117,7 +117,8 @@ class _Walker:
     without sorting tens of thousands of paths afterwards.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, watch: Watch | None = None) -> None:
+        self.watch = watch
         self.files: list[FileItem] = []
         self.dirs: list[str] = []
         self.problems: list[tuple[str, str]] = []
@@ -177,6 +178,13 @@ class _Walker:
                             continue
                         st = entry.stat(follow_symlinks=False)
                         files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
+                        # (Not once a bad name has been seen: the send is refused anyway.)
+                        if (
+                            self.watch is not None
+                            and not problems
+                            and self.watch.saw(rel, st.st_size, st.st_mtime_ns)
+                        ):
+                            self.watch = None  # told once; no call per file after that
                         try:
                             add_file(rel)
                         except NameRejected as exc:
@@ -237,11 +245,36 @@ def _check_thing(root: str, thing: str) -> str:
     return name
 
 
-def scan(folder: str | os.PathLike[str], things: Sequence[str] = ()) -> Plan:
+class Watch:
+    """Calls `on_new` once, at the first file found that is not in `confirmed` as it is now.
+
+    `confirmed` maps paths to (size, mtime_ns), as the client's state does: the send can start
+    connecting while the scan goes on (see `deliver.EarlyStart`).
+    """
+
+    def __init__(self, confirmed: Mapping[str, tuple[int, int]], on_new: Callable[[], None]):
+        self.confirmed = confirmed
+        self.on_new: Callable[[], None] | None = on_new
+
+    def saw(self, path: str, size: int, mtime_ns: int) -> bool:
+        """Look at one file; True once `on_new` has been called (nothing more to watch)."""
+        if self.on_new is None:
+            return True
+        if self.confirmed.get(path) == (size, mtime_ns):
+            return False
+        on_new, self.on_new = self.on_new, None
+        on_new()
+        return True
+
+
+def scan(
+    folder: str | os.PathLike[str], things: Sequence[str] = (), *, watch: Watch | None = None
+) -> Plan:
     """Scan `folder` (or only its `things` subfolders) into a sorted, name-checked `Plan`.
 
     Raises `NamesRejected` listing every bad name (including names that would collide on
-    Windows) and `LocalFileError` when the folder or a THING cannot be read.
+    Windows) and `LocalFileError` when the folder or a THING cannot be read. `watch` is told
+    about each file as it is found.
     """
     root = os.path.abspath(os.fspath(folder))
     try:
@@ -251,7 +284,7 @@ def scan(folder: str | os.PathLike[str], things: Sequence[str] = ()) -> Plan:
     if not stat.S_ISDIR(st.st_mode):
         raise LocalFileError(f"{root} is not a folder; nothing was sent")
 
-    walker = _Walker()
+    walker = _Walker(watch)
     if things:
         for name in sorted({_check_thing(root, t) for t in things}):
             walker.add_thing(name)

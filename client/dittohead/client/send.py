@@ -1,5 +1,9 @@
 """Send: one SSH connection, one exec request, the pack streamed in, the receipt checked.
 
+This module is dittohead's own SSH client (asyncssh), and the client's programmatic interface
+(`send_folder`, `run`). `deliver.run` first offers each upload to OpenSSH's ``ssh``
+(`openssh`), which carries it when it can without asking anything; everything else comes here.
+
 The whole upload is a single ``dittohead upload v1 <study> <source>`` exec request whose stdin
 is the tar stream from `pack` (per-file round trips are ruinous, PERF.md). The server answers
 with one JSON receipt on stdout, or one ``dittohead: …`` line on stderr and a non-zero status.
@@ -21,30 +25,27 @@ Only the CLI prints: prompts go through the callables in `Prompts`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
+from dittohead.client.deliver import run
 from dittohead.client.hostkeys import HostKeyPolicy
 from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
 from dittohead.client.login import LoginClient, connect_failure, load_identity
 from dittohead.client.pack import Pack
-from dittohead.core.errors import (
-    ConfigError,
-    DittoheadError,
-    LocalFileError,
-    NotAuthorized,
-    OutOfSpace,
-    ProtocolError,
-    ServerError,
-    TransferError,
-    UploadRejected,
+from dittohead.client.reply import (
+    Progress,
+    ServerRefused,
+    check_receipt,
+    parse_receipt,
+    server_failure,
 )
+from dittohead.core.errors import DittoheadError, TransferError
 from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
 
@@ -72,93 +73,11 @@ CONNECT_TIMEOUT = 30.0  # seconds until an unreachable server is reported
 KEEPALIVE_INTERVAL = 30.0  # a silently dead connection is noticed after ~3 of these
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
-#: Told about progress: (file bytes read so far, total file bytes).
-Progress = Callable[[int, int], None]
-
-
-class ServerRefused(DittoheadError):
-    """The server refused the upload; nothing was stored."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.exit_code = status
-
-
-# The server's exit status → the error class a GUI can test for (the receiver follows
-# sysexits.h like dittohead.core.errors does); anything else keeps its status as-is.
-_BY_STATUS: dict[int, type[DittoheadError]] = {
-    64: ProtocolError,
-    65: UploadRejected,
-    70: ServerError,
-    73: OutOfSpace,
-    77: NotAuthorized,
-    78: ConfigError,
-}
-
 
 def cipher_preference() -> list[str]:
     """AES-GCM first (hardware accelerated), then the rest of asyncssh's defaults."""
     rest = [alg.decode("ascii") for alg in get_default_encryption_algs()]
     return list(dict.fromkeys([*PREFERRED_CIPHERS, *rest]))
-
-
-def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
-    """The error for a receiver that ended without a receipt, in the server's own words.
-
-    `status` is None when no exit status arrived (the channel closed first); the server's
-    ``dittohead: …`` line, when there is one, is still the best explanation there is.
-    """
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    # The receiver promises one line; a login script's noise may come before it.
-    ours = [line.removeprefix("dittohead: ") for line in lines if line.startswith("dittohead: ")]
-    known = status is not None and status > 0
-    if ours and not known:
-        return TransferError(ours[-1])
-    if not known:
-        return TransferError(
-            f"the upload to {host} stopped before the server confirmed it; send again "
-            "(files the server already has are not stored twice)"
-        )
-    assert status is not None
-    if ours:
-        cls = _BY_STATUS.get(status)
-        if cls is not None:
-            err = cls(ours[-1])
-            err.exit_code = status
-            return err
-        return ServerRefused(ours[-1], status)
-    last = next((line for line in reversed(lines) if line), "no message")[:200]
-    return ServerRefused(
-        f"the server {host} failed without explaining why (exit status {status}: {last}); "
-        "nothing was stored; tell your admin",
-        status,
-    )
-
-
-def check_receipt(receipt: Receipt, pack: Pack, request: UploadRequest, host: str) -> None:
-    """Refuse a receipt that does not describe exactly what was sent."""
-    wrong = []
-    if receipt.files != pack.manifest.file_count:
-        wrong.append(f"{receipt.files!r} files instead of {pack.manifest.file_count}")
-    if receipt.bytes != pack.manifest.byte_count:
-        wrong.append(f"{receipt.bytes!r} bytes instead of {pack.manifest.byte_count}")
-    if receipt.manifest_sha256 != pack.manifest_sha256:
-        wrong.append("a different manifest")
-    if (receipt.study, receipt.source) != (request.study, request.source):
-        wrong.append(f"study {receipt.study!r} and station {receipt.source!r}")
-    if not isinstance(receipt.upload, str) or not receipt.upload:
-        wrong.append("no upload id")
-    if wrong:
-        raise TransferError(
-            f"the receipt from {host} does not match what was sent ({'; '.join(wrong)}), so "
-            "the upload cannot be confirmed; it will be sent again next time; tell your admin"
-        )
-
-
-def parse_receipt(stdout: bytes) -> Receipt:
-    # The receipt is one line; anything a login script printed comes before it.
-    lines = [line for line in stdout.decode("utf-8", "replace").splitlines() if line.strip()]
-    return Receipt.from_json(lines[-1] if lines else "")
 
 
 async def _stream(
@@ -258,18 +177,6 @@ async def _session(
     stdout = done.stdout if isinstance(done.stdout, bytes) else b""
     receipt = parse_receipt(stdout)
     check_receipt(receipt, pack, request, server.host)
-    return receipt
-
-
-def run(job: Job, *, prompts: Prompts | None = None, progress: Progress | None = None) -> Receipt:
-    """Send what `job` selected and, once the receipt checks out, record it in the state."""
-    pack = Pack(job.selected)
-    receipt = asyncio.run(upload(job.server, job.request, pack, prompts=prompts, progress=progress))
-    try:
-        job.state.record(job.selected.files)
-    except LocalFileError as exc:
-        # The server has the files; failing now would make the collector think otherwise.
-        log.warning("%s", exc.message)
     return receipt
 
 

@@ -48,6 +48,11 @@ def state_dir() -> Path:
     return Path.home() / ".local" / "state" / "dittohead"
 
 
+def user_known_hosts() -> Path:
+    """dittohead's own known_hosts file (trust on first use), beside the state files."""
+    return state_dir() / "known_hosts"
+
+
 def server_id(host: str, port: int) -> str:
     """``host:port`` (``[v6addr]:port`` for an IPv6 literal)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -30,6 +30,8 @@ from dittohead.core.receipt import Receipt
 T = TypeVar("T")
 
 USER = "alice"
+STUDY, SOURCE = "nccam3", "brogden-a"
+FILES = {"eprime/s01.txt": b"one", "eprime/s02.txt": b"two" * 1000, "biopac/r.acq": b"\x00\xff"}
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +195,13 @@ class _SSHServer(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         info = {
             name: self.conn.get_extra_info(name)
-            for name in ("recv_cipher", "send_cipher", "recv_compression", "send_compression")
+            for name in (
+                "recv_cipher",
+                "send_cipher",
+                "recv_compression",
+                "send_compression",
+                "client_version",  # which SSH client carried the upload
+            )
         }
         self.fake.connections.append(info)
 
@@ -294,3 +302,51 @@ def identity(tmp_path: Path, client_key: asyncssh.SSHKey) -> Path:
     path.write_bytes(client_key.export_private_key("openssh"))
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture
+def key_server(make_server: MakeServer, client_key: asyncssh.SSHKey) -> FakeReceiver:
+    return make_server(authorized={USER: [client_key.convert_to_public()]})
+
+
+def run_cli(
+    server: FakeReceiver, folder: Path, *extra: str, things: tuple[str, ...] = ()
+) -> list[str]:
+    return [
+        "send",
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+        "--study",
+        STUDY,
+        "--source",
+        SOURCE,
+        *extra,
+        str(folder),
+        *things,
+    ]
+
+
+def keyed(
+    server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    *extra: str,
+    things: tuple[str, ...] = (),
+) -> list[str]:
+    """``dittohead send`` logging in with `identity`, the server's key pinned."""
+    pinned = ["--known-hosts", str(pin(server, tmp_path))]
+    return run_cli(server, folder, "--identity", str(identity), *pinned, *extra, things=things)
+
+
+def pin(server: FakeReceiver, tmp_path: Path, key: asyncssh.SSHKey | None = None) -> Path:
+    path = tmp_path / "pinned_known_hosts"
+    path.write_text(server.known_hosts_line(key))
+    return path
+
+
+def carried_by(server: FakeReceiver) -> list[str]:
+    """Which SSH client made each logged-in connection: "OpenSSH" or "AsyncSSH"."""
+    return [str(c["client_version"]).split("-")[2].split("_")[0] for c in server.connections]

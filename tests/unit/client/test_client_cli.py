@@ -10,7 +10,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import cli, send
+from dittohead.client import cli, openssh, send
 from dittohead.client.cli import human_bytes, main
 from dittohead.core.errors import LocalFileError, NameRejected, ProtocolError, UsageError
 
@@ -21,14 +21,19 @@ STUDY, SOURCE = "nccam3", "brogden-a"
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Any attempt to connect is recorded and fails the command."""
+    """Any attempt to connect (asyncssh, or OpenSSH's ssh) is recorded and fails the command."""
     attempts: list[object] = []
 
     async def connect(*args: Any, **kwargs: Any) -> None:
         attempts.append(args)
         raise AssertionError("this command must not connect")
 
+    def start_ssh(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        raise AssertionError("this command must not start ssh")
+
     monkeypatch.setattr(asyncssh, "connect", connect)
+    monkeypatch.setattr(openssh, "Session", start_ssh)
     return attempts
 
 

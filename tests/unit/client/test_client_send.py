@@ -13,8 +13,10 @@ import hmac
 import io
 import json
 import os
+import shutil
 import socket
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,9 @@ import asyncssh
 import pytest
 
 from dittohead.client import cli, login, send
-from dittohead.client.hostkeys import user_known_hosts
 from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
-from dittohead.client.state import default_state_path
+from dittohead.client.state import default_state_path, user_known_hosts
 from dittohead.core.errors import (
     DittoheadError,
     HostKeyError,
@@ -39,11 +40,21 @@ from dittohead.core.errors import (
 from dittohead.core.grammar import UploadRequest
 from dittohead.core.manifest import MANIFEST_PATH
 from dittohead.core.receipt import Receipt
+from tests.integration.harness import require
 
-from .conftest import USER, FakeReceiver, MakeServer, write_tree
-
-STUDY, SOURCE = "nccam3", "brogden-a"
-FILES = {"eprime/s01.txt": b"one", "eprime/s02.txt": b"two" * 1000, "biopac/r.acq": b"\x00\xff"}
+from .conftest import (
+    FILES,
+    SOURCE,
+    STUDY,
+    USER,
+    FakeReceiver,
+    MakeServer,
+    carried_by,
+    keyed,
+    pin,
+    run_cli,
+    write_tree,
+)
 
 
 class Console:
@@ -67,6 +78,18 @@ class Console:
         return answer
 
 
+@pytest.fixture(autouse=True, params=["openssh", "asyncssh"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with each SSH client a send can use (see `deliver`): OpenSSH's
+    ``ssh`` where it can work unasked, falling back to asyncssh; and asyncssh alone."""
+    if request.param == "asyncssh":
+        monkeypatch.setenv("DITTOHEAD_SSH", "builtin")
+    else:
+        require(shutil.which("ssh") is not None, "openssh-client is not installed")
+        monkeypatch.delenv("DITTOHEAD_SSH", raising=False)
+    return str(request.param)
+
+
 @pytest.fixture
 def console(monkeypatch: pytest.MonkeyPatch) -> Console:
     return Console(monkeypatch)
@@ -77,51 +100,8 @@ def folder(tmp_path: Path) -> Path:
     return write_tree(tmp_path / "data", FILES)
 
 
-def run_cli(
-    server: FakeReceiver, folder: Path, *extra: str, things: tuple[str, ...] = ()
-) -> list[str]:
-    return [
-        "send",
-        "--host",
-        server.host,
-        "--port",
-        str(server.port),
-        "--study",
-        STUDY,
-        "--source",
-        SOURCE,
-        *extra,
-        str(folder),
-        *things,
-    ]
-
-
-def keyed(
-    server: FakeReceiver,
-    folder: Path,
-    identity: Path,
-    tmp_path: Path,
-    *extra: str,
-    things: tuple[str, ...] = (),
-) -> list[str]:
-    """``dittohead send`` logging in with `identity`, the server's key pinned."""
-    pinned = ["--known-hosts", str(pin(server, tmp_path))]
-    return run_cli(server, folder, "--identity", str(identity), *pinned, *extra, things=things)
-
-
-def pin(server: FakeReceiver, tmp_path: Path, key: asyncssh.SSHKey | None = None) -> Path:
-    path = tmp_path / "pinned_known_hosts"
-    path.write_text(server.known_hosts_line(key))
-    return path
-
-
 def state_file(server: FakeReceiver) -> Path:
     return default_state_path(server.host, server.port, STUDY, SOURCE)
-
-
-@pytest.fixture
-def key_server(make_server: MakeServer, client_key: asyncssh.SSHKey) -> FakeReceiver:
-    return make_server(authorized={USER: [client_key.convert_to_public()]})
 
 
 @pytest.fixture
@@ -134,9 +114,11 @@ def argv(key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path)
 
 
 def test_key_auth_send_stores_receipt_and_state(
-    key_server: FakeReceiver, argv: list[str], capsys: pytest.CaptureFixture[str]
+    key_server: FakeReceiver, argv: list[str], capsys: pytest.CaptureFixture[str], transport: str
 ) -> None:
     assert cli.main(argv) == 0
+    # With a key and a known host key, OpenSSH carries it when it is there.
+    assert carried_by(key_server) == ["OpenSSH" if transport == "openssh" else "AsyncSSH"]
 
     out, err = capsys.readouterr()
     [upload] = key_server.uploads
@@ -276,6 +258,8 @@ def test_password_auth_after_two_wrong_tries(
     assert [pw for _, pw in server.password_attempts] == ["wrong", "also wrong", "right"]
     assert all(f"{USER}@{server.host}" in p for p in console.password_prompts)
     assert len(server.uploads) == 1
+    # OpenSSH (BatchMode) never asks for a password: it gives up and asyncssh asks.
+    assert carried_by(server) == ["AsyncSSH"]
 
 
 def test_three_wrong_passwords_give_up_clearly(
@@ -550,17 +534,18 @@ def test_a_file_changing_during_the_send_stores_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     root = write_tree(tmp_path / "rec", {"a.edf": os.urandom(3 << 20)})
-    real_write = asyncssh.SSHWriter.write
+    real_chunks = Pack.chunks
     grown: list[bool] = []
 
-    def write_then_grow(self: Any, data: bytes) -> None:
-        real_write(self, data)
-        if not grown and len(data) >= 1 << 20:  # the first megabyte is on its way
-            grown.append(True)
-            with open(root / "a.edf", "ab") as f:
-                f.write(b"the experiment is still running")
+    def chunks_then_grow(self: Pack) -> Iterator[bytes]:
+        for chunk in real_chunks(self):
+            yield chunk  # written to the SSH client before the next one is asked for
+            if not grown and self.bytes_done >= 1 << 20:  # the first megabyte is on its way
+                grown.append(True)
+                with open(root / "a.edf", "ab") as f:
+                    f.write(b"the experiment is still running")
 
-    monkeypatch.setattr(asyncssh.SSHWriter, "write", write_then_grow)
+    monkeypatch.setattr(Pack, "chunks", chunks_then_grow)
     code = cli.main(keyed(key_server, root, identity, tmp_path))
     err = capsys.readouterr().err
     assert code == 66

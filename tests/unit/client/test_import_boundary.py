@@ -92,7 +92,8 @@ NOTHING_NEW = textwrap.dedent(
 )
 
 ONLY_TO_SEND = ("asyncssh", "dittohead.client.send", "dittohead.client.login",
-                  "dittohead.client.hostkeys", "dittohead.client.pack")  # fmt: skip
+                "dittohead.client.hostkeys", "dittohead.client.pack", "dittohead.client.deliver",
+                "dittohead.client.openssh", "dittohead.client.reply")  # fmt: skip
 
 
 def _nothing_new(tmp_path: Path, mode: str) -> dict[str, Any]:

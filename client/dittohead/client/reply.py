@@ -1,0 +1,115 @@
+"""Reply: what the server answered to an upload, whichever SSH client carried it.
+
+The receiver prints one JSON receipt on stdout and exits 0, or prints one ``dittohead: …`` line
+on stderr and exits with a sysexits.h status (DESIGN.md, "The wire protocol"). These functions
+turn that into a checked `Receipt` or into the error a collector reads. They need no SSH library,
+so the OpenSSH transport (`openssh`) uses them without loading asyncssh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dittohead.client.pack import Pack
+from dittohead.core.errors import (
+    ConfigError,
+    DittoheadError,
+    NotAuthorized,
+    OutOfSpace,
+    ProtocolError,
+    ServerError,
+    TransferError,
+    UploadRejected,
+)
+from dittohead.core.grammar import UploadRequest
+from dittohead.core.receipt import Receipt
+
+#: Told about progress: (file bytes read so far, total file bytes).
+Progress = Callable[[int, int], None]
+
+
+class ServerRefused(DittoheadError):
+    """The server refused the upload; nothing was stored."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.exit_code = status
+
+
+# The server's exit status → the error class a GUI can test for (the receiver follows
+# sysexits.h like dittohead.core.errors does); anything else keeps its status as-is.
+_BY_STATUS: dict[int, type[DittoheadError]] = {
+    64: ProtocolError,
+    65: UploadRejected,
+    70: ServerError,
+    73: OutOfSpace,
+    77: NotAuthorized,
+    78: ConfigError,
+}
+
+
+def server_words(stderr: bytes) -> list[str]:
+    """The receiver's ``dittohead: …`` lines in `stderr`, without the prefix.
+
+    The receiver promises one line; a login script's noise may come before it.
+    """
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    return [line.removeprefix("dittohead: ") for line in lines if line.startswith("dittohead: ")]
+
+
+def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
+    """The error for a receiver that ended without a receipt, in the server's own words.
+
+    `status` is None when no exit status arrived (the channel closed first); the server's
+    ``dittohead: …`` line, when there is one, is still the best explanation there is.
+    """
+    ours = server_words(stderr)
+    known = status is not None and status > 0
+    if ours and not known:
+        return TransferError(ours[-1])
+    if not known:
+        return TransferError(
+            f"the upload to {host} stopped before the server confirmed it; send again "
+            "(files the server already has are not stored twice)"
+        )
+    assert status is not None
+    if ours:
+        cls = _BY_STATUS.get(status)
+        if cls is not None:
+            err = cls(ours[-1])
+            err.exit_code = status
+            return err
+        return ServerRefused(ours[-1], status)
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "no message")[:200]
+    return ServerRefused(
+        f"the server {host} failed without explaining why (exit status {status}: {last}); "
+        "nothing was stored; tell your admin",
+        status,
+    )
+
+
+def check_receipt(receipt: Receipt, pack: Pack, request: UploadRequest, host: str) -> None:
+    """Refuse a receipt that does not describe exactly what was sent."""
+    wrong = []
+    if receipt.files != pack.manifest.file_count:
+        wrong.append(f"{receipt.files!r} files instead of {pack.manifest.file_count}")
+    if receipt.bytes != pack.manifest.byte_count:
+        wrong.append(f"{receipt.bytes!r} bytes instead of {pack.manifest.byte_count}")
+    if receipt.manifest_sha256 != pack.manifest_sha256:
+        wrong.append("a different manifest")
+    if (receipt.study, receipt.source) != (request.study, request.source):
+        wrong.append(f"study {receipt.study!r} and station {receipt.source!r}")
+    if not isinstance(receipt.upload, str) or not receipt.upload:
+        wrong.append("no upload id")
+    if wrong:
+        raise TransferError(
+            f"the receipt from {host} does not match what was sent ({'; '.join(wrong)}), so "
+            "the upload cannot be confirmed; it will be sent again next time; tell your admin"
+        )
+
+
+def parse_receipt(stdout: bytes) -> Receipt:
+    # The receipt is one line; anything a login script printed comes before it.
+    lines = [line for line in stdout.decode("utf-8", "replace").splitlines() if line.strip()]
+    return Receipt.from_json(lines[-1] if lines else "")

@@ -1,0 +1,309 @@
+"""The OpenSSH transport: when ``ssh`` carries an upload, how it is told to, and the fallback.
+
+The server is the in-process asyncssh receiver from conftest; ``ssh`` is the real OpenSSH client
+of this machine (tests/unit/client/test_client_send.py runs every send scenario through it as
+well). Where a test needs ``ssh`` to misbehave, ``DITTOHEAD_SSH`` names a small script that
+stands in for it, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dittohead.client import cli, deliver, openssh
+from dittohead.client.job import Server
+from dittohead.client.scan import Watch, scan
+from dittohead.client.state import user_known_hosts
+from dittohead.core.grammar import UploadRequest
+from tests.integration.harness import require
+
+from .conftest import (
+    FILES,
+    SOURCE,
+    STUDY,
+    USER,
+    FakeReceiver,
+    MakeServer,
+    carried_by,
+    keyed,
+    write_tree,
+)
+
+REQUEST = UploadRequest(STUDY, SOURCE)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_tree(tmp_path / "data", FILES)
+
+
+@pytest.fixture(autouse=True)
+def real_ssh(monkeypatch: pytest.MonkeyPatch) -> str:
+    path = shutil.which("ssh")
+    require(path is not None, "openssh-client is not installed")
+    assert path is not None
+    monkeypatch.delenv("DITTOHEAD_SSH", raising=False)
+    return path
+
+
+def fake_ssh(tmp_path: Path, body: str) -> Path:
+    """A stand-in for ``ssh``: a shell script; it appends its arguments to ``calls``."""
+    script = tmp_path / "fake-ssh"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path / "calls"}\n' + textwrap.dedent(body).lstrip()
+    )
+    script.chmod(0o755)
+    return script
+
+
+def calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_the_host_can_never_be_read_as_an_option(tmp_path: Path) -> None:
+    server = Server("-oProxyCommand=touch /tmp/pwned", 2222, "jdoe", None, tmp_path / "kh")
+    argv = openssh.ssh_argv("ssh", server, REQUEST, tmp_path / "kh")
+    cut = argv.index("--")
+    assert argv[cut + 1 :] == ["-oProxyCommand=touch /tmp/pwned", REQUEST.command()]
+    assert argv[0] == "ssh"
+
+
+def test_ssh_is_told_to_ask_nothing_and_read_no_config(tmp_path: Path) -> None:
+    known = tmp_path / "kh"
+    argv = openssh.ssh_argv("ssh", Server("drop", 2222, "jdoe"), REQUEST, known)
+    options = {argv[i + 1] for i, a in enumerate(argv) if a == "-o"}
+    assert argv[argv.index("-F") + 1] == "none"  # neither ~/.ssh/config nor /etc/ssh/ssh_config
+    assert {
+        "BatchMode=yes",  # never a password or passphrase prompt
+        "StrictHostKeyChecking=yes",  # never a new host key
+        f"UserKnownHostsFile={known}",
+        f"GlobalKnownHostsFile={os.devnull}",
+        "UpdateHostKeys=no",
+        "PasswordAuthentication=no",
+        "KbdInteractiveAuthentication=no",
+        "ForwardAgent=no",
+        "ForwardX11=no",
+        "ClearAllForwardings=yes",
+        "ControlMaster=no",
+        "Compression=no",
+    } <= options
+    assert argv[argv.index("-c") + 1].startswith("aes128-gcm@openssh.com,")
+    assert (argv[argv.index("-p") + 1], argv[argv.index("-l") + 1]) == ("2222", "jdoe")
+    assert "-T" in argv and "-i" not in argv  # no TTY; the agent and ~/.ssh keys, like asyncssh
+
+
+def test_an_identity_is_the_only_key_offered(tmp_path: Path) -> None:
+    server = Server("drop", 22, "jdoe", tmp_path / "my key")
+    argv = openssh.ssh_argv("ssh", server, REQUEST, tmp_path / "kh")
+    assert argv[argv.index("-i") + 1] == str(tmp_path / "my key")
+    assert "IdentitiesOnly=yes" in argv and "IdentityAgent=none" in argv
+
+
+def test_which_ssh_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_ssh: str
+) -> None:
+    assert openssh.program() == real_ssh
+    monkeypatch.setenv("DITTOHEAD_SSH", "builtin")
+    assert openssh.program() is None
+    monkeypatch.setenv("DITTOHEAD_SSH", str(tmp_path / "ssh"))
+    assert openssh.program() == str(tmp_path / "ssh")
+    monkeypatch.delenv("DITTOHEAD_SSH")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh anywhere
+    assert openssh.program() is None
+
+
+def test_the_known_hosts_file_is_the_pinned_one_else_dittoheads_own(tmp_path: Path) -> None:
+    pinned = tmp_path / "pinned"
+    assert openssh.known_hosts_file(Server("h", known_hosts=pinned)) == pinned
+    assert openssh.known_hosts_file(Server("h")) == user_known_hosts()
+
+
+def test_no_known_hosts_file_yet_means_no_ssh_at_all(tmp_path: Path) -> None:
+    script = fake_ssh(tmp_path, "exit 0\n")
+    with pytest.raises(openssh.Unusable, match="no known-hosts file"):
+        openssh.Session(str(script), Server("h", known_hosts=tmp_path / "absent"), REQUEST)
+    assert calls(tmp_path) == []  # trust on first use is asyncssh's, in dittohead's words
+
+
+# -- falling back -----------------------------------------------------------------------------
+
+
+def test_ssh_giving_up_sends_through_asyncssh(
+    key_server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Stands in for an ssh that refuses the host key after reading some of the stream.
+    script = fake_ssh(
+        tmp_path,
+        """
+        head -c 1000 >/dev/null
+        echo "Host key verification failed." >&2
+        exit 255
+        """,
+    )
+    monkeypatch.setenv("DITTOHEAD_SSH", str(script))
+    assert cli.main(keyed(key_server, folder, identity, tmp_path, "-v")) == 0
+    assert len(calls(tmp_path)) == 1
+    assert carried_by(key_server) == ["AsyncSSH"]
+    assert [u.files for u in key_server.uploads] == [FILES]
+    err = capsys.readouterr().err
+    assert "OpenSSH did not send (Host key verification failed.)" in err
+
+
+def test_a_program_that_cannot_run_is_no_obstacle(
+    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("DITTOHEAD_SSH", str(tmp_path / "no-such-ssh"))
+    assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
+    assert carried_by(key_server) == ["AsyncSSH"]
+
+
+def test_a_server_refusal_through_ssh_is_final(
+    make_server: MakeServer,
+    client_key: Any,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_server(
+        authorized={USER: [client_key.convert_to_public()]},
+        mode="fail",
+        fail_status=77,
+        fail_line="dittohead: you may not upload to study nccam3; ask your admin",
+    )
+    assert cli.main(keyed(server, folder, identity, tmp_path)) == 77
+    assert carried_by(server) == ["OpenSSH"]  # not tried again through asyncssh
+    assert "you may not upload" in capsys.readouterr().err
+
+
+# -- starting early ---------------------------------------------------------------------------
+
+
+def test_the_watch_fires_once_at_the_first_file_not_confirmed(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "pc", {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c"})
+    plan = scan(root)
+    confirmed = {f.path: (f.size, f.mtime_ns) for f in plan.files}
+    fired: list[int] = []
+    scan(root, watch=Watch(confirmed, lambda: fired.append(1)))
+    assert fired == []  # nothing new: never
+    confirmed["b.txt"] = (99, 0)
+    confirmed.pop("c.txt")
+    scan(root, watch=Watch(confirmed, lambda: fired.append(1)))
+    assert fired == [1]  # b.txt changed, c.txt is new: once
+
+
+def test_ssh_starts_while_the_scan_is_still_going(
+    key_server: FakeReceiver,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = write_tree(tmp_path / "pc", {f"s{i:02d}/trial.txt": b"x" * i for i in range(20)})
+    events: list[str] = []
+    real_session = openssh.Session
+
+    def scan_spy(*args: Any, **kwargs: Any) -> Any:
+        plan = scan(*args, **kwargs)
+        events.append("scan done")
+        return plan
+
+    def session_spy(*args: Any) -> openssh.Session:
+        events.append("ssh started")
+        return real_session(*args)
+
+    monkeypatch.setattr("dittohead.client.job.scan", scan_spy)
+    monkeypatch.setattr(openssh, "Session", session_spy)
+    assert cli.main(keyed(key_server, root, identity, tmp_path)) == 0
+    assert events == ["ssh started", "scan done"]
+    assert carried_by(key_server) == ["OpenSSH"]
+
+
+def test_an_early_ssh_is_stopped_when_the_scan_then_fails(
+    key_server: FakeReceiver,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "a.txt" is new (ssh starts), then a name Windows cannot store ends the scan.
+    root = write_tree(tmp_path / "pc", {"a.txt": b"a", "z/con.txt": b"c"})
+    started: list[openssh.Session] = []
+    real_session = openssh.Session
+
+    def session_spy(*args: Any) -> openssh.Session:
+        started.append(real_session(*args))
+        return started[-1]
+
+    monkeypatch.setattr(openssh, "Session", session_spy)
+    code = cli.main(keyed(key_server, root, identity, tmp_path))
+    assert code != 0 and "con.txt" in capsys.readouterr().err
+    [session] = started
+    assert session.proc.returncode is not None  # ended, not left running
+    assert key_server.uploads == [] or key_server.uploads[0].manifest == b""
+
+
+def test_an_early_ssh_that_waited_too_long_is_replaced(
+    key_server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(deliver, "EARLY_MAX_AGE", 0.0)
+    started: list[openssh.Session] = []
+    real_session = openssh.Session
+
+    def session_spy(*args: Any) -> openssh.Session:
+        started.append(real_session(*args))
+        return started[-1]
+
+    monkeypatch.setattr(openssh, "Session", session_spy)
+    assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
+    assert len(started) == 2
+    assert started[0].proc.returncode is not None
+    assert [u.files for u in key_server.uploads if not u.problems] == [FILES]
+
+
+# -- what it spares ---------------------------------------------------------------------------
+
+OPENSSH_SEND = textwrap.dedent(
+    """
+    import json, sys
+    from dittohead.client.cli import main
+    status = main(sys.argv[1:])
+    print(json.dumps({"status": status, "asyncssh": "asyncssh" in sys.modules}))
+    """
+)
+
+
+def test_a_send_through_openssh_never_loads_asyncssh(
+    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
+) -> None:
+    argv = keyed(key_server, folder, identity, tmp_path, "--state", str(tmp_path / "st.json"))
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", OPENSSH_SEND, *argv],
+        capture_output=True, text=True, check=False, timeout=60, env=env,
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"status": 0, "asyncssh": False}, done.stderr
+    assert carried_by(key_server) == ["OpenSSH"]

@@ -10,8 +10,10 @@ that was just deleted runs 8-15x slower (PERF.md, "More measured facts").
 
 What is measured, per dataset, tools alternating within each run, medians over the runs:
 
-* fresh send: ``dittohead send`` until its receipt; ``tar | ssh 'tar -x && sync'``;
-  ``rsync -a`` over the same sshd; each into an empty destination;
+* fresh send: ``dittohead send`` until its receipt (carried by OpenSSH's ``ssh``, as on any
+  PC that has it, and again with ``DITTOHEAD_SSH=builtin``, the client's own asyncssh);
+  ``tar | ssh 'tar -x && sync'``; ``rsync -a`` over the same sshd; each into an empty
+  destination;
 * re-send with nothing changed (dittohead with its state file; rsync re-run) and with 1% of
   the files changed;
 * finalizing: the processor (``dittohead-processor --once`` as the service account) vs
@@ -261,10 +263,11 @@ class Bench:
         return timed(["rsync", "-a", "-e", e, f"{src}/", f"{self.shell}@127.0.0.1:{dest}/"])[0]
 
     def dh_send(
-        self, src: Path, state: Path
+        self, src: Path, state: Path, ssh: str | None = None
     ) -> tuple[float, tuple[int, float], tuple[int, float], dict[str, Any] | None]:
         """(seconds, client usage, receiver usage or zeros, receipt or None); a usage is
-        (peak RSS KiB, CPU seconds)."""
+        (peak RSS KiB, CPU seconds; the client's includes its ssh). `ssh` is DITTOHEAD_SSH
+        (None: the client uses OpenSSH's ssh, as it does wherever that is installed)."""
         dep = self.dep
         receiver_log = self.rss_dir / "receiver.txt"
         before = usage_lines(receiver_log.read_text())
@@ -276,10 +279,13 @@ class Bench:
             "--state", str(state), "--study", dep.study, "--source", "brogden-a", "--json",
             str(src),
         ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "DITTOHEAD_SSH"}
+        if ssh is not None:
+            env["DITTOHEAD_SSH"] = ssh
         start = time.perf_counter()
         done = subprocess.run(
             [TIME, "-f", USAGE, "-o", str(client_rss), *argv],
-            capture_output=True, text=True, check=False, timeout=3600,
+            capture_output=True, text=True, check=False, timeout=3600, env=env,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
@@ -391,6 +397,19 @@ def one_run(
         cpu["client_send"].append(client[1])
         cpu["receiver_send"].append(receiver[1])
 
+    def dh_builtin() -> None:
+        # The same send through the client's built-in asyncssh (a PC without OpenSSH's ssh);
+        # its entry is taken out of the inbox again so the processor step finds one upload.
+        builtin_state = state.with_name(f"builtin-{state.name}")
+        seconds, client, receiver, receipt = b.dh_send(src, builtin_state, ssh="builtin")
+        assert receipt is not None and receipt["files"] == n_files, receipt
+        times["dh_send_builtin"].append(seconds)
+        rss["client"] = max(rss["client"], client[0])
+        rss["receiver"] = max(rss["receiver"], receiver[0])
+        cpu["client_send_builtin"].append(client[1])
+        shutil.rmtree(b.dep.inbox / receipt["upload"])
+        builtin_state.unlink()
+
     def tar() -> None:
         times["tar_ssh"].append(b.tar_ssh(src, tar_dest))
 
@@ -400,7 +419,7 @@ def one_run(
     def rs() -> None:
         times["rsync_fresh"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh, tar, rs, tar_nosync], r)
+    run_rotated([dh, tar, rs, tar_nosync, dh_builtin], r)
     shutil.rmtree(tar2_dest)
 
     # Finalizing: the processor on the entry just sent vs cp -a + sha256sum + sync.
@@ -471,12 +490,15 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {
         k: []
         for k in (
-            "dh_send", "tar_ssh", "tar_ssh_nosync", "rsync_fresh", "dh_nochange", "rsync_nochange",
-            "dh_change1", "rsync_change1", "dh_process", "cp_sha256_sync",
+            "dh_send", "dh_send_builtin", "tar_ssh", "tar_ssh_nosync", "rsync_fresh",
+            "dh_nochange", "rsync_nochange", "dh_change1", "rsync_change1", "dh_process",
+            "cp_sha256_sync",
         )
     }  # fmt: skip
     rss = {"client": 0, "receiver": 0, "processor": 0}
-    cpu: dict[str, list[float]] = {"client_send": [], "receiver_send": [], "processor": []}
+    cpu: dict[str, list[float]] = {
+        "client_send": [], "client_send_builtin": [], "receiver_send": [], "processor": [],
+    }  # fmt: skip
     changed = n_files = total = 0
     for r in range(runs):
         # Fresh data every run: new random bytes (and, for S and M, new sizes), so no run
@@ -504,6 +526,8 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
             "tar_ssh / dh_send": med["tar_ssh"] / med["dh_send"],
             "tar_ssh_nosync / dh_send": med["tar_ssh_nosync"] / med["dh_send"],
             "rsync_fresh / dh_send": med["rsync_fresh"] / med["dh_send"],
+            "tar_ssh / dh_send_builtin": med["tar_ssh"] / med["dh_send_builtin"],
+            "rsync_fresh / dh_send_builtin": med["rsync_fresh"] / med["dh_send_builtin"],
             "rsync_nochange / dh_nochange": med["rsync_nochange"] / med["dh_nochange"],
             "rsync_change1 / dh_change1": med["rsync_change1"] / med["dh_change1"],
             "cp_sha256_sync / dh_process": med["cp_sha256_sync"] / med["dh_process"],
@@ -554,6 +578,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     names = list(results)
     rows = [
         ("dittohead send (to receipt)", "dh_send"),
+        ("the same, built-in asyncssh client", "dh_send_builtin"),
         ("tar | ssh aes128-gcm 'tar -x && sync'", "tar_ssh"),
         ("the same without sync", "tar_ssh_nosync"),
         ("rsync -a (fresh)", "rsync_fresh"),
@@ -579,7 +604,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
         out.append(f"| {key} | " + " | ".join(cells) + " |")
     out += ["", "| CPU seconds, user+sys (median) | " + " | ".join(names) + " |",
             "|---|" + "---:|" * len(names)]  # fmt: skip
-    for key in ("client_send", "receiver_send", "processor"):
+    for key in ("client_send", "client_send_builtin", "receiver_send", "processor"):
         cells = [f"{results[n]['cpu_s_median'].get(key, 0.0):.2f}" for n in names]
         out.append(f"| {key} | " + " | ".join(cells) + " |")
     out += ["", "| target | dataset | value | met |", "|---|---|---:|---|"]

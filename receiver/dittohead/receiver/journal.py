@@ -5,8 +5,11 @@ fsync, rename, fsync the folder) at each step:
 
 - ``claiming`` — written *before* the entry leaves the inbox, with the arrival time (the commit
   rename's ctime, the server's clock) and the uploader's uid;
-- ``staged`` — every file verified and copied into the staging folder (synced), with the name
-  and inode of each copy;
+- ``staged`` — every file verified and copied into the staging folder (synced), with the path
+  of each copy in it (the staging folder mirrors the entry; journals of older versions name flat
+  ``00000001`` copies, which replay the same way) and its inode. Publishing may then move whole
+  folders of copies into the tree: a copy that is gone from its staged path was moved, alone or
+  with a folder, and is found again by that inode;
 - gone — the entry is in ``done/`` and the ledger is synced.
 
 Every step is idempotent, so a replay from any of these states ends in the same place.

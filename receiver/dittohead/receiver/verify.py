@@ -9,6 +9,11 @@ their own ``O_PATH`` fd (re-opened via ``/proc/self/fd``, which reaches exactly 
 copied into a new dittohead-owned file in the study's private staging folder, hashed in the same
 pass; a file whose size, mtime or ctime moved during the copy is refused.
 
+The staging folder mirrors the entry: the copy of ``a/b/x.txt`` is created at ``a/b/x.txt`` in
+it, each folder made as the walk reaches it (empty ones too), so that `publish` can move a
+folder that is new to the tree with one rename. Names are safe to create by then: each was
+checked (``check_path``, and one `NameSet` for twins) before anything is made for it.
+
 Nothing is published here: the whole entry must pass before `publish` touches the tree.
 """
 
@@ -37,6 +42,8 @@ _BUF = 1 << 20
 #: bytes of manifest JSON allowed per listed file, on top of a fixed allowance
 _MANIFEST_PER_FILE = 1536
 _SETID = stat.S_ISUID | stat.S_ISGID
+#: staged folders, as the tree's (publish.DIR_MODE): the setgid bit is inherited, never asked for
+_DIR_MODE = 0o750
 
 
 # Slots: one of these per file of an entry is held from the walk to the end of publishing.
@@ -45,7 +52,7 @@ class StagedFile:
     path: str  # as sent
     size: int
     sha256: str
-    staged: str  # name inside the staging folder
+    staged: str  # path inside the entry's staging folder (flat ``00000001`` in old journals)
     ino: int  # inode of the staged copy: lets a replay find it again after its rename
 
 
@@ -62,7 +69,6 @@ class _Walker:
         dev: int,
         limits: Limits,
         listing: Listing,
-        staging_fd: int,
         *,
         after_copy: Callable[[int], None],
     ) -> None:
@@ -70,7 +76,6 @@ class _Walker:
         self.dev = dev
         self.limits = limits
         self.expected = listing
-        self.staging_fd = staging_fd
         self.names = NameSet()
         self.files: list[StagedFile] = []
         self.dirs: list[str] = []
@@ -88,7 +93,8 @@ class _Walker:
         if not is_dir and st.st_nlink != 1:
             raise EntryRejected(f"{rel!r}: file has {st.st_nlink} hard links")
 
-    def walk(self, dir_fd: int, prefix: str) -> None:
+    def walk(self, dir_fd: int, prefix: str, stage_fd: int) -> None:
+        """Walk the entry's folder `dir_fd` (`prefix` as sent) into its staged twin `stage_fd`."""
         with os.scandir(dir_fd) as it:
             names = sorted(item.name for item in it)
         for name in names:
@@ -114,13 +120,21 @@ class _Walker:
                         again = os.fstat(sub)
                         if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
                             raise EntryRejected(f"{rel!r}: folder changed while being read")
-                        self.walk(sub, rel + "/")
+                        # Plain mode: the setgid bit and the study's group come from the
+                        # destination through the staging chain (mkdir() asked for S_ISGID
+                        # would be refused by the unit's RestrictSUIDSGID=).
+                        os.mkdir(name, _DIR_MODE, dir_fd=stage_fd)
+                        stage_sub = os.open(name, fsops.DIR_FLAGS, dir_fd=stage_fd)
+                        try:
+                            self.walk(sub, rel + "/", stage_sub)
+                        finally:
+                            os.close(stage_sub)
                     finally:
                         os.close(sub)
                 elif stat.S_ISREG(st.st_mode):
                     self._judge(rel, st, is_dir=False)
                     self._add(rel, is_dir=False)
-                    self._copy(rel, path_fd, st)
+                    self._copy(rel, name, path_fd, st, stage_fd)
                 else:
                     raise EntryRejected(f"{rel!r}: not a regular file or folder")
             finally:
@@ -132,7 +146,7 @@ class _Walker:
         except DittoheadError as exc:
             raise EntryRejected(exc.message) from None
 
-    def _copy(self, rel: str, path_fd: int, st: os.stat_result) -> None:
+    def _copy(self, rel: str, name: str, path_fd: int, st: os.stat_result, stage_fd: int) -> None:
         listed = self.expected.get(rel)
         if listed is None:
             raise EntryRejected(f"{rel!r}: file is not listed in the manifest")
@@ -148,12 +162,11 @@ class _Walker:
             src = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
         except PermissionError:
             raise EntryRejected(_unreadable(rel, "file")) from None
-        staged = f"{len(self.files):08d}"
         dst = os.open(
-            staged,
+            name,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o440,
-            dir_fd=self.staging_fd,
+            dir_fd=stage_fd,
         )
         try:
             digest, copied = _copy_hashing(src, dst, size + 1, self.buf)
@@ -176,8 +189,8 @@ class _Walker:
             raise EntryRejected(f"{rel!r}: file changed while it was being copied")
         if digest != sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
-        # The listing's strings are kept rather than a second copy.
-        self.files.append(StagedFile(path, size, sha256, staged, ino))
+        # The listing's strings are kept rather than a second copy; staged at its own path.
+        self.files.append(StagedFile(path, size, sha256, path, ino))
         self.after_copy(len(self.files))
 
 
@@ -305,8 +318,8 @@ def stage_entry(
     `after_copy(k)` is called once the k-th file is in staging (the processor's fault hook).
     """
     listing = read_manifest(entry_fd, owner, dev, limits)
-    walker = _Walker(owner, dev, limits, listing, staging_fd, after_copy=after_copy)
-    walker.walk(entry_fd, "")
+    walker = _Walker(owner, dev, limits, listing, after_copy=after_copy)
+    walker.walk(entry_fd, "", staging_fd)
     # Every file found is listed (checked per file), once (the walk's NameSet); now every
     # listed path must have been found, which is also what vouches for the listed names (see
     # `_parse_manifest`).

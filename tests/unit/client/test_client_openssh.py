@@ -30,9 +30,7 @@ from .conftest import (
     FILES,
     SOURCE,
     STUDY,
-    USER,
     FakeReceiver,
-    MakeServer,
     carried_by,
     keyed,
     write_tree,
@@ -176,26 +174,21 @@ def test_a_program_that_cannot_run_is_no_obstacle(
     assert carried_by(key_server) == ["AsyncSSH"]
 
 
-def test_a_server_refusal_through_ssh_is_final(
-    make_server: MakeServer,
-    client_key: Any,
-    folder: Path,
-    identity: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    server = make_server(
-        authorized={USER: [client_key.convert_to_public()]},
-        mode="fail",
-        fail_status=77,
-        fail_line="dittohead: you may not upload to study nccam3; ask your admin",
-    )
-    assert cli.main(keyed(server, folder, identity, tmp_path)) == 77
-    assert carried_by(server) == ["OpenSSH"]  # not tried again through asyncssh
-    assert "you may not upload" in capsys.readouterr().err
-
-
 # -- starting early ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[openssh.Session]:
+    """Every ssh the client starts, in order (the real ones)."""
+    sessions: list[openssh.Session] = []
+    real_session = openssh.Session
+
+    def session_spy(*args: Any) -> openssh.Session:
+        sessions.append(real_session(*args))
+        return sessions[-1]
+
+    monkeypatch.setattr(openssh, "Session", session_spy)
+    return sessions
 
 
 def test_the_watch_fires_once_at_the_first_file_not_confirmed(tmp_path: Path) -> None:
@@ -241,19 +234,11 @@ def test_an_early_ssh_is_stopped_when_the_scan_then_fails(
     key_server: FakeReceiver,
     identity: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    started: list[openssh.Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # "a.txt" is new (ssh starts), then a name Windows cannot store ends the scan.
     root = write_tree(tmp_path / "pc", {"a.txt": b"a", "z/con.txt": b"c"})
-    started: list[openssh.Session] = []
-    real_session = openssh.Session
-
-    def session_spy(*args: Any) -> openssh.Session:
-        started.append(real_session(*args))
-        return started[-1]
-
-    monkeypatch.setattr(openssh, "Session", session_spy)
     code = cli.main(keyed(key_server, root, identity, tmp_path))
     assert code != 0 and "con.txt" in capsys.readouterr().err
     [session] = started
@@ -266,17 +251,10 @@ def test_an_early_ssh_that_waited_too_long_is_replaced(
     folder: Path,
     identity: Path,
     tmp_path: Path,
+    started: list[openssh.Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(deliver, "EARLY_MAX_AGE", 0.0)
-    started: list[openssh.Session] = []
-    real_session = openssh.Session
-
-    def session_spy(*args: Any) -> openssh.Session:
-        started.append(real_session(*args))
-        return started[-1]
-
-    monkeypatch.setattr(openssh, "Session", session_spy)
     assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
     assert len(started) == 2
     assert started[0].proc.returncode is not None

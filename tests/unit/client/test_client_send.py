@@ -467,6 +467,7 @@ def test_a_server_refusal_shows_its_words_and_exit_code(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     status: int,
+    transport: str,
 ) -> None:
     server = make_server(
         authorized={USER: [client_key.convert_to_public()]},
@@ -479,6 +480,8 @@ def test_a_server_refusal_shows_its_words_and_exit_code(
     code = cli.main(argv)
     out, err = capsys.readouterr()
     assert code == status
+    # The server's refusal is final: never tried again through the other SSH client.
+    assert carried_by(server) == ["OpenSSH" if transport == "openssh" else "AsyncSSH"]
     assert (
         err.strip().splitlines()[-1]
         == "dittohead: you may not upload to study nccam3; ask your admin"

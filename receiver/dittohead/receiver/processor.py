@@ -39,7 +39,16 @@ from dittohead.receiver.claim import (
 from dittohead.receiver.config import Config, Study
 from dittohead.receiver.journal import Journal, JournalEntry
 from dittohead.receiver.ledger import LEDGER_DIR, Ledger
-from dittohead.receiver.publish import TreeDirs, Upload, exists, make_dirs, publish_file
+from dittohead.receiver.publish import (
+    MovedFolders,
+    TreeDirs,
+    Upload,
+    exists,
+    make_dirs,
+    move_new_folders,
+    publish_file,
+    record_moved,
+)
 from dittohead.receiver.verify import stage_entry
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ CRASH_STEPS = (
     "claimed",  # entry renamed into processing/
     "copied",  # one more file copied into staging (the n-th time: n files so far)
     "staged",  # journal "staged" written
+    "moved",  # a folder renamed into the tree whole, the records of its files not yet written
     "published",  # a file renamed into the tree, its ledger record not yet written
     "flushed",  # ledger records of the entry written and synced
     "done",  # entry moved to done/, journal not yet removed
@@ -108,8 +118,10 @@ class KernelSettingError(DittoheadError):
 class Stopped(Exception):
     """A stop was requested (SIGTERM); the pass ended between two files.
 
-    Safe at that point: the files published so far are synced and in the ledger, and the
-    entry's journal says where to carry on, so the next run finishes it.
+    Safe at that point: the files published so far are synced, those reached so far are in
+    the ledger (the files of a folder moved whole that were not reached yet are recorded by the
+    next run, which finds them by inode as after a crash), and the entry's journal says where
+    to carry on, so the next run finishes it.
     """
 
 
@@ -381,36 +393,67 @@ class StudyRun:
         summary = Summary(entries=1, finalized=[item.entry])
         staging = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.staging_root)
         tree = TreeDirs(self.dest)
+        # Taken from the entry and let go one by one as they are published (the journal on
+        # disk keeps the list for a replay), so memory does not hold every staged file and
+        # every queued ledger line at once.
+        todo, item.files = item.files, []
+        todo.reverse()
+        total = len(todo)
+        moved = MovedFolders()
+
         try:
-            make_dirs(tree, tuple(item.dirs))
-            # Taken from the entry and let go one by one as they are published (the journal
-            # on disk keeps the list for a replay), so memory does not hold every staged file
-            # and every queued ledger line at once.
-            todo, item.files = item.files, []
-            todo.reverse()
-            total = len(todo)
-            while todo:
-                staged = todo.pop()
-                done = total - len(todo) - 1
-                self.hooks.progress(f"finalizing {self.name} {item.entry}: {done}/{total} files")
-                if self.hooks.stop_requested():
-                    # Between two files: make what is published durable and recorded, then
-                    # leave the entry in processing/ with its journal for the next run.
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
-                    raise Stopped()
-                record = publish_file(tree, staging, self.ledger, up, staged)
-                if record.outcome == "stored":
-                    summary.stored += 1
-                    # The record is only queued: on disk, the file is in the tree unrecorded.
-                    fault_point("published")
-                else:
-                    summary.duplicates += 1
-                if self.ledger.queued_bytes >= _LEDGER_BATCH:
-                    # A big entry: make what is published so far durable and record it, as
-                    # at a stop (a replay skips what is recorded), so the queue stays small.
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
+            try:
+                # New folders arrive whole, one rename each (their files' records follow in
+                # the loop below); before make_dirs, which would otherwise make them.
+                move_new_folders(
+                    tree,
+                    staging,
+                    self.ledger,
+                    up.upload,
+                    files=todo,
+                    dirs=item.dirs,
+                    into=moved,
+                    after_move=lambda: fault_point("moved"),
+                )
+                make_dirs(tree, item.dirs, moved)
+                while todo:
+                    done = total - len(todo)
+                    self.hooks.progress(
+                        f"finalizing {self.name} {item.entry}: {done}/{total} files"
+                    )
+                    if self.hooks.stop_requested():
+                        # Between two files: make what is published durable and recorded,
+                        # then leave the entry in processing/ with its journal for the next run
+                        # (files that came with a folder and were not reached yet are in the
+                        # tree and synced: the next run records them, finding them by inode).
+                        fsops.syncfs(self.dest)
+                        self.ledger.flush()
+                        raise Stopped()
+                    staged = todo.pop()
+                    record = publish_file(tree, staging, self.ledger, up, staged, moved=moved)
+                    if record.outcome == "stored":
+                        summary.stored += 1
+                        # The record is only queued: on disk, the file is in the tree
+                        # unrecorded (renamed alone, or with its folder before this loop).
+                        fault_point("published")
+                    else:
+                        summary.duplicates += 1
+                    if self.ledger.queued_bytes >= _LEDGER_BATCH:
+                        # A big entry: make what is published so far durable and record it,
+                        # as at a stop (a replay skips what is recorded), so the queue stays
+                        # small.
+                        fsops.syncfs(self.dest)
+                        self.ledger.flush()
+            except Stopped:
+                raise  # between two files, as before folders moved whole: nothing more to write
+            except BaseException:
+                # Every file that arrived with a folder is in the tree: queue the records of
+                # those not queued yet, for the caller's flush (out of space) or the ledger's
+                # close to write. The file being published when this came, if any, is no
+                # longer in `todo`: it went by itself (a moved folder's file raises nothing
+                # before its record). A real kill writes nothing: the next run finds them.
+                record_moved(self.ledger, up, todo, moved)
+                raise
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
             fsops.syncfs(self.dest)

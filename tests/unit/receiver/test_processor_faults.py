@@ -78,7 +78,8 @@ def all_problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
 
 # Three honest entries of one uploader whose paths overlap (new versions and duplicates), and
 # one whose manifest lies (quarantined). In this order the pass reaches: claiming x4,
-# claimed x4, copied x7, staged x3, published x5, flushed x3, done x3, cleaned x3,
+# claimed x4, copied x7, staged x3, moved x2 (``d`` whole into the empty tree; later ``d/e``
+# whole into the ``d`` already there), published x5, flushed x3, done x3, cleaned x3,
 # quarantined x1.
 ENTRIES: list[dict[str, bytes]] = [
     {"a.txt": b"a version 1", "b.bin": b"\x00" * 5000, "d/c.txt": b"c"},
@@ -118,7 +119,7 @@ def commit_all(server: Server) -> tuple[dict[str, set[bytes]], str]:
 STEP_CASES = [
     "claiming:1", "claiming:3", "claimed:1", "claimed:4",
     "copied:1", "copied:2", "copied:4", "copied:7",
-    "staged:1", "staged:3",
+    "staged:1", "staged:3", "moved:1", "moved:2",
     "published:1", "published:2", "published:3", "published:5",
     "flushed:1", "flushed:3", "done:1", "done:3", "cleaned:2", "quarantined:1",
 ]  # fmt: skip

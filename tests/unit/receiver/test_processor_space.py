@@ -110,15 +110,17 @@ def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
 def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """ENOSPC from the third rename into the tree (a new directory block, a quota)."""
+    """ENOSPC from the third rename into the tree (a new directory block, a quota), file by
+    file: ``d`` is already in the tree, so its files go one by one into it."""
     files = {f"d/f{i}.txt": b"file %d" % i for i in range(5)}
+    (server.destination / "d").mkdir()
     name = server.commit(files)
     later = server.commit({"later.txt": b"later"})
     real = fsops.renameat2
     moves = []
 
     def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
-        if is_staging(src_dir):
+        if is_staging(src_dir) and src.startswith("d/"):  # the files, not the try at "d"
             moves.append(dst)
             if len(moves) == 3:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
@@ -141,6 +143,64 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     sent = {p: {d} for p, d in files.items()} | {"later.txt": {b"later"}}
     assert tree_files(server.destination) == {p: next(iter(d)) for p, d in sent.items()}
     assert problems(server, sent) == []
+
+
+def test_a_full_disk_while_moving_folders_whole_records_what_moved(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC from the second folder moved whole: the first is in the tree and recorded, the
+    rest waits, staged, for the next run, which finishes it exactly once."""
+    files = {"a/x.txt": b"x", "a/sub/y.txt": b"y", "b/z.txt": b"z", "c/w.txt": b"w", "t": b"t"}
+    name = server.commit(files)
+    real = fsops.renameat2
+    moves = []
+
+    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+        if is_staging(src_dir):
+            moves.append(src)
+            if len(moves) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
+
+    monkeypatch.setattr(fsops, "renameat2", full)
+    with caplog.at_level(logging.ERROR):
+        summary = run_once(server.config)
+    assert summary.deferred == 1
+    assert moves == ["a", "b"]
+    assert tree_files(server.destination) == {"a/x.txt": b"x", "a/sub/y.txt": b"y"}
+    assert tree_problems(server.destination) == []  # what moved is recorded
+    assert {r["stored_as"] for r in ledger_of(server.destination)} == {"a/x.txt", "a/sub/y.txt"}
+    item = Journal(server.config.state_dir, STUDY).read(name)
+    assert item is not None and item.step == "staged"
+    monkeypatch.setattr(fsops, "renameat2", real)
+    run_once(server.config)
+    assert tree_files(server.destination) == files
+    assert problems(server, {p: {d} for p, d in files.items()}) == []
+
+
+def test_a_full_disk_after_folders_moved_whole_still_records_them(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from a file published by itself that comes before a moved folder's files in the
+    upload: the moved folder's files are recorded all the same."""
+    files = {"top.txt": b"t", "a/x.txt": b"x", "a/b/y.txt": b"y"}
+    name = server.commit(files)
+    real = fsops.renameat2
+
+    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+        if is_staging(src_dir) and src == "top.txt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
+
+    monkeypatch.setattr(fsops, "renameat2", full)
+    assert run_once(server.config).deferred == 1
+    assert tree_files(server.destination) == {"a/x.txt": b"x", "a/b/y.txt": b"y"}
+    assert tree_problems(server.destination) == []
+    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    monkeypatch.setattr(fsops, "renameat2", real)
+    run_once(server.config)
+    assert tree_files(server.destination) == files
+    assert problems(server, {p: {d} for p, d in files.items()}) == []
 
 
 def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
@@ -263,3 +323,19 @@ def test_fallback_end_to_end_keeps_every_version(server: Server, no_renameat2_fl
     sent = {"data.txt": {b"one", b"two"}, "f.txt": {b"v1", b"v2"}}
     assert problems(server, sent) == []
     assert all(os.stat(dest / name).st_nlink == 1 for name in tree_files(dest))
+
+
+def test_fallback_publishes_new_folders_file_by_file(
+    server: Server, no_renameat2_flag: None
+) -> None:
+    """Folders cannot be linked: where RENAME_NOREPLACE is refused, a new folder is made in
+    the tree and its files are linked in one by one, empty folders included."""
+    files = {"a/b/c.txt": b"c", "a/d.txt": b"d", "e/f.txt": b"f", "g.txt": b"g"}
+    name = server.commit(files)
+    (server.inbox / name / "a" / "empty").mkdir()
+    run_once(server.config)
+    dest = server.destination
+    assert tree_files(dest) == files
+    assert (dest / "a" / "empty").is_dir()
+    assert all(os.stat(dest / p).st_nlink == 1 for p in files)
+    assert problems(server, {p: {d} for p, d in files.items()}) == []

@@ -85,6 +85,22 @@ def known_hosts_file(server: Server) -> Path:
     return server.known_hosts if server.known_hosts is not None else user_known_hosts()
 
 
+def config_path(path: Path) -> str:
+    """`path` as ssh reads it back from a file option: file options go through ``%`` token
+    expansion (``%%`` is a ``%``); quote the result with `_quoted` (``-o`` values are split at
+    spaces). Unusable for the rare path that cannot be written so (a ``${`` would be expanded
+    from the environment)."""
+    text = str(path)
+    if "${" in text or any(c in text for c in "\0\n\r"):
+        raise Unusable(f"{text!r} cannot be given to ssh")
+    return text.replace("%", "%%")
+
+
+def _quoted(text: str) -> str:
+    """One ``-o`` value: in quotes, a backslash escaping a quote or a backslash."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def ssh_argv(program: str, server: Server, request: UploadRequest, known_hosts: Path) -> list[str]:
     """The ``ssh`` command line for one upload (no shell ever sees it)."""
     argv = [
@@ -97,7 +113,7 @@ def ssh_argv(program: str, server: Server, request: UploadRequest, known_hosts: 
         "-c", CIPHERS,
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", f"UserKnownHostsFile={_quoted(config_path(known_hosts))}",
         "-o", f"GlobalKnownHostsFile={os.devnull}",
         "-o", "CheckHostIP=no",
         "-o", "UpdateHostKeys=no",
@@ -120,7 +136,10 @@ def ssh_argv(program: str, server: Server, request: UploadRequest, known_hosts: 
     ]  # fmt: skip
     if server.identity is not None:
         # Only the key that was asked for, as with asyncssh (no agent, no ~/.ssh/id_* keys).
-        argv += ["-i", str(server.identity), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+        # (As an option, not "-i": ssh looks a -i path up before expanding its %%.)
+        key = _quoted(config_path(server.identity))
+        argv += ["-o", f"IdentityFile={key}", "-o", "IdentitiesOnly=yes"]
+        argv += ["-o", "IdentityAgent=none"]
     # "--": a host name can never be read as an option (say "-oProxyCommand=…").
     return [*argv, "--", server.host, request.command()]
 

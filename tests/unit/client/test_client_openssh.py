@@ -33,6 +33,7 @@ from .conftest import (
     FakeReceiver,
     carried_by,
     keyed,
+    run_cli,
     write_tree,
 )
 
@@ -87,7 +88,7 @@ def test_ssh_is_told_to_ask_nothing_and_read_no_config(tmp_path: Path) -> None:
     assert {
         "BatchMode=yes",  # never a password or passphrase prompt
         "StrictHostKeyChecking=yes",  # never a new host key
-        f"UserKnownHostsFile={known}",
+        f'UserKnownHostsFile="{known}"',
         f"GlobalKnownHostsFile={os.devnull}",
         "UpdateHostKeys=no",
         "PasswordAuthentication=no",
@@ -100,13 +101,14 @@ def test_ssh_is_told_to_ask_nothing_and_read_no_config(tmp_path: Path) -> None:
     } <= options
     assert argv[argv.index("-c") + 1].startswith("aes128-gcm@openssh.com,")
     assert (argv[argv.index("-p") + 1], argv[argv.index("-l") + 1]) == ("2222", "jdoe")
-    assert "-T" in argv and "-i" not in argv  # no TTY; the agent and ~/.ssh keys, like asyncssh
+    assert "-T" in argv  # no TTY
+    assert not [o for o in options if o.startswith("Identity")]  # agent, ~/.ssh keys: as asyncssh
 
 
 def test_an_identity_is_the_only_key_offered(tmp_path: Path) -> None:
     server = Server("drop", 22, "jdoe", tmp_path / "my key")
     argv = openssh.ssh_argv("ssh", server, REQUEST, tmp_path / "kh")
-    assert argv[argv.index("-i") + 1] == str(tmp_path / "my key")
+    assert f'IdentityFile="{tmp_path / "my key"}"' in argv
     assert "IdentitiesOnly=yes" in argv and "IdentityAgent=none" in argv
 
 
@@ -121,6 +123,27 @@ def test_which_ssh_is_chosen(
     monkeypatch.delenv("DITTOHEAD_SSH")
     monkeypatch.setenv("PATH", str(tmp_path))  # no ssh anywhere
     assert openssh.program() is None
+
+
+def test_paths_with_spaces_and_percent_signs_reach_ssh_as_they_are(
+    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
+) -> None:
+    # ssh splits -o values at spaces and expands %-tokens in both file options.
+    odd = tmp_path / "Lab PC %h 100%"
+    odd.mkdir()
+    key = odd / "my key"
+    key.write_bytes(identity.read_bytes())
+    key.chmod(0o600)
+    pinned = odd / "known hosts"
+    pinned.write_text(key_server.known_hosts_line())
+    argv = run_cli(key_server, folder, "--identity", str(key), "--known-hosts", str(pinned))
+    assert cli.main(argv) == 0
+    assert carried_by(key_server) == ["OpenSSH"]
+
+
+def test_a_path_ssh_would_expand_from_the_environment_is_not_given_to_it(tmp_path: Path) -> None:
+    with pytest.raises(openssh.Unusable):
+        openssh.ssh_argv("ssh", Server("h"), REQUEST, tmp_path / "${HOME}")
 
 
 def test_the_known_hosts_file_is_the_pinned_one_else_dittoheads_own(tmp_path: Path) -> None:

@@ -57,6 +57,11 @@ WRITEBACK_BYTES = 8 * 1024 * 1024
 #: files smaller than this are left to the commit's syncfs (a call per small file costs more
 #: than it saves)
 WRITEBACK_TAIL_BYTES = 1024 * 1024
+#: ... but after this many bytes or files of them, a background syncfs of the entry's file
+#: system starts (`fsops.SyncAhead`), so that the commit's syncfs finds little left: over the
+#: real sshd, 20,000 files of 1-16 KiB, median 1.58 -> 1.43 s to the receipt (11 sends each)
+SYNC_AHEAD_BYTES = 16 * 1024 * 1024
+SYNC_AHEAD_FILES = 2000
 _RESERVED_KEY = fold(RESERVED_TOP)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -148,6 +153,8 @@ class Staging:
         self._dirs: _Dirs | None = None
         self._since_space_check = 0
         self._writeback_works = True
+        self._ahead: fsops.SyncAhead | None = None
+        self._small_bytes = self._small_files = 0  # small files since the last SyncAhead
 
     def _create(self) -> int:
         os.mkdir(self.dot_entry, DIR_MODE, dir_fd=self.inbox_fd)
@@ -173,7 +180,11 @@ class Staging:
             root = self._create()
             self._dirs = _Dirs(root)
             stream = Stream(fd, stall_timeout=self.limits.stall_timeout, bufsize=bufsize)
-            return self._extract(TarReader(stream))
+            staged = self._extract(TarReader(stream))
+            # A writeback error is reported once per open file: the one the background syncfs
+            # met would be missing from the commit's own syncfs. It fails the upload here.
+            self._finish_ahead()
+            return staged
 
     def _extract(self, reader: TarReader) -> Staged:
         limits = self.limits
@@ -212,6 +223,8 @@ class Staging:
                 raise _limit(f"more than {limits.max_files} files", "max_files")
             digest, _ = self._write(name, member, reader, keep=False)
             written[name] = (member.size, digest)
+            if member.size < WRITEBACK_TAIL_BYTES:
+                self._small_written(member.size)
         if manifest is None:
             raise UploadRejected(
                 f"incomplete upload: the archive has no manifest ({MANIFEST_PATH}); nothing "
@@ -315,6 +328,20 @@ class Staging:
             fsops.start_writeback(fd, offset - WRITEBACK_BYTES, WRITEBACK_BYTES, wait=True)
         self._writeback_works = fsops.start_writeback(fd, offset, count)
 
+    def _small_written(self, size: int) -> None:
+        self._small_bytes += size
+        self._small_files += 1
+        if self._small_bytes >= SYNC_AHEAD_BYTES or self._small_files >= SYNC_AHEAD_FILES:
+            self._small_bytes = self._small_files = 0
+            if self._ahead is None:
+                assert self.fd is not None
+                self._ahead = fsops.SyncAhead(self.fd)
+            self._ahead.start()
+
+    def _finish_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.finish()
+
     def _check_space(self) -> None:
         # Refuse an upload that would eat the reserve before the disk is full, so that the
         # processor (and everyone else on that file system) still has room to work.
@@ -328,6 +355,10 @@ class Staging:
 
     def close(self) -> None:
         """Close the entry's fds (the entry itself stays)."""
+        # The background syncfs uses the entry's fd: it ends before the fd is closed. Its error
+        # matters only to an upload still on its way to the commit (see `receive`).
+        with suppress(OSError):
+            self._finish_ahead()
         if self._dirs is not None:
             self._dirs.close()
             self._dirs = None

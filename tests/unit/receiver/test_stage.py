@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -376,3 +377,43 @@ def test_start_writeback_on_a_file_and_on_a_pipe(tmp_path: Path) -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_many_small_files_start_a_background_syncfs(
+    inbox: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = inbox
+    synced: list[int] = []
+    real = fsops.syncfs
+
+    def record(target: int) -> None:
+        synced.append(target)
+        real(target)
+
+    monkeypatch.setattr(fsops, "syncfs", record)
+    monkeypatch.setattr(stage_mod, "SYNC_AHEAD_FILES", 4)
+    monkeypatch.setattr(stage_mod, "WRITEBACK_TAIL_BYTES", 4096)
+    files = {f"t/{i:02d}.txt": os.urandom(100 + i) for i in range(10)}
+    files["big.bin"] = os.urandom(5000)  # not small: never counted
+    staged = receive(fd, ts.upload(list(files.items())))
+    check_entry(path, staged, files)
+    assert len(synced) in (1, 2)  # after files 4 and 8: the second only if the first had ended
+    assert not any(t.name == "dittohead-syncfs" for t in threading.enumerate())
+
+
+def test_an_error_of_the_background_syncfs_fails_the_upload(
+    inbox: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a disk that fails while writing back (EIO cannot be produced on demand).
+    path, fd = inbox
+
+    def failing(target: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fsops, "syncfs", failing)
+    monkeypatch.setattr(stage_mod, "SYNC_AHEAD_FILES", 2)
+    files = {f"{i}.txt": b"x" for i in range(3)}
+    with pytest.raises(OSError) as caught:
+        receive(fd, ts.upload(list(files.items())))
+    assert caught.value.errno == errno.EIO
+    assert os.listdir(path) == []  # nothing half-written stays

@@ -11,7 +11,7 @@ on a lab PC, more than the rest of a no-change run) and of the modules that need
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 from dittohead.client.scan import Plan, Watch, scan
@@ -66,9 +66,14 @@ class Job:
     scanned: Plan
     state: State
     selected: Plan = field(init=False)
+    #: known already (the scan's `Watch` never fired): the state confirms every file
+    all_confirmed: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
-        self.selected = self.state.select(self.scanned)
+    def __post_init__(self, all_confirmed: bool) -> None:
+        if all_confirmed:
+            self.selected = self.scanned.with_files(())
+        else:
+            self.selected = self.state.select(self.scanned)
 
 
 def prepare(
@@ -91,4 +96,4 @@ def prepare(
     loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
     watch = Watch(loaded.files, on_new) if on_new is not None else None
     plan = scan(folder, things, watch=watch)
-    return Job(server, request, plan, loaded)
+    return Job(server, request, plan, loaded, watch is not None and not watch.fired)

@@ -162,6 +162,8 @@ class _Walker:
         # the recursion limit, and os.scandir gives the entry type without a stat call on
         # POSIX (one lstat per file).
         files, problems, add_file = self.files, self.problems, self.names.add_file
+        # The watch's lookup, hoisted (None once it has fired): one dict look-up per file.
+        confirmed = self.watch.confirmed.get if self.watch is not None else None
         stack = [(iter(self._list(top)), f"{top_rel}/" if top_rel else "")]
         while stack:
             entries, prefix = stack[-1]
@@ -180,11 +182,13 @@ class _Walker:
                         files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
                         # (Not once a bad name has been seen: the send is refused anyway.)
                         if (
-                            self.watch is not None
+                            confirmed is not None
                             and not problems
-                            and self.watch.saw(rel, st.st_size, st.st_mtime_ns)
+                            and confirmed(rel) != (st.st_size, st.st_mtime_ns)
                         ):
-                            self.watch = None  # told once; no call per file after that
+                            assert self.watch is not None
+                            self.watch.fire()
+                            self.watch = confirmed = None  # told once
                         try:
                             add_file(rel)
                         except NameRejected as exc:
@@ -249,22 +253,19 @@ class Watch:
     """Calls `on_new` once, at the first file found that is not in `confirmed` as it is now.
 
     `confirmed` maps paths to (size, mtime_ns), as the client's state does: the send can start
-    connecting while the scan goes on (see `deliver.EarlyStart`).
+    connecting while the scan goes on (see `deliver.EarlyStart`). After a scan without bad
+    names, `fired` False means that the state confirms every file found.
     """
 
     def __init__(self, confirmed: Mapping[str, tuple[int, int]], on_new: Callable[[], None]):
         self.confirmed = confirmed
-        self.on_new: Callable[[], None] | None = on_new
+        self.on_new = on_new
+        self.fired = False
 
-    def saw(self, path: str, size: int, mtime_ns: int) -> bool:
-        """Look at one file; True once `on_new` has been called (nothing more to watch)."""
-        if self.on_new is None:
-            return True
-        if self.confirmed.get(path) == (size, mtime_ns):
-            return False
-        on_new, self.on_new = self.on_new, None
-        on_new()
-        return True
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self.on_new()
 
 
 def scan(

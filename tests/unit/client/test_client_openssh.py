@@ -219,12 +219,14 @@ def test_the_watch_fires_once_at_the_first_file_not_confirmed(tmp_path: Path) ->
     plan = scan(root)
     confirmed = {f.path: (f.size, f.mtime_ns) for f in plan.files}
     fired: list[int] = []
-    scan(root, watch=Watch(confirmed, lambda: fired.append(1)))
-    assert fired == []  # nothing new: never
+    watch = Watch(confirmed, lambda: fired.append(1))
+    scan(root, watch=watch)
+    assert fired == [] and not watch.fired  # nothing new: never
     confirmed["b.txt"] = (99, 0)
     confirmed.pop("c.txt")
-    scan(root, watch=Watch(confirmed, lambda: fired.append(1)))
-    assert fired == [1]  # b.txt changed, c.txt is new: once
+    watch = Watch(confirmed, lambda: fired.append(1))
+    scan(root, watch=watch)
+    assert fired == [1] and watch.fired  # b.txt changed, c.txt is new: once
 
 
 def test_ssh_starts_while_the_scan_is_still_going(

@@ -6,6 +6,11 @@ server enforces (`dittohead.core.names`), and *all* bad names are reported toget
 collector should be able to fix their folder in one go, not discover one bad name per attempt.
 Nothing here reads file contents or touches the network.
 
+A send first walks the folder in a *quick pass* against the client's state (`Watch`): when the
+server has confirmed every file as it is, that is all (nothing to send, no need to gather the
+names for the collision check); at the first file it has not, the send may start connecting,
+and the folder is scanned again properly, every name checked.
+
 Symbolic links and special files (FIFOs, sockets, devices, Windows junctions) are skipped with a
 warning: the protocol only carries folders and regular files, and following a link could send
 something from outside FOLDER (or loop forever).
@@ -108,6 +113,14 @@ def _by_name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
+class _Unconfirmed(Exception):
+    """The quick pass met a file the state does not confirm, or a bad name: scan properly."""
+
+    def __init__(self, *, bad_name: bool = False) -> None:
+        super().__init__()
+        self.bad_name = bad_name
+
+
 class _Walker:
     """Collects files, folders and bad names below one root, in `path_key` order.
 
@@ -115,10 +128,17 @@ class _Walker:
     paths in exactly the order `path_key` sorts them (a folder, then everything inside it, then
     its next sibling): the lists come out sorted, and the names go into `names` in that order,
     without sorting tens of thousands of paths afterwards.
+
+    With `confirmed` (the state's size and mtime per path) it is the *quick pass* of a send:
+    it raises `_Unconfirmed` at the first file the state does not confirm, or the first bad
+    name, and keeps its warnings in `warnings` instead of logging them (a proper scan follows
+    and says them). It checks each name alone but does not collect them in a `NameSet`: every
+    file it lets through was confirmed by the server, so its name passed when it was sent.
     """
 
-    def __init__(self, watch: Watch | None = None) -> None:
-        self.watch = watch
+    def __init__(self, confirmed: Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.confirmed = confirmed
+        self.warnings: list[str] = []
         self.files: list[FileItem] = []
         self.dirs: list[str] = []
         self.problems: list[tuple[str, str]] = []
@@ -131,11 +151,21 @@ class _Walker:
         try:
             check_path(rel)
         except NameRejected as exc:
+            if self.confirmed is not None:
+                raise _Unconfirmed(bad_name=True) from None
             self.problems.append((rel, _reason(exc, rel)))
             return False
         return True
 
+    def _warn(self, message: str) -> None:
+        if self.confirmed is not None:
+            self.warnings.append(message)
+        else:
+            log.warning("%s", message)
+
     def _add_dir_name(self, rel: str) -> None:
+        if self.confirmed is not None:
+            return
         try:
             self.names.add_dir(rel)
         except NameRejected as exc:
@@ -162,8 +192,7 @@ class _Walker:
         # the recursion limit, and os.scandir gives the entry type without a stat call on
         # POSIX (one lstat per file).
         files, problems, add_file = self.files, self.problems, self.names.add_file
-        # The watch's lookup, hoisted (None once it has fired): one dict look-up per file.
-        confirmed = self.watch.confirmed.get if self.watch is not None else None
+        confirmed = self.confirmed.get if self.confirmed is not None else None
         stack = [(iter(self._list(top)), f"{top_rel}/" if top_rel else "")]
         while stack:
             entries, prefix = stack[-1]
@@ -176,19 +205,16 @@ class _Walker:
                         try:
                             check_path(rel)
                         except NameRejected as exc:
+                            if confirmed is not None:
+                                raise _Unconfirmed(bad_name=True) from None
                             problems.append((rel, _reason(exc, rel)))
                             continue
                         st = entry.stat(follow_symlinks=False)
                         files.append(FileItem(rel, st.st_size, st.st_mtime_ns))
-                        # (Not once a bad name has been seen: the send is refused anyway.)
-                        if (
-                            confirmed is not None
-                            and not problems
-                            and confirmed(rel) != (st.st_size, st.st_mtime_ns)
-                        ):
-                            assert self.watch is not None
-                            self.watch.fire()
-                            self.watch = confirmed = None  # told once
+                        if confirmed is not None:
+                            if confirmed(rel) != (st.st_size, st.st_mtime_ns):
+                                raise _Unconfirmed()
+                            continue
                         try:
                             add_file(rel)
                         except NameRejected as exc:
@@ -197,7 +223,7 @@ class _Walker:
                     inside = self._visit(entry, rel)
                 except FileNotFoundError:
                     # Deleted between listing and stat: it is simply not part of this send.
-                    log.warning("%s disappeared while the folder was scanned; skipped", rel)
+                    self._warn(f"{rel} disappeared while the folder was scanned; skipped")
                     continue
                 except OSError as exc:
                     raise _cannot_read(entry.path, exc) from exc
@@ -210,10 +236,10 @@ class _Walker:
     def _visit(self, entry: os.DirEntry[str], rel: str) -> list[os.DirEntry[str]] | None:
         """Record `entry` (anything but a regular file); return a folder's entries to walk."""
         if entry.is_symlink():
-            log.warning("skipped %s: it is a symbolic link (only real files are sent)", rel)
+            self._warn(f"skipped {rel}: it is a symbolic link (only real files are sent)")
         elif entry.is_dir(follow_symlinks=False):
             if _is_junction(entry):
-                log.warning("skipped %s: it is a junction (only real folders are sent)", rel)
+                self._warn(f"skipped {rel}: it is a junction (only real folders are sent)")
             elif self._name_ok(rel):
                 # A folder with a bad name is reported once; its contents would only repeat
                 # the same complaint, and they get checked again once it is renamed.
@@ -221,7 +247,7 @@ class _Walker:
                 self._add_dir_name(rel)
                 return self._list(entry.path)
         else:
-            log.warning("skipped %s: it is not a regular file or folder", rel)
+            self._warn(f"skipped {rel}: it is not a regular file or folder")
         return None
 
 
@@ -250,11 +276,13 @@ def _check_thing(root: str, thing: str) -> str:
 
 
 class Watch:
-    """Calls `on_new` once, at the first file found that is not in `confirmed` as it is now.
+    """Calls `on_new` once, as soon as the scan knows there is something to send.
 
-    `confirmed` maps paths to (size, mtime_ns), as the client's state does: the send can start
-    connecting while the scan goes on (see `deliver.EarlyStart`). After a scan without bad
-    names, `fired` False means that the state confirms every file found.
+    `confirmed` maps paths to (size, mtime_ns), as the client's state does. `scan` first walks
+    the folder comparing each file with it (the quick pass); at the first file it does not
+    confirm, `on_new` is called (the send can start connecting meanwhile: see
+    `deliver.EarlyStart`) and a proper scan follows. `fired` stays False when every file was
+    confirmed: nothing is new.
     """
 
     def __init__(self, confirmed: Mapping[str, tuple[int, int]], on_new: Callable[[], None]):
@@ -274,8 +302,8 @@ def scan(
     """Scan `folder` (or only its `things` subfolders) into a sorted, name-checked `Plan`.
 
     Raises `NamesRejected` listing every bad name (including names that would collide on
-    Windows) and `LocalFileError` when the folder or a THING cannot be read. `watch` is told
-    about each file as it is found.
+    Windows) and `LocalFileError` when the folder or a THING cannot be read. With `watch`, a
+    folder whose every file the state confirms is scanned in one quick pass (see `Watch`).
     """
     root = os.path.abspath(os.fspath(folder))
     try:
@@ -284,17 +312,39 @@ def scan(
         raise _cannot_read(root, exc) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise LocalFileError(f"{root} is not a folder; nothing was sent")
+    names = sorted({_check_thing(root, t) for t in things})
 
-    walker = _Walker(watch)
+    if watch is not None:
+        quick = _Walker(watch.confirmed)
+        try:
+            _walk(quick, root, names)
+        except _Unconfirmed as stop:
+            # Something to send: the connection may start while the folder is scanned again,
+            # properly. (Not for a bad name: the proper scan words it, and nothing is sent.)
+            if not stop.bad_name:
+                watch.fire()
+        else:
+            for message in quick.warnings:
+                log.warning("%s", message)
+            return _plan(root, quick)
+
+    walker = _Walker()
+    _walk(walker, root, names)
+    if walker.problems:
+        raise NamesRejected(sorted(walker.problems, key=lambda p: path_key(p[0])))
+    return _plan(root, walker)
+
+
+def _walk(walker: _Walker, root: str, things: Sequence[str]) -> None:
     if things:
-        for name in sorted({_check_thing(root, t) for t in things}):
+        for name in things:
             walker.add_thing(name)
             walker.walk(os.path.join(root, name), name)
     else:
         walker.walk(root, "")
 
-    if walker.problems:
-        raise NamesRejected(sorted(walker.problems, key=lambda p: path_key(p[0])))
+
+def _plan(root: str, walker: _Walker) -> Plan:
     files, dirs = walker.files, walker.dirs
     # Folders that hold a file somewhere below them: the files' own folders and their parents
     # (worked out over the distinct folders, not once per file).

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dittohead.client.scan import NamesRejected, path_key, scan
+from dittohead.client.scan import NamesRejected, Watch, path_key, scan
 from dittohead.core.errors import LocalFileError, NameRejected
 from dittohead.core.names import check_path
 
@@ -180,3 +180,65 @@ def test_scan_finds_exactly_the_files_present(
     for f in plan.files:
         assert check_path(f.path) == f.path
         assert f.size == len(f.path.encode())
+
+
+# -- the quick pass of a send (scan with a Watch) -----------------------------------------------
+
+
+def _confirmed(root: Path) -> dict[str, tuple[int, int]]:
+    return {f.path: (f.size, f.mtime_ns) for f in scan(root).files}
+
+
+def test_a_folder_the_state_confirms_gives_the_same_plan_and_no_signal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_tree(tmp_path / "d", {"a/b.txt": b"b", "a/c/d.txt": b"dd", "top.csv": b""})
+    (root / "empty").mkdir()
+    (root / "link.txt").symlink_to(root / "top.csv")
+    fired: list[int] = []
+    watch = Watch(_confirmed(root), lambda: fired.append(1))
+    expected = scan(root)
+    with caplog.at_level(logging.WARNING, logger="dittohead.client.scan"):
+        caplog.clear()
+        plan = scan(root, watch=watch)
+    assert plan == expected
+    assert fired == [] and not watch.fired
+    assert sum("link.txt" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_first_unconfirmed_file_signals_once_and_the_plan_is_the_full_scan(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_tree(tmp_path / "d", {"a/b.txt": b"b", "m.txt": b"m", "z/y.txt": b"y"})
+    (root / "link.txt").symlink_to(root / "m.txt")
+    confirmed = _confirmed(root)
+    (root / "m.txt").write_bytes(b"changed")
+    fired: list[int] = []
+    watch = Watch(confirmed, lambda: fired.append(1))
+    expected = scan(root)
+    with caplog.at_level(logging.WARNING, logger="dittohead.client.scan"):
+        caplog.clear()
+        plan = scan(root, watch=watch)
+    assert plan == expected
+    assert fired == [1] and watch.fired
+    # said once, by the proper scan (the quick pass keeps its warnings when it stops)
+    assert sum("link.txt" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_bad_name_stops_the_quick_pass_without_a_signal(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "d", {"a|b.txt": b"", "ok.txt": b""})
+    fired: list[int] = []
+    with pytest.raises(NamesRejected, match=r"a\|b\.txt"):
+        scan(root, watch=Watch({}, lambda: fired.append(1)))
+    assert fired == []  # nothing can be sent: no reason to connect
+
+
+def test_twins_the_server_confirmed_long_ago_are_not_a_reason_to_refuse(tmp_path: Path) -> None:
+    # Sent apart (one was renamed in between) and both confirmed: nothing is sent, so nothing
+    # can collide; a proper scan would refuse them if either were sent again.
+    root = write_tree(tmp_path / "d", {"A.txt": b"1", "a.txt": b"2"})
+    confirmed = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir()}
+    plan = scan(root, watch=Watch(confirmed, lambda: None))
+    assert [f.path for f in plan.files] == ["A.txt", "a.txt"]
+    with pytest.raises(NamesRejected):
+        scan(root)

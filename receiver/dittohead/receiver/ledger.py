@@ -242,9 +242,11 @@ class Ledger:
             view.release()  # else the kept queue could not grow again after a failed flush
         self._pending = bytearray()
 
-    def close(self) -> None:
+    def close(self, *, flush: bool = True) -> None:
+        """Write what is queued (unless `flush` is False: then it is dropped) and close."""
         try:
-            self.flush()
+            if flush:
+                self.flush()
         finally:
             os.close(self._fd)
             os.close(self._dir_fd)

@@ -221,7 +221,17 @@ class StudyRun:
 
     def close(self) -> None:
         try:
-            self.ledger.close()
+            # Records still queued (a pass that failed while publishing) describe files in the
+            # tree: as in _publish, the tree is made durable before the ledger says so. If it
+            # cannot be, they are not written: the next run finds the files by inode.
+            flush = True
+            if self.ledger.queued_bytes:
+                try:
+                    fsops.syncfs(self.dest)
+                except OSError as exc:
+                    log.error("%s: the study tree could not be synced (%s)", self.name, exc)
+                    flush = False
+            self.ledger.close(flush=flush)
         except OutOfSpace as exc:
             # The records not written describe files the journal still lists: the next run
             # finds them again by inode and records them then.

@@ -25,14 +25,9 @@ from dittohead.receiver.admin.check_cmd import (
     check_units,
 )
 from dittohead.receiver.admin.init_cmd import init
-from tests.support.server import STUDY, Server, make_server
+from tests.support.server import STUDY, Server
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
 
 
 def mode(path: Path) -> int:

@@ -18,11 +18,6 @@ from tests.support.server import STUDY, Server, make_server
 DAY = 86400.0
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
-
-
 def run_sweep(server: Server, stale_after: float, now_ns: int) -> list[str]:
     study_fd = os.open(server.config.study_dir(STUDY), fsops.DIR_FLAGS)
     inbox_fd = os.open("inbox", fsops.DIR_FLAGS, dir_fd=study_fd)

@@ -16,12 +16,7 @@ from dittohead.receiver.admin.history_cmd import latest, verify
 from dittohead.receiver.ledger import check_chain, read_ledger
 from dittohead.receiver.processor import run_once
 from tests.support.invariants import ledger_of, tree_files
-from tests.support.server import STUDY, Server, make_server
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
+from tests.support.server import STUDY, Server
 
 
 def test_first_upload_is_stored_under_its_own_names(server: Server) -> None:

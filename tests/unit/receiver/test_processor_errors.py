@@ -17,7 +17,7 @@ from dittohead.receiver import fsops, publish
 from dittohead.receiver.ledger import Ledger
 from dittohead.receiver.processor import run_once
 from tests.support.invariants import ledger_of, tree_problems
-from tests.support.server import make_server
+from tests.support.server import Server, make_server
 
 # Two uploads' worth of folders that exist already in the tree after the first: the second
 # upload's files are published one by one (no folder moves whole), so a failure comes mid-way.
@@ -60,25 +60,32 @@ def _watch_writes(
     monkeypatch.setattr(Ledger, "flush", flush)
 
 
-def test_records_queued_before_a_failure_are_written_after_the_tree_is_synced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fail_mid_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, syncfs_fails: bool
+) -> tuple[Server, str, list[str]]:
+    """A pass whose third publish_file raises: (server, the failed upload, events seen)."""
     server = make_server(tmp_path)
     server.commit(FIRST)
     run_once(server.config)
     second = server.commit(SECOND)
     events: list[str] = []
     _fail_at(monkeypatch, 3, events)
-    _watch_writes(monkeypatch, events, syncfs_fails=False)
+    _watch_writes(monkeypatch, events, syncfs_fails=syncfs_fails)
     with pytest.raises(RuntimeError):
         run_once(server.config)
-    after = events[events.index("boom") + 1 :]
-    assert after == ["syncfs", "ledger write"]
+    monkeypatch.undo()
+    return server, second, events
+
+
+def test_records_queued_before_a_failure_are_written_after_the_tree_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, second, events = _fail_mid_publish(tmp_path, monkeypatch, syncfs_fails=False)
+    assert events[events.index("boom") + 1 :] == ["syncfs", "ledger write"]
     assert [r["path"] for r in ledger_of(server.destination) if r["upload"] == second] == [
         "s0/b.txt",
         "s1/b.txt",
     ]
-    monkeypatch.undo()
     run_once(server.config)  # the next run finishes the entry
     assert tree_problems(server.destination) == []
     assert len([r for r in ledger_of(server.destination) if r["upload"] == second]) == 4
@@ -87,18 +94,9 @@ def test_records_queued_before_a_failure_are_written_after_the_tree_is_synced(
 def test_when_the_tree_cannot_be_synced_the_queued_records_wait_for_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = make_server(tmp_path)
-    server.commit(FIRST)
-    run_once(server.config)
-    second = server.commit(SECOND)
-    events: list[str] = []
-    _fail_at(monkeypatch, 3, events)
-    _watch_writes(monkeypatch, events, syncfs_fails=True)
-    with pytest.raises(RuntimeError):
-        run_once(server.config)
+    server, second, events = _fail_mid_publish(tmp_path, monkeypatch, syncfs_fails=True)
     assert "ledger write" not in events[events.index("boom") :]
     assert [r for r in ledger_of(server.destination) if r["upload"] == second] == []
-    monkeypatch.undo()
     run_once(server.config)  # finds the two published files by inode, publishes the rest
     assert tree_problems(server.destination) == []
     records = [r for r in ledger_of(server.destination) if r["upload"] == second]

@@ -35,16 +35,8 @@ from tests.support.invariants import (
     tree_problems,
 )
 from tests.support.server import STUDY, Server, make_server
+from tests.unit.receiver.conftest import is_staging
 from tests.unit.receiver.test_processor_faults import run_processor
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
-
-
-def is_staging(fd: int) -> bool:
-    return "/.dittohead/staging/" in os.readlink(f"/proc/self/fd/{fd}")
 
 
 class Renames:

@@ -10,7 +10,7 @@ import errno
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,8 @@ from tests.support.invariants import (
     tree_files,
     tree_problems,
 )
-from tests.support.server import STUDY, Server, make_server
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
+from tests.support.server import STUDY, Server
+from tests.unit.receiver.conftest import is_staging
 
 
 def problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
@@ -43,10 +39,6 @@ def problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
             server.config.study_dir(STUDY), server.config.state_dir, server.destination
         )
     )
-
-
-def is_staging(fd: int) -> bool:
-    return "/.dittohead/staging/" in os.readlink(f"/proc/self/fd/{fd}")
 
 
 # -- out of space ---------------------------------------------------------------------------
@@ -107,6 +99,25 @@ def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
     assert problems(server, sent) == []
 
 
+def disk_full_at(
+    monkeypatch: pytest.MonkeyPatch, nth: int, which: Callable[[str], bool]
+) -> list[str]:
+    """Make the `nth` rename out of staging whose source `which` picks fail with ENOSPC (from
+    then on the disk is "full" for those); returns the sources tried, in order."""
+    real = fsops.renameat2
+    tried: list[str] = []
+
+    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
+        if is_staging(src_dir) and which(src):
+            tried.append(src)
+            if len(tried) >= nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
+
+    monkeypatch.setattr(fsops, "renameat2", full)
+    return tried
+
+
 def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -117,16 +128,7 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     name = server.commit(files)
     later = server.commit({"later.txt": b"later"})
     real = fsops.renameat2
-    moves = []
-
-    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
-        if is_staging(src_dir) and src.startswith("d/"):  # the files, not the try at "d"
-            moves.append(dst)
-            if len(moves) == 3:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
-        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
-
-    monkeypatch.setattr(fsops, "renameat2", full)
+    disk_full_at(monkeypatch, 3, lambda src: src.startswith("d/"))  # the files, not "d" itself
     with caplog.at_level(logging.ERROR):
         summary = run_once(server.config)
     assert summary.deferred == 1
@@ -153,16 +155,7 @@ def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     files = {"a/x.txt": b"x", "a/sub/y.txt": b"y", "b/z.txt": b"z", "c/w.txt": b"w", "t": b"t"}
     name = server.commit(files)
     real = fsops.renameat2
-    moves = []
-
-    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
-        if is_staging(src_dir):
-            moves.append(src)
-            if len(moves) == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
-        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
-
-    monkeypatch.setattr(fsops, "renameat2", full)
+    moves = disk_full_at(monkeypatch, 2, lambda src: True)
     with caplog.at_level(logging.ERROR):
         summary = run_once(server.config)
     assert summary.deferred == 1
@@ -186,13 +179,7 @@ def test_a_full_disk_after_folders_moved_whole_still_records_them(
     files = {"top.txt": b"t", "a/x.txt": b"x", "a/b/y.txt": b"y"}
     name = server.commit(files)
     real = fsops.renameat2
-
-    def full(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool = True) -> None:
-        if is_staging(src_dir) and src == "top.txt":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
-        real(src_dir, src, dst_dir, dst, noreplace=noreplace)
-
-    monkeypatch.setattr(fsops, "renameat2", full)
+    disk_full_at(monkeypatch, 1, lambda src: src == "top.txt")
     assert run_once(server.config).deferred == 1
     assert tree_files(server.destination) == {"a/x.txt": b"x", "a/b/y.txt": b"y"}
     assert tree_problems(server.destination) == []

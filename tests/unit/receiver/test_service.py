@@ -15,12 +15,7 @@ import pytest
 from dittohead.receiver import service
 from dittohead.receiver.processor import Hooks, KernelSettingError, Stopped, check_kernel, run_once
 from tests.support.invariants import ledger_of, tree_files
-from tests.support.server import Server, make_server
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
+from tests.support.server import Server
 
 
 def test_a_stop_between_files_is_finished_by_the_next_run(server: Server) -> None:

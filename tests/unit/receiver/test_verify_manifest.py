@@ -25,7 +25,7 @@ from dittohead.receiver.claim import EntryRejected
 from dittohead.receiver.processor import run_once
 from dittohead.receiver.verify import _copy_hashing, _parse_manifest
 from tests.support.invariants import ledger_of, tree_files
-from tests.support.server import STUDY, Server, make_server
+from tests.support.server import STUDY, Server
 
 _SHA = hashlib.sha256(b"abc").hexdigest()
 
@@ -151,11 +151,6 @@ def test_odd_json_is_judged_like_the_core_parser(data: bytes) -> None:
             _parse_manifest(data, 10)
     else:
         assert list(_parse_manifest(data, 10).values()) == core
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return make_server(tmp_path)
 
 
 def _listing(files: dict[str, bytes], extra: list[dict[str, Any]]) -> dict[str, Any]:

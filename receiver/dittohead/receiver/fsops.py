@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -226,6 +227,16 @@ def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> 
             return False
         raise OSError(err, f"sync_file_range: {os.strerror(err)}")
     return True
+
+
+def grow_pipe(fd: int, size: int) -> int | None:
+    """Ask for a pipe buffer of `size` bytes on `fd` (``F_SETPIPE_SZ``); the size the kernel
+    granted, or None where `fd` is no pipe or the request is refused (over
+    ``fs.pipe-max-size``, or the user's pipe-buffer quota): then the buffer stays as it was."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        return None
 
 
 def link_tmpfile(tmp_fd: int, dir_fd: int, name: str) -> None:

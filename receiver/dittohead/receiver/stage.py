@@ -62,6 +62,10 @@ WRITEBACK_TAIL_BYTES = 1024 * 1024
 #: real sshd, 20,000 files of 1-16 KiB, median 1.58 -> 1.43 s to the receipt (11 sends each)
 SYNC_AHEAD_BYTES = 16 * 1024 * 1024
 SYNC_AHEAD_FILES = 2000
+#: the pipe from sshd is grown to this (Linux's default limit for unprivileged users), so that
+#: sshd can run ahead while the receiver is busy with a file and each read takes more: over the
+#: real sshd, 10 sends each alternating, L median 2.64 -> 2.42 s, S 1.43 -> 1.25 s
+PIPE_BYTES = 1024 * 1024
 _RESERVED_KEY = fold(RESERVED_TOP)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -176,6 +180,7 @@ class Staging:
 
     def receive(self, fd: int = 0, *, bufsize: int = BUFFER_BYTES) -> Staged:
         """Create the entry and extract the tar stream on `fd` into it; verify the manifest."""
+        fsops.grow_pipe(fd, PIPE_BYTES)  # best effort: a file, or a refusal, reads as before
         with _umask(0):
             root = self._create()
             self._dirs = _Dirs(root)

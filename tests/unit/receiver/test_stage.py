@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -417,3 +418,22 @@ def test_an_error_of_the_background_syncfs_fails_the_upload(
         receive(fd, ts.upload(list(files.items())))
     assert caught.value.errno == errno.EIO
     assert os.listdir(path) == []  # nothing half-written stays
+
+
+def test_the_pipe_from_sshd_is_grown_and_a_file_is_read_as_it_is(
+    inbox: tuple[Path, int], tmp_path: Path
+) -> None:
+    path, fd = inbox
+    files = {"a.txt": b"a" * 3000}
+    read_fd, thread = _feed_pipe(ts.upload(list(files.items())), None)
+    st = Staging(fd, ts.SOURCE, LIMITS)
+    try:
+        staged = st.receive(read_fd)
+        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) == stage_mod.PIPE_BYTES
+    finally:
+        os.close(read_fd)
+        thread.join(5)
+        st.close()
+    check_entry(path, staged, files)
+    with (tmp_path / "plain").open("wb") as plain:
+        assert fsops.grow_pipe(plain.fileno(), stage_mod.PIPE_BYTES) is None  # not a pipe

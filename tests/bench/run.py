@@ -388,25 +388,30 @@ def one_run(
     b.reset_dittohead(state)
     subprocess.run(["sync"], check=False)
 
-    def dh() -> None:
-        seconds, client, receiver, receipt = b.dh_send(src, state)
-        assert receipt is not None and receipt["files"] == n_files, receipt
-        times["dh_send"].append(seconds)
+    def send(
+        key: str, files: int, *, with_state: Path = state, ssh: str | None = None
+    ) -> tuple[dict[str, Any], float, float]:
+        """One timed `dittohead send` of `src` that must report `files` files; peak RSS noted.
+        Returns (receipt, client CPU seconds, receiver CPU seconds)."""
+        seconds, client, receiver, receipt = b.dh_send(src, with_state, ssh=ssh)
+        assert receipt is not None and receipt["files"] == files, receipt
+        times[key].append(seconds)
         rss["client"] = max(rss["client"], client[0])
         rss["receiver"] = max(rss["receiver"], receiver[0])
-        cpu["client_send"].append(client[1])
-        cpu["receiver_send"].append(receiver[1])
+        return receipt, client[1], receiver[1]
+
+    def dh() -> None:
+        _, client_cpu, receiver_cpu = send("dh_send", n_files)
+        cpu["client_send"].append(client_cpu)
+        cpu["receiver_send"].append(receiver_cpu)
 
     def dh_builtin() -> None:
         # The same send through the client's built-in asyncssh (a PC without OpenSSH's ssh);
         # its entry is taken out of the inbox again so the processor step finds one upload.
         builtin_state = state.with_name(f"builtin-{state.name}")
-        seconds, client, receiver, receipt = b.dh_send(src, builtin_state, ssh="builtin")
-        assert receipt is not None and receipt["files"] == n_files, receipt
-        times["dh_send_builtin"].append(seconds)
-        rss["client"] = max(rss["client"], client[0])
-        rss["receiver"] = max(rss["receiver"], receiver[0])
-        cpu["client_send_builtin"].append(client[1])
+        receipt, client_cpu, _ = send("dh_send_builtin", n_files, with_state=builtin_state,
+                                      ssh="builtin")  # fmt: skip
+        cpu["client_send_builtin"].append(client_cpu)
         shutil.rmtree(b.dep.inbox / receipt["upload"])
         builtin_state.unlink()
 
@@ -440,9 +445,7 @@ def one_run(
 
     # Nothing changed: dittohead decides from its state file; rsync re-runs.
     def dh_none() -> None:
-        seconds, client, _, _ = b.dh_send(src, state)
-        times["dh_nochange"].append(seconds)
-        rss["client"] = max(rss["client"], client[0])
+        send("dh_nochange", 0)
 
     def rs_none() -> None:
         times["rsync_nochange"].append(b.rsync(src, rsync_dest))
@@ -453,11 +456,7 @@ def one_run(
     changed = change_one_percent(src, rng)
 
     def dh_some() -> None:
-        seconds, client, receiver, receipt = b.dh_send(src, state)
-        assert receipt is not None and receipt["files"] == changed, receipt
-        times["dh_change1"].append(seconds)
-        rss["client"] = max(rss["client"], client[0])
-        rss["receiver"] = max(rss["receiver"], receiver[0])
+        send("dh_change1", changed)
 
     def rs_some() -> None:
         times["rsync_change1"].append(b.rsync(src, rsync_dest))

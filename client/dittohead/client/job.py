@@ -20,6 +20,10 @@ from dittohead.core.errors import UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 
 DEFAULT_PORT = 22
+#: for both SSH clients (`send`'s asyncssh, `openssh`'s ssh): seconds until an unreachable
+#: server is reported, and between keepalives (a silently dead connection is noticed after ~3)
+CONNECT_TIMEOUT = 30
+KEEPALIVE_INTERVAL = 30
 
 #: Asked when a server is not known yet: (server "host:port", "SHA256:…", key type) → trust?
 TrustPrompt = Callable[[str, str, str], bool]

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from dittohead.client.job import Server, login_name
+from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
 from dittohead.client.pack import Pack
 from dittohead.client.reply import (
     Progress,
@@ -60,8 +60,6 @@ CIPHERS = (
     "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
     "aes128-ctr,aes192-ctr,aes256-ctr"
 )
-CONNECT_TIMEOUT = 30  # seconds, as for asyncssh (`send.CONNECT_TIMEOUT`)
-KEEPALIVE_INTERVAL = 30  # a silently dead connection is noticed after ~3 of these
 #: how much of ssh's stdout and stderr is kept (the receipt is one short line)
 _KEEP = 64 << 10
 

@@ -35,7 +35,16 @@ from asyncssh.encryption import get_default_encryption_algs
 
 from dittohead.client.deliver import run
 from dittohead.client.hostkeys import HostKeyPolicy
-from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
+from dittohead.client.job import (
+    CONNECT_TIMEOUT,
+    DEFAULT_PORT,
+    KEEPALIVE_INTERVAL,
+    Job,
+    Prompts,
+    Server,
+    login_name,
+    prepare,
+)
 from dittohead.client.login import LoginClient, connect_failure, load_identity
 from dittohead.client.pack import Pack
 from dittohead.client.reply import (
@@ -69,8 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 30.0  # seconds until an unreachable server is reported
-KEEPALIVE_INTERVAL = 30.0  # a silently dead connection is noticed after ~3 of these
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 

@@ -9,6 +9,7 @@ import os
 import pwd
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,27 @@ def test_an_outsider_is_refused_and_nothing_is_queued(sshd_deployment: Deploymen
     assert refused.returncode != 0
     line = one_error_line(refused.stderr)
     assert f"not an uploader for study '{dep.study}'" in line
+    assert os.listdir(dep.inbox) == []
+
+
+def test_a_connection_started_early_for_a_send_then_refused_leaves_nothing(
+    sshd_deployment: Deployment,
+) -> None:
+    """The client starts ssh at the first new file ("a.txt"); the scan then meets a name
+    Windows cannot store, and the client kills that ssh: the receiver on the server sees its
+    stream end without a manifest and must leave nothing behind, committed or staged."""
+    dep = sshd_deployment
+    folder = dep.base / "pc" / "early"
+    (folder / "z").mkdir(parents=True)
+    (folder / "a.txt").write_text("fine\n")
+    (folder / "z" / "con.txt").write_text("reserved on Windows\n")
+    sent = dep.send(dep.collector, folder, "-v")
+    assert sent.returncode != 0
+    assert "con.txt" in sent.stderr and "nothing was sent" in sent.stderr
+    assert "running " in sent.stderr  # the debug line of the ssh it started early
+    deadline = time.monotonic() + 10
+    while os.listdir(dep.inbox) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the receiver cleans up once it sees the stream end
     assert os.listdir(dep.inbox) == []
 
 

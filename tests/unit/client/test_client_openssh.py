@@ -8,6 +8,7 @@ stands in for it, and says so.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -310,3 +311,22 @@ def test_a_send_through_openssh_never_loads_asyncssh(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": 0, "asyncssh": False}, done.stderr
     assert carried_by(key_server) == ["OpenSSH"]
+
+
+def test_a_server_trusted_on_first_use_is_then_reached_through_openssh(
+    key_server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # First contact: no known-hosts file, so asyncssh asks (the collector says yes) and writes
+    # dittohead's own file; the next send finds the key there through OpenSSH.
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
+    argv = run_cli(key_server, folder, "--identity", str(identity))
+    assert cli.main(argv) == 0
+    assert "Trust this server" in capsys.readouterr().err
+    (folder / "eprime" / "s03.txt").write_bytes(b"three")
+    assert cli.main(argv) == 0
+    assert "Trust this server" not in capsys.readouterr().err
+    assert carried_by(key_server) == ["AsyncSSH", "OpenSSH"]

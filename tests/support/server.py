@@ -18,6 +18,7 @@ import yaml
 
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.config import Config, load_config
+from tests.support.invariants import dropbox_problems, sent_problems, tree_problems
 
 STUDY = "nccam3"
 
@@ -67,6 +68,17 @@ class Server:
         (meta / "manifest.json").write_bytes(data)
         os.rename(staging, self.inbox / name)
         return name
+
+    def problems(self, sent: dict[str, set[bytes]]) -> list[str]:
+        """Every invariant of tests.support.invariants for this study, in words (empty: all
+        hold): tree and ledger agree, every content `sent` is stored once, nothing half-done."""
+        return (
+            tree_problems(self.destination)
+            + sent_problems(self.destination, sent)
+            + dropbox_problems(
+                self.config.study_dir(STUDY), self.config.state_dir, self.destination
+            )
+        )
 
 
 def config_doc(

@@ -21,11 +21,8 @@ import pytest
 
 from dittohead.receiver.processor import CRASH_STEPS
 from tests.support.invariants import (
-    dropbox_problems,
     ledger_of,
-    sent_problems,
     tree_files,
-    tree_problems,
 )
 from tests.support.server import STUDY, Server, make_server
 
@@ -67,13 +64,7 @@ def run_processor(server: Server, crash: str | None = None, batch: int | None = 
 
 
 def all_problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
-    study_dir = server.config.study_dir(STUDY)
-    return (
-        tree_problems(server.destination)
-        + sent_problems(server.destination, sent)
-        + dropbox_problems(study_dir, server.config.state_dir, server.destination)
-        + [f"inbox still holds {p.name}" for p in server.inbox.iterdir()]
-    )
+    return server.problems(sent) + [f"inbox still holds {p.name}" for p in server.inbox.iterdir()]
 
 
 # Three honest entries of one uploader whose paths overlap (new versions and duplicates), and

@@ -28,7 +28,6 @@ from dittohead.receiver.processor import Hooks, Stopped, run_once
 from dittohead.receiver.publish import MovedFolders, TreeDirs, move_new_folders
 from dittohead.receiver.verify import StagedFile
 from tests.support.invariants import (
-    dropbox_problems,
     ledger_of,
     sent_problems,
     tree_files,
@@ -112,16 +111,6 @@ def fixity(server: Server) -> tuple[list[str], int]:
         os.close(fd)
 
 
-def all_problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
-    return (
-        tree_problems(server.destination)
-        + sent_problems(server.destination, sent)
-        + dropbox_problems(
-            server.config.study_dir(STUDY), server.config.state_dir, server.destination
-        )
-    )
-
-
 def sent_of(*uploads: dict[str, bytes]) -> dict[str, set[bytes]]:
     sent: dict[str, set[bytes]] = {}
     for files in uploads:
@@ -158,7 +147,7 @@ def test_new_folders_arrive_whole_with_one_rename_each(server: Server, renames: 
     records = ledger_of(dest)
     assert {r["path"]: r["stored_as"] for r in records} == {p: p for p in files}
     assert all(r["outcome"] == "stored" and r["upload"] == name for r in records)
-    assert all_problems(server, sent_of(files)) == []
+    assert server.problems(sent_of(files)) == []
     assert fixity(server) == ([], len(files))
 
 
@@ -243,7 +232,7 @@ def test_a_second_upload_with_new_content_goes_file_by_file(
         versioned = f"{stem}~2{dot}{ext}"
         expected[f"{head}/{versioned}" if head else versioned] = data
     assert tree_files(server.destination) == expected
-    assert all_problems(server, sent_of(first, second)) == []
+    assert server.problems(sent_of(first, second)) == []
 
 
 def test_a_second_upload_with_the_same_content_writes_nothing(
@@ -258,7 +247,7 @@ def test_a_second_upload_with_the_same_content_writes_nothing(
     assert (summary.stored, summary.duplicates) == (0, len(files))
     assert renames.calls == []
     assert tree_files(server.destination) == files
-    assert all_problems(server, sent_of(files)) == []
+    assert server.problems(sent_of(files)) == []
 
 
 def test_a_folder_with_a_duplicate_under_it_is_not_moved_whole(
@@ -389,7 +378,7 @@ def test_a_folder_already_in_the_tree_is_filled_file_by_file_and_new_subfolders_
     ]
     assert sorted(src for src, _, _ in renames.calls) == ["sub0/ses0/b.txt", "sub0/ses1", "sub1"]
     assert tree_files(server.destination) == files | {"sub0/ses0/a.txt": b"a"}
-    assert all_problems(server, sent_of({"sub0/ses0/a.txt": b"a"}, files)) == []
+    assert server.problems(sent_of({"sub0/ses0/a.txt": b"a"}, files)) == []
     assert fixity(server) == ([], 4)
 
 
@@ -424,7 +413,7 @@ def test_an_old_journal_with_flat_staged_names_still_replays(server: Server) -> 
     assert run_processor(server) == 0
     assert tree_files(server.destination) == files
     assert (server.destination / "sub0/empty").is_dir()
-    assert all_problems(server, sent_of(files)) == []
+    assert server.problems(sent_of(files)) == []
 
 
 MIXED_FIRST = {"old/ses0/a.txt": b"a", "old/ses0/b.txt": b"b"}
@@ -463,7 +452,7 @@ def test_a_kill_with_folders_moved_whole_and_file_by_file_is_finished_by_the_nex
     assert run_processor(server, batch=batch) == 0
     expected = MIXED_FIRST | MIXED
     assert tree_files(server.destination) == expected
-    assert all_problems(server, sent_of(MIXED_FIRST, MIXED)) == []
+    assert server.problems(sent_of(MIXED_FIRST, MIXED)) == []
     stored_as = {r["path"]: r["stored_as"] for r in ledger_of(server.destination)[2:]}
     assert stored_as == {p: p for p in MIXED}
     assert fixity(server) == ([], 8)
@@ -484,7 +473,7 @@ def test_a_kill_in_a_big_new_tree_is_finished_by_the_next_run(server: Server, cr
         assert (server.destination / f"sub{int(nth) - 1}").is_dir()
     assert run_processor(server, batch=1) == 0
     assert tree_files(server.destination) == files
-    assert all_problems(server, sent_of(files)) == []
+    assert server.problems(sent_of(files)) == []
     assert {r["path"]: r["stored_as"] for r in ledger_of(server.destination)} == {
         p: p for p in files
     }
@@ -512,7 +501,7 @@ def test_a_stop_between_files_of_moved_folders_is_finished_by_the_next_run(
     summary = run_once(server.config)
     assert summary.entries == 1
     assert tree_files(server.destination) == files
-    assert all_problems(server, sent_of(files)) == []
+    assert server.problems(sent_of(files)) == []
     assert fixity(server) == ([], len(files))
 
 

@@ -21,25 +21,12 @@ from dittohead.receiver.journal import Journal
 from dittohead.receiver.processor import run_once
 from dittohead.receiver.publish import _move_noreplace
 from tests.support.invariants import (
-    dropbox_problems,
     ledger_of,
-    sent_problems,
     tree_files,
     tree_problems,
 )
 from tests.support.server import STUDY, Server
 from tests.unit.receiver.conftest import is_staging
-
-
-def problems(server: Server, sent: dict[str, set[bytes]]) -> list[str]:
-    return (
-        tree_problems(server.destination)
-        + sent_problems(server.destination, sent)
-        + dropbox_problems(
-            server.config.study_dir(STUDY), server.config.state_dir, server.destination
-        )
-    )
-
 
 # -- out of space ---------------------------------------------------------------------------
 
@@ -96,7 +83,7 @@ def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
         "later.txt": b"committed after the big one",
     }
     sent = {"small.txt": {b"fits"}, "big.bin": {big}, "note.txt": {b"with it"}}
-    assert problems(server, sent) == []
+    assert server.problems(sent) == []
 
 
 def disk_full_at(
@@ -127,7 +114,6 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     (server.destination / "d").mkdir()
     name = server.commit(files)
     later = server.commit({"later.txt": b"later"})
-    real = fsops.renameat2
     disk_full_at(monkeypatch, 3, lambda src: src.startswith("d/"))  # the files, not "d" itself
     with caplog.at_level(logging.ERROR):
         summary = run_once(server.config)
@@ -140,11 +126,11 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     assert item is not None and item.step == "staged"
     assert (server.config.study_dir(STUDY) / "processing" / name).is_dir()
     assert (server.inbox / later).is_dir()
-    monkeypatch.setattr(fsops, "renameat2", real)
+    monkeypatch.undo()  # the disk has room again
     run_once(server.config)
     sent = {p: {d} for p, d in files.items()} | {"later.txt": {b"later"}}
     assert tree_files(server.destination) == {p: next(iter(d)) for p, d in sent.items()}
-    assert problems(server, sent) == []
+    assert server.problems(sent) == []
 
 
 def test_a_full_disk_while_moving_folders_whole_records_what_moved(
@@ -154,7 +140,6 @@ def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     rest waits, staged, for the next run, which finishes it exactly once."""
     files = {"a/x.txt": b"x", "a/sub/y.txt": b"y", "b/z.txt": b"z", "c/w.txt": b"w", "t": b"t"}
     name = server.commit(files)
-    real = fsops.renameat2
     moves = disk_full_at(monkeypatch, 2, lambda src: True)
     with caplog.at_level(logging.ERROR):
         summary = run_once(server.config)
@@ -165,10 +150,10 @@ def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     assert {r["stored_as"] for r in ledger_of(server.destination)} == {"a/x.txt", "a/sub/y.txt"}
     item = Journal(server.config.state_dir, STUDY).read(name)
     assert item is not None and item.step == "staged"
-    monkeypatch.setattr(fsops, "renameat2", real)
+    monkeypatch.undo()  # the disk has room again
     run_once(server.config)
     assert tree_files(server.destination) == files
-    assert problems(server, {p: {d} for p, d in files.items()}) == []
+    assert server.problems({p: {d} for p, d in files.items()}) == []
 
 
 def test_a_full_disk_after_folders_moved_whole_still_records_them(
@@ -178,16 +163,15 @@ def test_a_full_disk_after_folders_moved_whole_still_records_them(
     upload: the moved folder's files are recorded all the same."""
     files = {"top.txt": b"t", "a/x.txt": b"x", "a/b/y.txt": b"y"}
     name = server.commit(files)
-    real = fsops.renameat2
     disk_full_at(monkeypatch, 1, lambda src: src == "top.txt")
     assert run_once(server.config).deferred == 1
     assert tree_files(server.destination) == {"a/x.txt": b"x", "a/b/y.txt": b"y"}
     assert tree_problems(server.destination) == []
     assert Journal(server.config.state_dir, STUDY).read(name) is not None
-    monkeypatch.setattr(fsops, "renameat2", real)
+    monkeypatch.undo()  # the disk has room again
     run_once(server.config)
     assert tree_files(server.destination) == files
-    assert problems(server, {p: {d} for p, d in files.items()}) == []
+    assert server.problems({p: {d} for p, d in files.items()}) == []
 
 
 def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
@@ -214,7 +198,7 @@ def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
     assert Journal(server.config.state_dir, STUDY).read(name) is not None
     run_once(server.config)
     sent = {"a.txt": {b"a"}, "b.txt": {b"b"}}
-    assert problems(server, sent) == []
+    assert server.problems(sent) == []
     assert len(ledger_of(server.destination)) == 2
 
 
@@ -308,7 +292,7 @@ def test_fallback_end_to_end_keeps_every_version(server: Server, no_renameat2_fl
         "f~2.txt": b"v2",
     }
     sent = {"data.txt": {b"one", b"two"}, "f.txt": {b"v1", b"v2"}}
-    assert problems(server, sent) == []
+    assert server.problems(sent) == []
     assert all(os.stat(dest / name).st_nlink == 1 for name in tree_files(dest))
 
 
@@ -325,4 +309,4 @@ def test_fallback_publishes_new_folders_file_by_file(
     assert tree_files(dest) == files
     assert (dest / "a" / "empty").is_dir()
     assert all(os.stat(dest / p).st_nlink == 1 for p in files)
-    assert problems(server, {p: {d} for p, d in files.items()}) == []
+    assert server.problems({p: {d} for p, d in files.items()}) == []

@@ -25,12 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dittohead.client.job import DEFAULT_PORT, Job, Prompts, Server, login_name, prepare
+from dittohead.client.job import (
+    DEFAULT_PORT,
+    EarlyStart,
+    Job,
+    Prompts,
+    Server,
+    login_name,
+    prepare,
+)
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 
 if TYPE_CHECKING:
-    from dittohead.client.deliver import EarlyStart
     from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -177,34 +184,14 @@ class _ProgressLine:
 # -- the send command -------------------------------------------------------------------------
 
 
-class _Early:
-    """Starts the connection as soon as the scan finds something to send (`deliver.EarlyStart`,
-    loaded only then: a send with nothing new never imports the sending modules)."""
-
-    def __init__(self, server: Server, study: str, source: str) -> None:
-        self.server, self.study, self.source = server, study, source
-        self.start: EarlyStart | None = None
-
-    def __call__(self) -> None:
-        from dittohead.client.deliver import EarlyStart  # noqa: PLC0415 (deliberately lazy)
-
-        self.start = EarlyStart(self.server, UploadRequest(self.study, self.source))
-        self.start()
-
-    def close(self) -> None:
-        if self.start is not None:
-            self.start.close()
-
-
 def run(
-    job: Job, *, prompts: Prompts, progress: _ProgressLine | None, early: _Early | None = None
+    job: Job, *, prompts: Prompts, progress: _ProgressLine | None, early: EarlyStart | None = None
 ) -> Receipt:
     """Connect and send (`deliver.run`): loaded here, not when the CLI starts; asyncssh only
     when OpenSSH cannot carry the upload."""
     from dittohead.client.deliver import run as deliver  # noqa: PLC0415 (deliberately lazy)
 
-    start = early.start if early is not None else None
-    return deliver(job, prompts=prompts, progress=progress, early=start)
+    return deliver(job, prompts=prompts, progress=progress, early=early)
 
 
 def _server(args: argparse.Namespace) -> Server:
@@ -259,7 +246,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     check_study(args.study)
     check_source(args.source)
     server = _server(args)
-    early = None if args.dry_run else _Early(server, args.study, args.source)
+    request = UploadRequest(args.study, args.source)
+    early = None if args.dry_run else EarlyStart(server, request)
     try:
         return _send(args, server, early)
     finally:
@@ -267,7 +255,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             early.close()  # started but not used: the scan failed, say
 
 
-def _send(args: argparse.Namespace, server: Server, early: _Early | None) -> int:
+def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) -> int:
     job = prepare(
         server,
         study=args.study,

@@ -11,9 +11,10 @@ Two SSH clients can carry the upload; the stream, the receipt and the checks are
 A refusal by the server itself (``dittohead: …`` and its exit status) is final whichever client
 carried it: it is never retried the other way.
 
-`EarlyStart` starts ``ssh`` the moment the folder scan meets the first file the server has not
-confirmed, so that connecting, logging in and the receiver's start-up (~0.2 s on a LAN) overlap
-with the rest of the scan. A send with nothing new still connects to nothing.
+`job.EarlyStart` starts ``ssh`` (`start_ssh`) the moment the folder scan meets the first file
+the server has not confirmed, so that connecting, logging in and the receiver's start-up
+(~0.2 s on a LAN) overlap with the rest of the scan. A send with nothing new still connects to
+nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import logging
 
 from dittohead.client import openssh
-from dittohead.client.job import Job, Prompts, Server
+from dittohead.client.job import EarlyStart, Job, Prompts, Server
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Progress
 from dittohead.core.errors import LocalFileError
@@ -31,41 +32,9 @@ from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
 
-#: An ssh started early is used only if the stream begins within this many seconds; after a
-#: long scan it is replaced by a fresh one, far from the receiver's stall_timeout.
-EARLY_MAX_AGE = 10.0
 
-
-class EarlyStart:
-    """Starts ``ssh`` for one upload when called (once); `take` hands it to `run`."""
-
-    def __init__(self, server: Server, request: UploadRequest) -> None:
-        self.server = server
-        self.request = request
-        self.session: openssh.Session | None = None
-        self.fired = False
-
-    def __call__(self) -> None:
-        if self.fired:
-            return
-        self.fired = True
-        self.session = _start(self.server, self.request)
-
-    def take(self) -> openssh.Session | None:
-        session, self.session = self.session, None
-        if session is not None and session.age() > EARLY_MAX_AGE:
-            session.abandon()
-            return None
-        return session
-
-    def close(self) -> None:
-        """Stop an ssh that was started but not used (the scan failed, say)."""
-        if self.session is not None:
-            self.session.abandon()
-            self.session = None
-
-
-def _start(server: Server, request: UploadRequest) -> openssh.Session | None:
+def start_ssh(server: Server, request: UploadRequest) -> openssh.Session | None:
+    """OpenSSH's ssh running the upload's exec request, or None when it cannot be used."""
     program = openssh.program()
     if program is None:
         return None
@@ -84,9 +53,7 @@ def run(
     early: EarlyStart | None = None,
 ) -> Receipt:
     """Send what `job` selected and, once the receipt checks out, record it in the state."""
-    session = early.take() if early is not None else None
-    if session is None:
-        session = _start(job.server, job.request)
+    session = early.take() if early is not None else start_ssh(job.server, job.request)
     receipt = None
     if session is not None:
         try:

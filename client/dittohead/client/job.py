@@ -13,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
 from dittohead.core.errors import UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
+
+if TYPE_CHECKING:
+    from dittohead.client.openssh import Session
 
 DEFAULT_PORT = 22
 #: for both SSH clients (`send`'s asyncssh, `openssh`'s ssh): seconds until an unreachable
@@ -80,6 +84,49 @@ class Job:
             self.selected = self.state.select(self.scanned)
 
 
+#: An ssh started early is used only if the stream begins within this many seconds; after a
+#: long scan it is replaced by a fresh one, far from the receiver's stall_timeout.
+EARLY_MAX_AGE = 10.0
+
+
+class EarlyStart:
+    """Starts ``ssh`` for one upload when called (`prepare`'s `on_new`, at the scan's first new
+    file), so that connecting, logging in and the receiver's start-up overlap with the rest of
+    the scan; `deliver.run` takes it over. The sending modules are loaded only when it is
+    called: a send with nothing new never imports them."""
+
+    def __init__(self, server: Server, request: UploadRequest) -> None:
+        self.server = server
+        self.request = request
+        self.session: Session | None = None
+        self.tried = False
+
+    def __call__(self) -> None:
+        from dittohead.client.deliver import start_ssh  # noqa: PLC0415 (deliberately lazy)
+
+        self.tried = True
+        self.session = start_ssh(self.server, self.request)
+
+    def take(self) -> Session | None:
+        """The ssh for the upload: the one started early, or a new one when none was tried
+        yet or it waited too long (then it is stopped); None when OpenSSH cannot be used."""
+        session: Session | None
+        session, self.session = self.session, None
+        if session is not None and session.age() > EARLY_MAX_AGE:
+            session.abandon()
+            session, self.tried = None, False
+        if session is None and not self.tried:
+            self()
+            session, self.session = self.session, None
+        return session
+
+    def close(self) -> None:
+        """Stop an ssh that was started but not used (the scan failed, say)."""
+        if self.session is not None:
+            self.session.abandon()
+            self.session = None
+
+
 def prepare(
     server: Server,
     *,
@@ -93,7 +140,7 @@ def prepare(
     """Check the request, load the state and scan the folder; nothing touches the network.
 
     `on_new` is called (once) as soon as the scan finds a file the server has not confirmed,
-    while the scan goes on: the send can start connecting then (`deliver.EarlyStart`). It is
+    while the scan goes on: the send can start connecting then (`EarlyStart`). It is
     never called when there is nothing to send.
     """
     request = UploadRequest(check_study(study), check_source(source))

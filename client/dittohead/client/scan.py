@@ -281,7 +281,7 @@ class Watch:
     `confirmed` maps paths to (size, mtime_ns), as the client's state does. `scan` first walks
     the folder comparing each file with it (the quick pass); at the first file it does not
     confirm, `on_new` is called (the send can start connecting meanwhile: see
-    `deliver.EarlyStart`) and a proper scan follows. `fired` stays False when every file was
+    `job.EarlyStart`) and a proper scan follows. `fired` stays False when every file was
     confirmed: nothing is new.
     """
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dittohead.client import cli, deliver, openssh
+from dittohead.client import cli, job, openssh
 from dittohead.client.job import Server
 from dittohead.client.scan import Watch, scan
 from dittohead.client.state import user_known_hosts
@@ -280,7 +280,7 @@ def test_an_early_ssh_that_waited_too_long_is_replaced(
     started: list[openssh.Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(deliver, "EARLY_MAX_AGE", 0.0)
+    monkeypatch.setattr(job, "EARLY_MAX_AGE", 0.0)
     assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
     assert len(started) == 2
     assert started[0].proc.returncode is not None

@@ -29,7 +29,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -118,7 +118,8 @@ def test_socket_unit_matches_the_config_default() -> None:
 
 
 def load_config_default_socket() -> str:
-    return str(Config.model_fields["socket"].default)
+    (field,) = (f for f in fields(Config) if f.name == "socket")
+    return str(field.default)
 
 
 def test_sysusers_and_tmpfiles_make_accounts_and_folders(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from dittohead.receiver.admin.init_cmd import init
-from dittohead.receiver.config import Config, load_config
+from dittohead.receiver.config import Config, check_config
 from tests.support.invariants import dropbox_problems, sent_problems, tree_problems
 
 STUDY = "nccam3"
@@ -120,6 +120,6 @@ def make_server(base: Path, **limits: Any) -> Server:
     doc = config_doc(base, "root", {STUDY: (base / "study" / "raw", [group])}, **extra)
     path = base / "dittohead.yaml"
     write_config(path, doc)
-    config = load_config(path)
+    config = check_config(path)  # as `dittohead-admin init` does: writes the checked copy
     init(config)
     return Server(base, path, config)

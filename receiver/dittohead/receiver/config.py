@@ -1,30 +1,40 @@
-"""The server's one YAML configuration file, as frozen pydantic models.
+"""The server's one YAML configuration file, as frozen dataclasses checked by pydantic.
 
 Unknown keys are errors, and every error names the file and the field, so that an admin who
 mistypes ``uploaders`` hears about it at once instead of wondering why nobody may upload.
+
+The classes are plain dataclasses and pydantic is imported only to check a YAML file: the
+receiver starts on every upload, and pydantic's import and schema building (~0.09 s here) was
+most of its start-up. When the admin runs ``dittohead-admin check`` (or ``init``), the checked
+result is written next to the YAML as ``<name>.checked`` (JSON): it names the sha256 of the YAML
+it came from and of this module, and it is used only when both still match and it belongs to
+the YAML's owner and nobody else can write it. Otherwise the YAML is checked again, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
 import re
+import stat
 from pathlib import Path
-from typing import Annotated, Any
-
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from typing import Annotated, Any, ClassVar
 
 from dittohead.core.errors import ConfigError
 from dittohead.core.grammar import SOURCE_RE, STUDY_RE
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = Path("/etc/dittohead/dittohead.yaml")
+
+#: the checked copy of ``dittohead.yaml`` is ``dittohead.yaml.checked``
+CHECKED_SUFFIX = ".checked"
+#: what a checked copy starts with (a JSON document of this ``format``)
+CHECKED_FORMAT = "dittohead-config-checked-1"
 
 _UNITS = {
     "": 1,
@@ -54,90 +64,120 @@ def _parse_size(value: Any) -> Any:
     return value
 
 
-Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _study_names(value: dict[str, Any]) -> dict[str, Any]:
+    for name in value:
+        if not STUDY_RE.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a valid study name (lower-case letters, digits, '-', '_')"
+            )
+    return value
 
 
-class Limits(_Model):
+def _source_ids(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not SOURCE_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid station id")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What pydantic checks for one field, kept as ``Annotated`` metadata.
+
+    pydantic reads it through ``__get_pydantic_core_schema__`` (its protocol for types it does
+    not know), so this module needs pydantic only when a file is checked.
+    """
+
+    before: Any = None
+    after: Any = None
+    ge: float | None = None
+    gt: float | None = None
+    min_length: int | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic import Field  # noqa: PLC0415 (only when checking)
+        from pydantic_core import core_schema  # noqa: PLC0415 (only when checking)
+
+        bounds = Field(ge=self.ge, gt=self.gt, min_length=self.min_length)
+        schema = handler(Annotated[source, bounds])
+        if self.after is not None:
+            schema = core_schema.no_info_after_validator_function(self.after, schema)
+        if self.before is not None:
+            schema = core_schema.no_info_before_validator_function(self.before, schema)
+        return schema
+
+
+Size = Annotated[int, Rule(before=_parse_size, ge=0)]
+AbsolutePath = Annotated[Path, Rule(after=_absolute)]
+#: pydantic's settings for every class here: an unknown key is an error
+_STRICT_KEYS: dict[str, Any] = {"extra": "forbid"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
     """Caps on what one upload may bring (the receiver enforces; the processor re-checks)."""
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
     max_upload_bytes: Size = 1024**4
-    max_files: int = Field(default=1_000_000, ge=1)
+    max_files: Annotated[int, Rule(ge=1)] = 1_000_000
     max_file_bytes: Size = 256 * 1024**3
-    max_concurrent_uploads: int = Field(default=4, ge=1)
+    max_concurrent_uploads: Annotated[int, Rule(ge=1)] = 4
     #: seconds without a byte from the client before the receiver gives up
-    stall_timeout: float = Field(default=300.0, gt=0)
+    stall_timeout: Annotated[float, Rule(gt=0)] = 300.0
     #: keep this much free on the inbox's file system; refuse uploads that would eat it
     min_free_bytes: Size = 1024**3
     #: seconds a staging entry may sit without any change before the janitor moves it aside
-    stale_after: float = Field(default=86400.0, gt=0)
+    stale_after: Annotated[float, Rule(gt=0)] = 86400.0
 
-    @model_validator(mode="after")
-    def _stale_after_stall(self) -> Limits:
+    def __post_init__(self) -> None:
         # A live upload is cut off by the receiver after stall_timeout of silence; only then
         # may the janitor call its staging entry abandoned.
         if self.stale_after <= 2 * self.stall_timeout:
             raise ValueError("stale_after must be more than twice stall_timeout")
-        return self
 
 
-class Study(_Model):
-    destination: Path
-    uploaders: tuple[str, ...] = Field(min_length=1)
+@dataclasses.dataclass(frozen=True)
+class Study:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    destination: AbsolutePath
+    uploaders: Annotated[tuple[str, ...], Rule(min_length=1)]
     #: people told by mail about this study's uploads (used by the notifier)
     notify: tuple[str, ...] = ()
 
-    @field_validator("destination")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
+@dataclasses.dataclass(frozen=True)
+class ProcessorSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-class ProcessorSettings(_Model):
     #: seconds the socket-activated processor waits for more work before it exits
-    idle_timeout: float = Field(default=60.0, gt=0)
+    idle_timeout: Annotated[float, Rule(gt=0)] = 60.0
 
 
-class Config(_Model):
-    dropbox: Path
-    socket: Path = Path("/run/dittohead/processor.sock")
-    state_dir: Path = Path("/var/lib/dittohead")
+@dataclasses.dataclass(frozen=True)
+class Config:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    dropbox: AbsolutePath
+    socket: AbsolutePath = Path("/run/dittohead/processor.sock")
+    state_dir: AbsolutePath = Path("/var/lib/dittohead")
     #: the account the processor runs as, owner of everything it stores
     user: str = "dittohead"
-    sources: dict[str, str] = Field(default_factory=dict)
-    studies: dict[str, Study] = Field(default_factory=dict)
+    sources: Annotated[dict[str, str], Rule(after=_source_ids)] = dataclasses.field(
+        default_factory=dict
+    )
+    studies: Annotated[dict[str, Study], Rule(after=_study_names)] = dataclasses.field(
+        default_factory=dict
+    )
     limits: Limits = Limits()
     processor: ProcessorSettings = ProcessorSettings()
-
-    @field_validator("dropbox", "socket", "state_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
-
-    @field_validator("studies")
-    @classmethod
-    def _study_names(cls, value: dict[str, Study]) -> dict[str, Study]:
-        for name in value:
-            if not STUDY_RE.fullmatch(name):
-                raise ValueError(
-                    f"{name!r} is not a valid study name (lower-case letters, digits, '-', '_')"
-                )
-        return value
-
-    @field_validator("sources")
-    @classmethod
-    def _source_ids(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not SOURCE_RE.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid station id")
-        return value
 
     def study(self, name: str) -> Study:
         try:
@@ -156,36 +196,176 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+#: pydantic's error types, in the words an admin reads
+_WORDS = {
+    "extra_forbidden": "unknown key",
+    "unexpected_keyword_argument": "unknown key",
+    "missing": "required, but not given",
+    "missing_argument": "required, but not given",
+}
+
+
 def parse_config(data: Any, origin: str) -> Config:
+    """Check `data` (the YAML file's content) in full; raise `ConfigError` naming every problem."""
     if data is None:
         raise ConfigError(f"{origin}: the file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
+    from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415 (~0.09 s: only here)
+
     try:
-        return Config.model_validate(data)
+        return TypeAdapter(Config).validate_python(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{origin}: {_field(err['loc'])}: {message}")
+        problems = [
+            f"{origin}: {_field(err['loc'])}: {_WORDS.get(err['type'], err['msg'])}"
+            for err in exc.errors()
+        ]
         raise ConfigError("; ".join(problems)) from None
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate the YAML file at `path`; raise `ConfigError` naming file and field."""
-    path = Path(path)
+def checked_path(path: Path) -> Path:
+    """Where the checked copy of the YAML file at `path` lives."""
+    return path.with_name(path.name + CHECKED_SUFFIX)
+
+
+def _module_sha256() -> str:
+    # The checked copy holds this module's classes as JSON: a change to them (an upgrade)
+    # must not meet an old copy.
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} into the checked copy")
+
+
+def checked_copy(config: Config, yaml_bytes: bytes) -> bytes:
+    """The checked copy of `config`, the result of checking the YAML file `yaml_bytes`."""
+    doc = {
+        "format": CHECKED_FORMAT,
+        "yaml_sha256": hashlib.sha256(yaml_bytes).hexdigest(),
+        "module_sha256": _module_sha256(),
+        "config": dataclasses.asdict(config),
+    }
+    return json.dumps(doc, default=_plain, sort_keys=True, indent=1).encode("utf-8") + b"\n"
+
+
+def from_checked_copy(doc: dict[str, Any]) -> Config:
+    """The `Config` a checked copy's ``config`` holds (it was checked when it was written)."""
+    studies = {
+        name: Study(
+            destination=Path(study["destination"]),
+            uploaders=tuple(study["uploaders"]),
+            notify=tuple(study["notify"]),
+        )
+        for name, study in doc["studies"].items()
+    }
+    return Config(
+        dropbox=Path(doc["dropbox"]),
+        socket=Path(doc["socket"]),
+        state_dir=Path(doc["state_dir"]),
+        user=doc["user"],
+        sources=dict(doc["sources"]),
+        studies=studies,
+        limits=Limits(**doc["limits"]),
+        processor=ProcessorSettings(**doc["processor"]),
+    )
+
+
+def _read(path: Path) -> tuple[bytes, os.stat_result]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            return f.read(), os.fstat(f.fileno())
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from None
+
+
+def _use_checked_copy(path: Path, yaml_bytes: bytes, yaml_stat: os.stat_result) -> Config | None:
+    """The checked copy of `path` if it is trustworthy and current, else None (check the YAML)."""
+    copy = checked_path(path)
+    try:
+        fd = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # none written (yet): the usual case until the admin runs check
+    try:
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            # Whoever may write the copy decides what this program enforces: only the YAML's
+            # own owner may, and nobody else.
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != yaml_stat.st_uid:
+                log.debug("%s is not the YAML owner's regular file: not used", copy)
+                return None
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                log.debug("%s may be written by others: not used", copy)
+                return None
+            doc = json.loads(f.read())
+        if (
+            doc.get("format") != CHECKED_FORMAT
+            or doc.get("yaml_sha256") != hashlib.sha256(yaml_bytes).hexdigest()
+            or doc.get("module_sha256") != _module_sha256()
+        ):
+            log.debug("%s is out of date: the YAML is checked instead", copy)
+            return None
+        return from_checked_copy(doc["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.debug("%s cannot be used (%s): the YAML is checked instead", copy, exc)
+        return None
+
+
+def _check_yaml(path: Path, data: bytes) -> Config:
+    import yaml  # noqa: PLC0415 (not needed with a current checked copy)
+
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the file is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where}: not valid YAML") from None
-    return parse_config(data, str(path))
+    return parse_config(doc, str(path))
+
+
+def load_config(path: Path | str) -> Config:
+    """The configuration in the YAML file at `path`: from its current checked copy if there is
+    one, else read and checked in full; raise `ConfigError` naming file and field."""
+    path = Path(path)
+    data, st = _read(path)
+    return _use_checked_copy(path, data, st) or _check_yaml(path, data)
+
+
+def check_config(path: Path | str) -> Config:
+    """Read and check the YAML file at `path` in full, and write its checked copy next to it
+    when this process may (it runs as the file's owner). What ``dittohead-admin`` uses."""
+    path = Path(path)
+    data, st = _read(path)
+    config = _check_yaml(path, data)
+    if os.geteuid() == st.st_uid:
+        try:
+            write_checked_copy(checked_path(path), checked_copy(config, data))
+        except OSError as exc:
+            log.warning("could not write %s: %s", checked_path(path), exc.strerror)
+    return config
+
+
+def write_checked_copy(target: Path, data: bytes) -> None:
+    """Replace `target` with `data` atomically (a temporary file, fsync, rename), mode 0644."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

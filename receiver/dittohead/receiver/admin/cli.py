@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from dittohead.core.errors import DittoheadError
 from dittohead.receiver.admin import check_cmd, demo_cmd, history_cmd, init_cmd, sshd_cmd
-from dittohead.receiver.config import DEFAULT_CONFIG, Config, load_config
+from dittohead.receiver.config import DEFAULT_CONFIG, Config, check_config, load_config
 
 Handler = Callable[[Config, argparse.Namespace], int]
 
@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo_cmd.run(args)
-        config = load_config(args.config)
+        # init and check are what an admin runs after editing the YAML: they check it in full
+        # and (as its owner) write the checked copy the receiver and processor start from.
+        if args.command in ("init", "check"):
+            config = check_config(args.config)
+        else:
+            config = load_config(args.config)
         handler: Handler = args.handler
         return int(handler(config, args))
     except DittoheadError as exc:

@@ -20,7 +20,7 @@ import asyncssh
 
 log = logging.getLogger(__name__)
 
-_RECEIVER = "import sys; from dittohead.receiver.receive import main; sys.exit(main())"
+_RECEIVER = "from dittohead.receiver.receive import main; main()"
 
 
 class _Server(asyncssh.SSHServer):

@@ -218,13 +218,21 @@ def tamper(copy: Path, **changes: Any) -> None:
     copy.write_text(json.dumps(doc))
 
 
-def test_a_copy_from_other_code_or_another_format_is_not_used(tmp_path: Path) -> None:
+def forged(tmp_path: Path) -> tuple[Path, Path]:
+    """(the YAML, its checked copy), the copy current but naming another dropbox: which of the
+    two a load returns shows whether the copy was used."""
     path = write(tmp_path / "dittohead.yaml", EVERY_KEY)
     check_config(path)
     copy = checked_path(path)
+    doc = json.loads(copy.read_bytes())
+    doc["config"]["dropbox"] = "/srv/forged"
+    copy.write_text(json.dumps(doc))
+    return path, copy
+
+
+def test_a_copy_from_other_code_or_another_format_is_not_used(tmp_path: Path) -> None:
+    path, copy = forged(tmp_path)
     lying = json.loads(copy.read_bytes())
-    lying["config"]["dropbox"] = "/srv/forged"
-    copy.write_text(json.dumps(lying))
     # Written by the YAML's owner and current: trusted as it stands (that is the trust model).
     assert load_config(path).dropbox == Path("/srv/forged")
     tamper(copy, module_sha256="0" * 64)
@@ -238,12 +246,7 @@ def test_a_copy_from_other_code_or_another_format_is_not_used(tmp_path: Path) ->
 
 
 def test_a_copy_others_may_write_is_not_used(tmp_path: Path) -> None:
-    path = write(tmp_path / "dittohead.yaml", EVERY_KEY)
-    check_config(path)
-    copy = checked_path(path)
-    doc = json.loads(copy.read_bytes())
-    doc["config"]["dropbox"] = "/srv/forged"
-    copy.write_text(json.dumps(doc))
+    path, copy = forged(tmp_path)
     for mode in (0o664, 0o646):
         copy.chmod(mode)
         assert load_config(path).dropbox == Path("/srv/dropbox")
@@ -258,12 +261,7 @@ def test_a_copy_others_may_write_is_not_used(tmp_path: Path) -> None:
 def test_a_copy_of_another_owner_is_not_used_nor_written(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the files to another uid")
-    path = write(tmp_path / "dittohead.yaml", EVERY_KEY)
-    check_config(path)
-    copy = checked_path(path)
-    doc = json.loads(copy.read_bytes())
-    doc["config"]["dropbox"] = "/srv/forged"
-    copy.write_text(json.dumps(doc))
+    path, copy = forged(tmp_path)
     os.chown(copy, 7001, -1)
     assert load_config(path).dropbox == Path("/srv/dropbox")
     # The YAML's owner is someone else: check_config checks but writes no copy.

@@ -345,19 +345,22 @@ def check_config(path: Path | str) -> Config:
     config = _check_yaml(path, data)
     if os.geteuid() == st.st_uid:
         try:
-            write_checked_copy(checked_path(path), checked_copy(config, data))
+            write_checked_copy(checked_path(path), checked_copy(config, data), like=st)
         except OSError as exc:
             log.warning("could not write %s: %s", checked_path(path), exc.strerror)
     return config
 
 
-def write_checked_copy(target: Path, data: bytes) -> None:
-    """Replace `target` with `data` atomically (a temporary file, fsync, rename), mode 0644."""
+def write_checked_copy(target: Path, data: bytes, *, like: os.stat_result) -> None:
+    """Replace `target` with `data` atomically (a temporary file, fsync, rename), readable by
+    whoever may read the YAML file whose status is `like` (its group and read bits), and
+    writable by its owner alone."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.fchmod(fd, 0o644)
+            os.fchown(fd, -1, like.st_gid)
+            os.fchmod(fd, stat.S_IMODE(like.st_mode) & 0o644 | stat.S_IWUSR)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

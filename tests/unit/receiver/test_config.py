@@ -176,6 +176,12 @@ def test_check_writes_a_copy_that_loads_the_same(tmp_path: Path) -> None:
     copy = checked_path(path)
     assert copy == tmp_path / "dittohead.yaml.checked"
     assert copy.stat().st_mode & 0o777 == 0o644
+    # As readable as the YAML, no more: an admin who closed it to others closes the copy too.
+    path.chmod(0o640)
+    check_config(path)
+    assert copy.stat().st_mode & 0o777 == 0o640
+    assert copy.stat().st_gid == path.stat().st_gid
+    path.chmod(0o644)
     assert cfg._use_checked_copy(path, path.read_bytes(), path.stat()) == EXPECTED
     assert load_config(path) == EXPECTED
     # no temporary file left behind
@@ -264,6 +270,13 @@ def test_a_copy_of_another_owner_is_not_used_nor_written(tmp_path: Path) -> None
     path, copy = forged(tmp_path)
     os.chown(copy, 7001, -1)
     assert load_config(path).dropbox == Path("/srv/dropbox")
+    # The copy takes the YAML's group (say, the one whose members may read it).
+    copy.unlink()
+    os.chown(path, -1, 7002)
+    path.chmod(0o640)
+    check_config(path)
+    assert (copy.stat().st_gid, copy.stat().st_mode & 0o777) == (7002, 0o640)
+    assert load_config(path) == EXPECTED
     # The YAML's owner is someone else: check_config checks but writes no copy.
     copy.unlink()
     os.chown(path, 7001, -1)

@@ -26,7 +26,7 @@ import yaml
 
 from dittohead.receiver.admin.history_cmd import latest
 from dittohead.receiver.admin.init_cmd import init
-from dittohead.receiver.config import Config, load_config
+from dittohead.receiver.config import Config, check_config
 from dittohead.receiver.ledger import read_ledger
 from dittohead.receiver.localserver import LocalServer
 from dittohead.receiver.processor import run_once
@@ -89,7 +89,7 @@ def _write_config(base: Path) -> Config:
     }
     path = base / "dittohead.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return load_config(path)
+    return check_config(path)  # as `dittohead-admin init` would: writes the checked copy
 
 
 def _send(base: Path, port: int, folder: Path, step: str) -> None:

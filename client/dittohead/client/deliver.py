@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from dittohead.client import openssh
 from dittohead.client.job import EarlyStart, Job, Prompts, Server
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Progress
+from dittohead.client.state import Staged
 from dittohead.core.errors import LocalFileError
 from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
@@ -45,6 +47,46 @@ def start_ssh(server: Server, request: UploadRequest) -> openssh.Session | None:
         return None
 
 
+class _Record:
+    """The state update for one send, written while the receiver checks the upload.
+
+    Once the stream is complete the client has nothing to do until the receipt arrives, and the
+    receiver needs tens of milliseconds (checking, syncing, committing): the new state file is
+    built and synced then (`State.stage`), and only the rename waits for a good receipt. Without
+    one the temporary file is removed and the previous state stays exactly as it was.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.staged: Staged | None = None
+        self.failed: LocalFileError | None = None
+
+    def stage(self) -> None:
+        """The transports call this once the whole stream is written (again after a retry)."""
+        if self.staged is None and self.failed is None:
+            try:
+                self.staged = self.job.state.stage(self.job.selected.files)
+            except LocalFileError as exc:
+                self.failed = exc
+
+    def commit(self) -> None:
+        self.stage()
+        try:
+            if self.failed is not None:
+                raise self.failed
+            assert self.staged is not None
+            staged, self.staged = self.staged, None
+            staged.commit()
+        except LocalFileError as exc:
+            # The server has the files; failing now would make the collector think otherwise.
+            log.warning("%s", exc.message)
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+            self.staged = None
+
+
 def run(
     job: Job,
     *,
@@ -53,23 +95,32 @@ def run(
     early: EarlyStart | None = None,
 ) -> Receipt:
     """Send what `job` selected and, once the receipt checks out, record it in the state."""
+    record = _Record(job)
+    try:
+        receipt = _carry(job, prompts, progress, early, record.stage)
+        record.commit()
+    finally:
+        record.discard()  # no valid receipt (or an interrupt): the state stays as it was
+    return receipt
+
+
+def _carry(
+    job: Job,
+    prompts: Prompts | None,
+    progress: Progress | None,
+    early: EarlyStart | None,
+    streamed: Callable[[], None],
+) -> Receipt:
+    """The checked receipt, through OpenSSH when it can, else through asyncssh."""
     session = early.take() if early is not None else start_ssh(job.server, job.request)
-    receipt = None
     if session is not None:
         try:
-            receipt = session.upload(Pack(job.selected), progress=progress)
+            return session.upload(Pack(job.selected), progress=progress, streamed=streamed)
         except openssh.Unusable as exc:
             log.info("OpenSSH did not send (%s); sending with dittohead's own SSH client", exc)
-    if receipt is None:
-        from dittohead.client.send import upload  # noqa: PLC0415 (asyncssh only when needed)
+    from dittohead.client.send import upload  # noqa: PLC0415 (asyncssh only when needed)
 
-        pack = Pack(job.selected)
-        receipt = asyncio.run(
-            upload(job.server, job.request, pack, prompts=prompts, progress=progress)
-        )
-    try:
-        job.state.record(job.selected.files)
-    except LocalFileError as exc:
-        # The server has the files; failing now would make the collector think otherwise.
-        log.warning("%s", exc.message)
-    return receipt
+    pack = Pack(job.selected)
+    return asyncio.run(
+        upload(job.server, job.request, pack, prompts=prompts, progress=progress, streamed=streamed)
+    )

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
@@ -209,8 +210,17 @@ class Session:
                 pipe.close()
         return status
 
-    def upload(self, pack: Pack, *, progress: Progress | None = None) -> Receipt:
+    def upload(
+        self,
+        pack: Pack,
+        *,
+        progress: Progress | None = None,
+        streamed: Callable[[], None] | None = None,
+    ) -> Receipt:
         """Send `pack` and return the server's checked receipt.
+
+        `streamed` is called once the whole stream is in ssh's hands, while the receiver checks
+        it (the client's own work that may come before the receipt: see `deliver`).
 
         Raises `Unusable` when ssh could not carry the upload (the caller then uses asyncssh),
         the server's refusal in its own words, or `LocalFileError` when a file changed while it
@@ -219,13 +229,19 @@ class Session:
         """
         assert self.proc.stdin is not None
         try:
-            _stream(self.proc.stdin.fileno(), pack, progress)
+            complete = _stream(self.proc.stdin.fileno(), pack, progress)
             self.proc.stdin.close()
         except BaseException:
             # A local file changed (LocalFileError), Ctrl-C, anything: end ssh without sending
             # the rest, so that the receiver sees an incomplete upload and stores nothing.
             self.abandon()
             raise
+        if complete and streamed is not None:
+            try:
+                streamed()
+            except BaseException:
+                self.abandon()  # Ctrl-C before the receipt: no ssh is left behind
+                raise
         status = self._finish()
         stdout, stderr = bytes(self.drains[0].data), bytes(self.drains[1].data)
         host = self.server.host
@@ -242,8 +258,8 @@ class Session:
         return receipt
 
 
-def _stream(fd: int, pack: Pack, progress: Progress | None) -> None:
-    """Write the whole pack into ssh's stdin; stop quietly when ssh stops reading.
+def _stream(fd: int, pack: Pack, progress: Progress | None) -> bool:
+    """Write the whole pack into ssh's stdin (True); stop quietly when ssh stops reading.
 
     When the server refuses early (say, the collector may not upload to this study) the
     receiver exits, ssh follows and the pipe breaks: its exit status and the server's words,
@@ -257,6 +273,7 @@ def _stream(fd: int, pack: Pack, progress: Progress | None) -> None:
                 view = view[os.write(fd, view) :]
         except OSError as exc:  # EPIPE; EINVAL on Windows
             log.debug("ssh stopped reading: %s", exc)
-            return
+            return False
         if progress is not None:
             progress(pack.bytes_done, pack.total_bytes)
+    return True

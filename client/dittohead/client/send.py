@@ -26,7 +26,7 @@ Only the CLI prints: prompts go through the callables in `Prompts`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ async def _stream(
             if progress is not None:
                 progress(pack.bytes_done, pack.total_bytes)
         process.stdin.write_eof()
+        # Until the last byte is out: the caller may then block the loop (`streamed`).
+        process.channel.set_write_buffer_limits(0, 0)
+        await process.stdin.drain()
     except (OSError, asyncssh.Error) as exc:
         return exc  # the server stopped reading; its exit status says why
     return None
@@ -112,8 +115,13 @@ async def upload(
     *,
     prompts: Prompts | None = None,
     progress: Progress | None = None,
+    streamed: Callable[[], None] | None = None,
 ) -> Receipt:
-    """Send `pack` as one upload and return the server's checked receipt."""
+    """Send `pack` as one upload and return the server's checked receipt.
+
+    `streamed` is called once the whole stream has been handed to the connection, while the
+    receiver checks it (the client's own work that may come before the receipt: `deliver`).
+    """
     prompts = prompts or Prompts()
     user = server.user or login_name()
     policy = HostKeyPolicy(server.host, server.port, pinned=server.known_hosts, ask=prompts.trust)
@@ -139,7 +147,9 @@ async def upload(
     except (OSError, asyncssh.Error) as exc:
         raise connect_failure(exc, server.host, server.port, user, client) from exc
     try:
-        return await _session(conn, server, user, request, pack=pack, progress=progress)
+        return await _session(
+            conn, server, user, request, pack=pack, progress=progress, streamed=streamed
+        )
     finally:
         conn.close()
         await conn.wait_closed()
@@ -153,6 +163,7 @@ async def _session(
     *,
     pack: Pack,
     progress: Progress | None,
+    streamed: Callable[[], None] | None,
 ) -> Receipt:
     log.info(
         "connected to %s as %s (cipher %s)",
@@ -173,6 +184,8 @@ async def _session(
         # sees an incomplete upload and stores nothing.
         process.close()
         raise
+    if stopped is None and streamed is not None:
+        streamed()  # blocks the loop, which has only the receipt to wait for
     try:
         done = await process.wait()
     except (OSError, asyncssh.Error) as exc:

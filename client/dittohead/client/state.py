@@ -5,10 +5,12 @@ One small JSON file per (server, port, study, source):
     {"version": 1, "server": "host:port", "study": "...", "source": "...",
      "files": {"eprime/s01.txt": [size, mtime_ns], ...}}
 
-It is written only after the server's receipt has been checked, and atomically (temporary
+It is replaced only after the server's receipt has been checked, and atomically (temporary
 file in the same folder, fsync, `os.replace`): a crash or a failed send leaves the previous
 state in place, which at worst makes the next send repeat some files (the server keeps a
-single copy of identical content), never skip one.
+single copy of identical content), never skip one. The temporary file is written while the
+receiver checks the upload (`State.stage`, see `deliver`); only the rename waits for the
+receipt (`Staged.commit`), and without a good receipt the temporary file is removed.
 
 Selection is by exact (size, mtime_ns) match against the state only. The tool dittohead
 replaces picked files "newer than the last run" and so lost every file copied in with an old
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,22 +96,29 @@ class State:
         )
 
     def to_json(self) -> bytes:
+        # The files in the order they were merged (the previous state's, then the new ones):
+        # sorting and turning each tuple into a list cost twice the encoding itself, and the C
+        # encoder writes a tuple as a JSON array.
         doc = {
             "version": STATE_VERSION,
             "server": self.server,
             "study": self.study,
             "source": self.source,
-            "files": {path: [size, mtime] for path, (size, mtime) in sorted(self.files.items())},
+            "files": self.files,
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def record(self, sent: Iterable[FileItem]) -> None:
-        """Remember `sent` as confirmed and save the state (call only after a valid receipt).
+    def stage(self, sent: Iterable[FileItem]) -> Staged:
+        """Write the state that confirms `sent` beside the current one, without replacing it.
 
-        The file is read again first so that a send that finished meanwhile (another window,
-        another THING) keeps its confirmations; this is only a narrowing of the race, and the
-        worst case of losing it is a repeated send, never a skipped one.
+        Everything but the rename, so that it can happen while the receiver checks the upload;
+        `Staged.commit` (only after a valid receipt) puts it in place, `Staged.discard` drops it.
+        The state file is read again first so that a send that finished meanwhile (another
+        window, another THING) keeps its confirmations; should it change again before the
+        commit, the commit reads it once more (see `Staged.commit`).
         """
+        sent = tuple(sent)
+        before = _signature(self.path)
         try:
             current = _read(self.path, self.server, self.study, self.source)
         except (UsageError, LocalFileError):
@@ -116,14 +126,100 @@ class State:
         merged = dict(self.files)
         merged.update(current)
         merged.update((f.path, (f.size, f.mtime_ns)) for f in sent)
-        self.files = merged
+        data = State(self.path, self.server, self.study, self.source, merged).to_json()
         try:
-            write_atomic(self.path, self.to_json())
+            tmp = _write_temp(self.path, data)
         except OSError as exc:
-            raise LocalFileError(
-                f"the server stored the files, but dittohead could not remember that in "
-                f"{describe_os_error(exc)}; the next send will repeat them"
-            ) from exc
+            raise _not_remembered(exc) from exc
+        _sweep(self.path)
+        return Staged(self, sent, merged, tmp, before)
+
+    def record(self, sent: Iterable[FileItem]) -> None:
+        """Remember `sent` as confirmed and save the state (call only after a valid receipt)."""
+        self.stage(sent).commit()
+
+
+class Staged:
+    """A new state file written beside the old one (`State.stage`), waiting for the receipt."""
+
+    def __init__(
+        self,
+        state: State,
+        sent: tuple[FileItem, ...],
+        files: dict[str, tuple[int, int]],
+        tmp: str,
+        before: tuple[int, int, int] | None,
+    ) -> None:
+        self.state = state
+        self.sent = sent
+        self.files = files
+        self.tmp: str | None = tmp
+        self.before = before
+
+    def commit(self) -> None:
+        """The receipt checked out: the new state replaces the old one.
+
+        Raises `LocalFileError` when it cannot (the temporary file is removed then).
+        """
+        if self.tmp is None:
+            raise RuntimeError("this state was committed or discarded already")
+        if _signature(self.state.path) != self.before:
+            # Another send recorded something since the stage: merge again from its file,
+            # as a state written all at once after the receipt would have.
+            self.discard()
+            self.state.stage(self.sent).commit()
+            return
+        try:
+            os.replace(self.tmp, self.state.path)
+        except OSError as exc:
+            self.discard()
+            raise _not_remembered(exc) from exc
+        self.tmp = None
+        self.state.files = self.files
+        _fsync_dir(self.state.path.parent)
+
+    def discard(self) -> None:
+        """No valid receipt: the state file stays as it was; the temporary file goes."""
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            self.tmp = None
+
+
+def _not_remembered(exc: OSError) -> LocalFileError:
+    return LocalFileError(
+        f"the server stored the files, but dittohead could not remember that in "
+        f"{describe_os_error(exc)}; the next send will repeat them"
+    )
+
+
+#: a temporary state file this old was left by a send that was killed while it waited for
+#: its receipt (a window closed, say); a send that is still waiting is younger
+_STALE_TMP = 24 * 3600
+
+
+def _sweep(path: Path) -> None:
+    """Remove temporary files of `path` that a killed send left behind."""
+    prefix = f".{path.name}."
+    limit = time.time() - _STALE_TMP
+    try:
+        with os.scandir(path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            os.unlink(entry.path)
+    except OSError:
+        pass  # only tidying
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of the state file from another (None: there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _parse(data: bytes) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
@@ -187,6 +283,18 @@ def load_state(path: Path | None, *, host: str, port: int, study: str, source: s
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """A synced temporary file holding `data` in `path`'s folder (so a rename is atomic)."""
     # Imported here: only a send that went through writes the state, and tempfile costs a few
     # milliseconds of start-up that a send with nothing new would pay for nothing.
     import tempfile  # noqa: PLC0415
@@ -199,12 +307,11 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    return tmp
 
 
 def _fsync_dir(folder: Path) -> None:

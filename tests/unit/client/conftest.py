@@ -84,6 +84,10 @@ class FakeReceiver:
     connections: list[dict[str, Any]] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
     finished: threading.Event = field(default_factory=threading.Event)
+    #: polled (up to 5 s) after the whole stream was read, before answering: a test's
+    #: condition on what the client does while it waits for the receipt; True if it was met
+    hold: Callable[[], bool] | None = None
+    held: list[bool] = field(default_factory=list)
 
     host = "127.0.0.1"
 
@@ -125,6 +129,14 @@ class FakeReceiver:
             process.stderr.write(f"login noise\n{line}\n".encode())
             process.exit(self.fail_status)
             return
+        if self.hold is not None:
+            for _ in range(500):
+                if self.hold():
+                    self.held.append(True)
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                self.held.append(False)
         request = parse_command(command)
         manifest = parse_manifest(upload.manifest)
         receipt = Receipt(

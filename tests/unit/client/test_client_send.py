@@ -24,7 +24,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import cli, login, send
+from dittohead.client import cli, deliver, login, send
 from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
 from dittohead.client.state import default_state_path, user_known_hosts
@@ -529,6 +529,72 @@ def test_a_lying_receipt_is_refused_and_nothing_is_recorded(
     assert "does not match what was sent" in err
     assert state_file(server).read_bytes() == before
     assert len(server.uploads) == 1  # it was sent, but not confirmed
+
+
+def _state_folder(server: FakeReceiver) -> dict[str, bytes]:
+    """Every file in the state's folder with its content (temporary files included)."""
+    folder = state_file(server).parent
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("mode", ["lie", "fail"])
+def test_no_valid_receipt_leaves_the_state_folder_as_it_was(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    # The new state is written while the receiver checks the upload: without a valid receipt
+    # it must vanish again, leaving the old state file and no temporary file.
+    server = make_server(authorized={USER: [client_key.convert_to_public()]}, mode=mode)
+    _prepare_state(server, folder)
+    before = _state_folder(server)
+    assert cli.main(keyed(server, folder, identity, tmp_path)) != 0
+    assert _state_folder(server) == before
+
+
+def test_an_interrupt_while_waiting_for_the_receipt_leaves_the_state_as_it_was(
+    key_server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _prepare_state(key_server, folder)
+    before = _state_folder(key_server)
+    real_stage = deliver._Record.stage
+
+    def stage_then_ctrl_c(self: deliver._Record) -> None:
+        real_stage(self)
+        assert self.staged is not None  # the temporary file exists now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deliver._Record, "stage", stage_then_ctrl_c)
+    assert cli.main(keyed(key_server, folder, identity, tmp_path)) == cli.EX_INTERRUPTED
+    assert _state_folder(key_server) == before
+
+
+def test_the_state_is_written_while_the_receipt_is_awaited_and_records_what_was_sent(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+) -> None:
+    server = make_server(authorized={USER: [client_key.convert_to_public()]})
+    _prepare_state(server, folder)
+    state_folder = state_file(server).parent
+    # The receiver answers only once the client's temporary state file is there.
+    server.hold = lambda: any(p.name.endswith(".tmp") for p in state_folder.iterdir())
+    assert cli.main(keyed(server, folder, identity, tmp_path)) == 0
+    assert server.held == [True]
+    assert sorted(p.name for p in state_folder.iterdir()) == [state_file(server).name]
+    recorded = json.loads(state_file(server).read_text())["files"]
+    scanned = {f.path: [f.size, f.mtime_ns] for f in scan(folder).files}
+    assert recorded == scanned  # the one confirmed before and the two sent now, exactly
+    assert set(server.uploads[0].files) == set(FILES) - {"biopac/r.acq"}
 
 
 def test_a_file_changing_during_the_send_stores_nothing(

@@ -19,7 +19,7 @@ from dittohead.client.state import (
     state_dir,
     write_atomic,
 )
-from dittohead.core.errors import UsageError
+from dittohead.core.errors import LocalFileError, UsageError
 
 from .conftest import write_tree
 
@@ -202,3 +202,88 @@ def test_atomic_write_replaces_and_syncs(tmp_path: Path, monkeypatch: pytest.Mon
     write_atomic(path, b"new")
     assert path.read_bytes() == b"new"
     assert calls[:2] == ["fsync", "replace"]  # data synced before it replaces the old file
+
+
+# -- staged while the receipt is awaited, committed after it ---------------------------------
+
+
+def _folder(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.parent.iterdir()}
+
+
+def test_a_staged_state_changes_nothing_until_it_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "st" / "s.json"
+    _load(path).record([FileItem("old", 1, 1)])
+    before = _folder(path)
+    state = _load(path)
+    staged = state.stage([FileItem("a", 2, 2), FileItem("b", 3, 3)])
+    assert path.read_bytes() == before["s.json"]
+    assert state.files == {"old": (1, 1)}
+    staged.commit()
+    assert _load(path).files == state.files == {"old": (1, 1), "a": (2, 2), "b": (3, 3)}
+    assert os.listdir(path.parent) == ["s.json"]
+    with pytest.raises(RuntimeError):
+        staged.commit()
+
+
+def test_a_discarded_state_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "st" / "s.json"
+    _load(path).record([FileItem("old", 1, 1)])
+    before = _folder(path)
+    staged = _load(path).stage([FileItem("a", 2, 2)])
+    assert len(_folder(path)) == 2  # the temporary file, beside the state
+    staged.discard()
+    staged.discard()
+    assert _folder(path) == before
+
+
+def test_a_send_recorded_between_stage_and_commit_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "st" / "s.json"
+    first, second = _load(path), _load(path)
+    staged = first.stage([FileItem("a", 1, 1)])
+    second.record([FileItem("b", 2, 2)])  # another window, done while `first` waited
+    staged.commit()
+    assert _load(path).files == {"a": (1, 1), "b": (2, 2)}
+    assert os.listdir(path.parent) == ["s.json"]
+
+
+def test_staging_reads_the_sent_files_once(tmp_path: Path) -> None:
+    path = tmp_path / "st" / "s.json"
+    staged = _load(path).stage(iter([FileItem("a", 1, 1)]))
+    _load(path).record([FileItem("b", 2, 2)])
+    staged.commit()  # merges again, with the same sent files
+    assert _load(path).files == {"a": (1, 1), "b": (2, 2)}
+
+
+def test_a_state_that_cannot_be_written_or_replaced_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "st" / "s.json"
+    _load(path).record([FileItem("old", 1, 1)])
+    before = _folder(path)
+
+    def broken(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", broken)
+        with pytest.raises(LocalFileError, match="could not remember"):
+            _load(path).stage([FileItem("a", 2, 2)])
+    assert _folder(path) == before
+    staged = _load(path).stage([FileItem("a", 2, 2)])
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(LocalFileError, match="could not remember"):
+        staged.commit()
+    assert _folder(path) == before
+
+
+def test_temporary_files_of_a_killed_send_are_swept_fresh_ones_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "st" / "s.json"
+    _load(path).record([FileItem("old", 1, 1)])
+    stale, fresh, other = (path.parent / n for n in (".s.json.x1.tmp", ".s.json.x2.tmp", "x.tmp"))
+    for p in (stale, fresh, other):
+        p.write_bytes(b"{}")
+    os.utime(stale, (1_000_000, 1_000_000))
+    os.utime(other, (1_000_000, 1_000_000))
+    _load(path).stage([FileItem("a", 2, 2)]).discard()
+    assert sorted(os.listdir(path.parent)) == sorted(["s.json", fresh.name, other.name])

@@ -11,7 +11,7 @@ Two SSH clients can carry the upload; the stream, the receipt and the checks are
 A refusal by the server itself (``dittohead: …`` and its exit status) is final whichever client
 carried it: it is never retried the other way.
 
-`job.EarlyStart` starts ``ssh`` (`start_ssh`) the moment the folder scan meets the first file
+`job.EarlyStart` starts ``ssh`` (`openssh.start`) the moment the folder scan meets the first file
 the server has not confirmed, so that connecting, logging in and the receiver's start-up
 (~0.2 s on a LAN) overlap with the rest of the scan. A send with nothing new still connects to
 nothing.
@@ -19,32 +19,18 @@ nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from dittohead.client import openssh
-from dittohead.client.job import EarlyStart, Job, Prompts, Server
+from dittohead.client.job import EarlyStart, Job, Prompts
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Progress
 from dittohead.client.state import Staged
 from dittohead.core.errors import LocalFileError
-from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
-
-
-def start_ssh(server: Server, request: UploadRequest) -> openssh.Session | None:
-    """OpenSSH's ssh running the upload's exec request, or None when it cannot be used."""
-    program = openssh.program()
-    if program is None:
-        return None
-    try:
-        return openssh.Session(program, server, request)
-    except openssh.Unusable as exc:
-        log.info("OpenSSH cannot send (%s); dittohead's own SSH client will", exc)
-        return None
 
 
 class _Record:
@@ -112,13 +98,16 @@ def _carry(
     streamed: Callable[[], None],
 ) -> Receipt:
     """The checked receipt, through OpenSSH when it can, else through asyncssh."""
-    session = early.take() if early is not None else start_ssh(job.server, job.request)
+    session = early.take() if early is not None else openssh.start(job.server, job.request)
     if session is not None:
         try:
             return session.upload(Pack(job.selected), progress=progress, streamed=streamed)
         except openssh.Unusable as exc:
             log.info("OpenSSH did not send (%s); sending with dittohead's own SSH client", exc)
-    from dittohead.client.send import upload  # noqa: PLC0415 (asyncssh only when needed)
+    # asyncio and asyncssh only when needed: OpenSSH carries most uploads.
+    import asyncio  # noqa: PLC0415
+
+    from dittohead.client.send import upload  # noqa: PLC0415
 
     pack = Pack(job.selected)
     return asyncio.run(

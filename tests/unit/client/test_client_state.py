@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,15 @@ def test_temporary_files_of_a_killed_send_are_swept_fresh_ones_are_not(tmp_path:
     os.utime(other, (1_000_000, 1_000_000))
     _load(path).stage([FileItem("a", 2, 2)]).discard()
     assert sorted(os.listdir(path.parent)) == sorted(["s.json", fresh.name, other.name])
+
+
+@pytest.mark.parametrize("builtin", [True, False], ids=["cpython-sha256", "hashlib"])
+def test_the_state_file_name_hash_is_sha256(builtin: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The digest in the default file name comes from CPython's own SHA-256 when there is one
+    # (quicker to load than hashlib's); a different digest would lose every collector's state.
+    if not builtin:
+        monkeypatch.setitem(sys.modules, "_sha2", None)
+        monkeypatch.setitem(sys.modules, "_sha256", None)
+    key = f"{server_id(HOST, PORT)}\n{STUDY}\n{SOURCE}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
+    assert default_state_path(HOST, PORT, STUDY, SOURCE).name.endswith(f"-{digest}.json")

@@ -126,3 +126,31 @@ def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
     assert result["status"] == 0
     assert result["out"]["files"] == ["eprime/s01.txt", "s02.edat2"]
     assert [m for m in ONLY_TO_SEND if m in result["modules"]] == []
+
+
+# What loading `openssh` (to start ssh, at the scan's first new file) may cost: everything
+# before ssh starts is on a send's critical path, so the stream's modules (pack, tarfile,
+# hashlib's OpenSSL), the receipt's and asyncio come later, while ssh connects.
+NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing",
+                    "dittohead.client.pack", "dittohead.client.reply", "dittohead.client.deliver",
+                    "dittohead.core.receipt", "dittohead.core.manifest")  # fmt: skip
+
+START_SSH = textwrap.dedent(
+    """
+    import json, sys
+    from dittohead.client.cli import main
+    import dittohead.client.openssh
+    from dittohead.client.state import default_state_path
+    default_state_path("drop.example.org", 22, "nccam3", "brogden-a")
+    print(json.dumps(sorted(sys.modules)))
+    """
+)
+
+
+def test_starting_ssh_loads_only_what_it_needs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", START_SSH], capture_output=True, text=True, check=True,
+        timeout=60,
+    )  # fmt: skip
+    modules = json.loads(done.stdout)
+    assert [m for m in NOT_TO_START_SSH if m in modules] == []

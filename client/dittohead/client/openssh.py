@@ -244,6 +244,7 @@ class Session:
         stores nothing).
         """
         from dittohead.client.reply import (  # noqa: PLC0415 (see the imports above)
+            Sent,
             check_receipt,
             parse_receipt,
             server_failure,
@@ -259,9 +260,13 @@ class Session:
             # the rest, so that the receiver sees an incomplete upload and stores nothing.
             self.abandon()
             raise
-        if complete and streamed is not None:
+        sent = None
+        if complete:
             try:
-                streamed()
+                # The client's own work before the receipt, done while the receiver checks.
+                sent = Sent.of(pack)
+                if streamed is not None:
+                    streamed()
             except BaseException:
                 self.abandon()  # Ctrl-C before the receipt: no ssh is left behind
                 raise
@@ -273,10 +278,10 @@ class Session:
             # The receiver did not get to say anything; asyncssh tries again and explains.
             lines = stderr.decode("utf-8", "replace").strip().splitlines()
             raise Unusable(lines[-1] if lines else f"{self.program} exited with status {status}")
-        if status != 0:
+        if status != 0 or sent is None:
             raise server_failure(status if status > 0 else None, stderr, host)
         receipt = parse_receipt(stdout)
-        check_receipt(receipt, pack, self.request, host)
+        check_receipt(receipt, sent, self.request, host)
         log.info("sent through OpenSSH (%s)", self.program)
         return receipt
 

@@ -9,6 +9,7 @@ so the OpenSSH transport (`openssh`) uses them without loading asyncssh.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dittohead.client.pack import Pack
 from dittohead.core.errors import (
@@ -89,14 +90,34 @@ def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadErr
     )
 
 
-def check_receipt(receipt: Receipt, pack: Pack, request: UploadRequest, host: str) -> None:
+@dataclass(frozen=True)
+class Sent:
+    """What a receipt must confirm, taken from a pack whose stream is complete.
+
+    The transports take it while the receiver checks the upload: hashing the manifest (~2 ms
+    for 20,000 files) is then off the time between the receipt and the end of the send.
+    """
+
+    files: int
+    bytes: int
+    manifest_sha256: str
+
+    @classmethod
+    def of(cls, pack: Pack) -> Sent:
+        manifest = pack.manifest
+        return cls(manifest.file_count, manifest.byte_count, pack.manifest_sha256)
+
+
+def check_receipt(receipt: Receipt, sent: Pack | Sent, request: UploadRequest, host: str) -> None:
     """Refuse a receipt that does not describe exactly what was sent."""
+    if not isinstance(sent, Sent):
+        sent = Sent.of(sent)
     wrong = []
-    if receipt.files != pack.manifest.file_count:
-        wrong.append(f"{receipt.files!r} files instead of {pack.manifest.file_count}")
-    if receipt.bytes != pack.manifest.byte_count:
-        wrong.append(f"{receipt.bytes!r} bytes instead of {pack.manifest.byte_count}")
-    if receipt.manifest_sha256 != pack.manifest_sha256:
+    if receipt.files != sent.files:
+        wrong.append(f"{receipt.files!r} files instead of {sent.files}")
+    if receipt.bytes != sent.bytes:
+        wrong.append(f"{receipt.bytes!r} bytes instead of {sent.bytes}")
+    if receipt.manifest_sha256 != sent.manifest_sha256:
         wrong.append("a different manifest")
     if (receipt.study, receipt.source) != (request.study, request.source):
         wrong.append(f"study {receipt.study!r} and station {receipt.source!r}")

@@ -49,6 +49,7 @@ from dittohead.client.login import LoginClient, connect_failure, load_identity
 from dittohead.client.pack import Pack
 from dittohead.client.reply import (
     Progress,
+    Sent,
     ServerRefused,
     check_receipt,
     parse_receipt,
@@ -184,19 +185,24 @@ async def _session(
         # sees an incomplete upload and stores nothing.
         process.close()
         raise
-    if stopped is None and streamed is not None:
-        streamed()  # blocks the loop, which has only the receipt to wait for
+    sent = None
+    if stopped is None:
+        # The client's own work before the receipt, done while the receiver checks (it blocks
+        # the loop, which has only the receipt to wait for).
+        sent = Sent.of(pack)
+        if streamed is not None:
+            streamed()
     try:
         done = await process.wait()
     except (OSError, asyncssh.Error) as exc:
         raise server_failure(None, b"", server.host) from exc
     status = done.exit_status
-    if status != 0 or stopped is not None:
+    if status != 0 or sent is None:
         stderr = done.stderr if isinstance(done.stderr, bytes) else b""
         raise server_failure(status if status != 0 else None, stderr, server.host)
     stdout = done.stdout if isinstance(done.stdout, bytes) else b""
     receipt = parse_receipt(stdout)
-    check_receipt(receipt, pack, request, server.host)
+    check_receipt(receipt, sent, request, server.host)
     return receipt
 
 

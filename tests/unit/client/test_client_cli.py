@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,24 @@ def test_human_bytes() -> None:
 def test_send_module_exposes_the_library_api() -> None:
     # what integration tests and the demo call
     assert callable(send.send_folder) and callable(send.prepare) and callable(send.run)
+
+
+@pytest.mark.parametrize("case", ["dry-run", "usage-error"])
+def test_the_command_exits_at_once_with_its_output_and_status(tmp_path: Path, case: str) -> None:
+    # ``python -m dittohead.client.cli`` ends with os._exit (no interpreter teardown): what it
+    # printed must still all arrive, with main's exit status.
+    folder = write_tree(tmp_path / "pc", {f"eprime/{i:05d}.txt": b"x" for i in range(300)})
+    args = argv(folder, "--dry-run", "--json")
+    if case == "usage-error":
+        args = [a for a in args if a != "--study"]  # "--study" without its name: refused
+    done = subprocess.run(
+        [sys.executable, "-m", "dittohead.client.cli", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if case == "dry-run":
+        assert done.returncode == 0, done.stderr
+        assert len(json.loads(done.stdout)["files"]) == 300
+    else:
+        assert done.returncode == UsageError.exit_code
+        assert done.stderr.startswith("dittohead: ")
+        assert done.stdout == ""

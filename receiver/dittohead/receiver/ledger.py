@@ -18,7 +18,6 @@ import errno
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring as _encode_str
@@ -98,6 +97,20 @@ def encode_line(seq: int, prev: str, record: Record) -> tuple[bytes, str]:
     return line, digest
 
 
+def _loads(raw: bytes) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        raise LedgerError(f"the ledger has a line that is not JSON: {raw[:80]!r}") from exc
+    return doc
+
+
+_PATH_KEY = b'"path":"'
+#: bytes of a line, at least, for sizing the path filter; and the filter's bits per such line
+_LINE_GUESS = 512
+_FILTER_BITS_PER_LINE = 32
+
+
 def parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
     """The complete records in `data` (a torn last line, with no newline, is not one)."""
     for raw in data.split(b"\n")[:-1]:
@@ -143,18 +156,33 @@ class Ledger:
         # than one bytes object per line joined into a second copy at the flush.
         self._pending = bytearray()
         # Only what publishing needs, not the records themselves: the processor's memory
-        # must not grow with a study's whole history. path as sent -> where each content of it
-        # is stored ("the same content for that path"): in the common case (one content, stored
-        # under the path itself) just its sha256, else {sha256: stored_as}. And, for the
-        # uploads in `replay` only, (upload, path) -> (stored_as, outcome), so a replay after a
-        # crash finds what it already recorded; an upload claimed in this pass has no records
-        # before this pass, and publishes each of its paths once.
+        # must not grow with a study's whole history, nor its start-up read every record into
+        # an index. The history is held as a filter of the paths it has (two bits per path in
+        # a bitmap of ~32 bits per line: a path that was never sent is told apart from one that
+        # may have been, with rare false positives, in a fixed few MiB); the exact versions of
+        # a path are read back from the file only when a path may be in it (`prepare`: one
+        # read for all of an entry's paths).
+        # `_versions`: path as sent -> where each content of it is stored ("the same content
+        # for that path"), complete for every path it has (from the file and this run's
+        # records): in the common case (one content, stored under the path itself) just its
+        # sha256, else {sha256: stored_as} ({} when it has none). And, for the uploads in
+        # `replay` only, (upload, path) -> (stored_as, outcome), so a replay after a crash finds
+        # what it already recorded; an upload claimed in this pass has no records before this
+        # pass, and publishes each of its paths once.
         self._versions: dict[str, str | dict[str, str]] = {}
+        self._filter = bytearray()
+        self._mask = 0
         self._replay = frozenset(replay)
         self._seen: dict[tuple[str, str], tuple[str, Outcome]] = {}
         self._load()
 
     def _load(self) -> None:
+        size = os.fstat(self._fd).st_size
+        # A line is ~500 bytes; ~32 bits per line keep false positives near 0.1% (2 bits per
+        # path), and rounding up to a power of two gives up to twice that.
+        bits = 1 << max(16, (size // _LINE_GUESS * _FILTER_BITS_PER_LINE).bit_length())
+        self._filter = bytearray(bits >> 3)
+        self._mask = bits - 1
         whole = 0  # bytes of complete lines
         with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
             fh.seek(0)
@@ -164,45 +192,103 @@ class Ledger:
                 whole += len(raw)
                 if not raw.strip():
                     continue
-                try:
-                    doc = json.loads(raw)
-                except ValueError as exc:
-                    raise LedgerError(
-                        f"the ledger has a line that is not JSON: {raw[:80]!r}"
-                    ) from exc
+                doc = _loads(raw)
                 self.count += 1
                 self._prev = doc["hash"]
-                self._index(doc)
-        if whole != os.fstat(self._fd).st_size:
+                self._mark(doc["path"])
+                if doc["upload"] in self._replay:
+                    self._seen[(doc["upload"], doc["path"])] = (doc["stored_as"], doc["outcome"])
+        if whole != size:
             # A torn line from a crash: never acknowledged, cut it off (see module docstring).
             os.ftruncate(self._fd, whole)
             os.fsync(self._fd)
 
-    def _index(self, doc: dict[str, Any]) -> None:
-        self._remember(doc["upload"], doc["path"], doc["sha256"], doc["stored_as"], doc["outcome"])
+    def _bits(self, path: str) -> tuple[int, int]:
+        h = hash(path)  # this process's str hash: the filter lives as long as the process
+        return h & self._mask, (h >> 32) & self._mask
+
+    def _mark(self, path: str) -> None:
+        f = self._filter
+        for bit in self._bits(path):
+            f[bit >> 3] |= 1 << (bit & 7)
+
+    def _may_have(self, path: str) -> bool:
+        """False when no line read at start-up is about `path`; True when one may be."""
+        f = self._filter
+        return all(f[bit >> 3] >> (bit & 7) & 1 for bit in self._bits(path))
+
+    def prepare(self, paths: Iterable[str]) -> None:
+        """Find the stored versions of every path in `paths` with one read of the ledger.
+
+        Call it before publishing an entry: `stored_version` and `append` then answer from
+        memory. (They stay right without it, at one read of the file per path the filter
+        cannot rule out.)
+        """
+        wanted = {p for p in paths if p not in self._versions and self._may_have(p)}
+        if wanted:
+            self._read_versions(wanted)
+
+    def _read_versions(self, wanted: set[str]) -> None:
+        """Put every version the file records of the paths in `wanted` into `_versions`.
+
+        Only lines flushed before are read, and none of them is about a path `_versions`
+        has already (its own records went into `_versions` when appended), so each path
+        gets its whole history in file order: the first place of each content is kept.
+        """
+        for path in wanted:
+            self._versions[path] = {}
+        # Most lines are not about a wanted path, and those are passed over without parsing
+        # them: the path of a line is the JSON string after its one '"path":"' (a '"' inside
+        # a JSON string is always escaped, so that text cannot appear inside a value). When the
+        # string has no escapes, its bytes are the path's UTF-8. Any line this cannot tell
+        # (an escape in the path, or not exactly one such key) is parsed in full.
+        keys = {p.encode("utf-8", "surrogatepass") for p in wanted}
+        with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
+            fh.seek(0)
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # cannot happen: the torn line was cut at start-up
+                start = raw.find(_PATH_KEY) + len(_PATH_KEY)
+                if start >= len(_PATH_KEY) and raw.count(_PATH_KEY) == 1:
+                    key = raw[start : raw.find(b'"', start)]
+                    if key not in keys and b"\\" not in key:
+                        continue
+                elif not raw.strip():
+                    continue
+                doc = _loads(raw)
+                if doc["path"] in wanted:
+                    self._add_version(doc["path"], doc["sha256"], doc["stored_as"])
 
     def _remember(
         self, upload: str, path: str, sha256: str, stored_as: str, outcome: Outcome
     ) -> None:
-        path = sys.intern(path)
-        stored_as = path if stored_as == path else stored_as
+        if path not in self._versions and self._may_have(path):
+            self._read_versions({path})  # not prepared: its history first
+        self._add_version(path, sha256, stored_as)
+        if upload in self._replay:
+            self._seen[(upload, path)] = (stored_as, outcome)
+
+    def _add_version(self, path: str, sha256: str, stored_as: str) -> None:
         have = self._versions.get(path)
-        if have is None:
-            self._versions[path] = sha256 if stored_as is path else {sha256: stored_as}
+        if not have:  # none yet (absent, or {} from a read that found none)
+            self._versions[path] = sha256 if stored_as == path else {sha256: stored_as}
         elif isinstance(have, str):
             if have != sha256:  # a second content: the first keeps its place (as setdefault)
                 self._versions[path] = {have: path, sha256: stored_as}
         else:
             have.setdefault(sha256, stored_as)
-        if upload in self._replay:
-            self._seen[(upload, path)] = (stored_as, outcome)
 
     def stored_version(self, path: str, sha256: str) -> str | None:
         """Where content `sha256` of `path` is already stored, if it is."""
         have = self._versions.get(path)
+        if have is None:
+            if not self._may_have(path):
+                return None
+            self._read_versions({path})  # not prepared
+            have = self._versions[path]
         if isinstance(have, str):
             return path if have == sha256 else None
-        return None if have is None else have.get(sha256)
+        return have.get(sha256)
 
     def recorded(self, upload: str, path: str) -> tuple[str, Outcome] | None:
         """(stored_as, outcome) of `path` from `upload` (one of `replay`), if recorded."""

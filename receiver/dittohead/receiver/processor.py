@@ -410,6 +410,8 @@ class StudyRun:
         todo.reverse()
         total = len(todo)
         moved = MovedFolders()
+        # The history of just this entry's paths, in one read of the ledger.
+        self.ledger.prepare(staged.path for staged in todo)
 
         try:
             try:

@@ -145,8 +145,11 @@ class NameSet:
     """
 
     def __init__(self) -> None:
-        # folded path -> (spelling, is_dir, explicit)
-        self._seen: dict[str, tuple[str, bool, bool]] = {}
+        # folded path -> what was stored under it: a file's spelling (a str), or a folder's
+        # (spelling, explicit). Files are always named explicitly, and they are most names of an
+        # upload: storing them bare (no tuple), and under the spelling itself when it is its own
+        # folded key (lower-case ASCII, as most names are), keeps a name's cost to its slot here.
+        self._seen: dict[str, str | tuple[str, bool]] = {}
         # Exact spellings stored as folders. An entry never changes its spelling or kind once
         # stored, and a folder is stored only after all its parents were, so a name whose
         # parent is in here need not claim its parents again (that would change nothing): one
@@ -158,13 +161,20 @@ class NameSet:
 
     def _claim(self, path: str, is_dir: bool, explicit: bool) -> None:
         key = path.lower() if path.isascii() else fold(path)  # fold, inlined (once per name)
+        if key == path:
+            key = path  # one string instead of two equal ones
         old = self._seen.get(key)
         if old is None:
-            self._seen[key] = (path, is_dir, explicit)
             if is_dir:
+                self._seen[key] = (path, explicit)
                 self._dirs.add(path)
+            else:
+                self._seen[key] = path
             return
-        spelling, old_is_dir, old_explicit = old
+        if isinstance(old, str):
+            spelling, old_is_dir, old_explicit = old, False, True
+        else:
+            (spelling, old_explicit), old_is_dir = old, True
         if spelling != path:
             raise _reject(
                 path, f"it would be the same file as {spelling!r} on Windows (case or accents)"
@@ -174,7 +184,7 @@ class NameSet:
         if not is_dir or (explicit and old_explicit):
             raise _reject(path, "it appears twice in the upload")
         if explicit:
-            self._seen[key] = (path, True, True)
+            self._seen[key] = (path, True)
 
     def add_file(self, path: str) -> None:
         parent = path.rpartition("/")[0]

@@ -7,10 +7,13 @@ checks each file it wrote against it, and the processor re-hashes every byte aga
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from dittohead.core.errors import NameRejected, UploadRejected
@@ -28,19 +31,54 @@ class ManifestEntry:
     sha256: str
 
 
-@dataclass(frozen=True)
 class Manifest:
-    entries: tuple[ManifestEntry, ...]
+    """Every file of an upload with its size and sha256 (`entries`), and their totals.
+
+    Made from its entries, or (`of_json`) from the JSON a `ManifestWriter` wrote, whose entries
+    are then read back only if someone asks for them: the client that sent 50,000 files needs
+    the manifest's bytes and totals, not 50,000 objects. Two manifests are equal when their
+    entries are.
+    """
+
+    __slots__ = ("_bytes", "_entries", "_files", "_json")
+
+    def __init__(self, entries: tuple[ManifestEntry, ...]) -> None:
+        self._entries: tuple[ManifestEntry, ...] | None = entries
+        self._json: bytes | None = None
+        self._files = len(entries)
+        self._bytes = sum(e.size for e in entries)
+
+    @classmethod
+    def of(cls, entries: Iterable[ManifestEntry]) -> Manifest:
+        return cls(tuple(entries))
+
+    @classmethod
+    def of_json(cls, data: bytes, file_count: int, byte_count: int) -> Manifest:
+        """The manifest whose `to_json` is `data` (`ManifestWriter` wrote it), with its totals."""
+        manifest = cls(())
+        manifest._entries, manifest._json = None, data
+        manifest._files, manifest._bytes = file_count, byte_count
+        return manifest
+
+    @property
+    def entries(self) -> tuple[ManifestEntry, ...]:
+        if self._entries is None:
+            assert self._json is not None
+            doc = load_manifest(self._json, _bad, entries_as_tuples=True)
+            self._entries = tuple(ManifestEntry(*e) for e in checked_entries(doc, _bad))
+        return self._entries
 
     @property
     def file_count(self) -> int:
-        return len(self.entries)
+        return self._files
 
     @property
     def byte_count(self) -> int:
-        return sum(e.size for e in self.entries)
+        return self._bytes
 
     def to_json(self) -> bytes:
+        if self._json is not None:
+            return self._json
         doc = {
             "files": self.file_count,
             "bytes": self.byte_count,
@@ -48,12 +86,77 @@ class Manifest:
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    @classmethod
-    def of(cls, entries: Iterable[ManifestEntry]) -> Manifest:
-        return cls(tuple(entries))
-
     def by_path(self) -> dict[str, ManifestEntry]:
         return {e.path: e for e in self.entries}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.entries == other.entries
+
+    def __hash__(self) -> int:
+        return hash(self.entries)
+
+    def __repr__(self) -> str:
+        return f"Manifest(entries={self.entries!r})"
+
+
+# `Manifest.to_json` as the client writes it, piece by piece: json.dumps with
+# ensure_ascii=False and no spaces writes exactly these bytes (tests compare the two). The
+# receiver rebuilds them from what it wrote to recognise a manifest that lists exactly that.
+def json_head(file_count: int, byte_count: int) -> bytes:
+    """Everything before the first entry."""
+    return b'{"files":%d,"bytes":%d,"entries":[' % (file_count, byte_count)
+
+
+def json_entry(path: str, size: int, sha256: bytes | bytearray) -> bytes:
+    """One entry, from the raw 32-byte digest (written in hex)."""
+    return b'{"path":%b,"size":%d,"sha256":"%b"}' % (
+        encode_basestring(path).encode("utf-8"),
+        size,
+        hexlify(sha256),
+    )
+
+
+#: what follows the last entry
+JSON_TAIL = b"]}"
+
+
+class ManifestWriter:
+    """Builds the manifest's JSON entry by entry, as the files are sent.
+
+    The totals come first in the JSON, so they are given at the start (a sender knows them
+    from its plan; `finish` refuses a manifest whose entries do not add up to them). The JSON
+    grows in one buffer that becomes the manifest's bytes without a copy: about 140 bytes per
+    file while a stream is produced, instead of an object per file and then the document and
+    its bytes at once. `finish` gives the `Manifest`, exactly as `Manifest.to_json` would
+    write it from the same entries.
+    """
+
+    def __init__(self, file_count: int, byte_count: int) -> None:
+        self._out = io.BytesIO()
+        self._out.write(json_head(file_count, byte_count))
+        self._want = (file_count, byte_count)
+        self.file_count = 0
+        self.byte_count = 0
+
+    def add(self, path: str, size: int, sha256: bytes) -> None:
+        if self.file_count:
+            self._out.write(b",")
+        self._out.write(json_entry(path, size, sha256))
+        self.file_count += 1
+        self.byte_count += size
+
+    def finish(self) -> Manifest:
+        if (self.file_count, self.byte_count) != self._want:
+            raise ValueError(
+                f"the manifest lists {self.file_count} files of {self.byte_count} bytes, "
+                f"not the {self._want[0]} of {self._want[1]} its totals say"
+            )
+        self._out.write(JSON_TAIL)
+        data = self._out.getvalue()  # the buffer itself (BytesIO hands it over uncopied)
+        self._out = io.BytesIO()
+        return Manifest.of_json(data, self.file_count, self.byte_count)
 
 
 def _bad(why: str) -> UploadRejected:

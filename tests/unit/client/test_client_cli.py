@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +295,29 @@ def test_the_command_exits_at_once_with_its_output_and_status(tmp_path: Path, ca
         assert done.returncode == UsageError.exit_code
         assert done.stderr.startswith("dittohead: ")
         assert done.stdout == ""
+
+
+def test_the_command_runs_without_the_cyclic_collector_and_exits_with_mains_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[object] = []
+
+    def fake_main() -> int:
+        seen.append(gc.isenabled())
+        return 3
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        seen.append(code)
+        raise Exited
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    try:
+        with pytest.raises(Exited):
+            cli.entry()
+    finally:
+        gc.enable()
+    assert seen == [False, 3]

@@ -28,11 +28,12 @@ import stat
 import tarfile
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan, path_key
 from dittohead.core.errors import LocalFileError, describe_os_error
-from dittohead.core.manifest import MANIFEST_PATH, Manifest, ManifestEntry
+from dittohead.core.manifest import MANIFEST_PATH, Manifest, ManifestWriter
 from dittohead.core.names import parents
 
 BLOCK = 512
@@ -119,16 +120,12 @@ def tar_header(name: str, *, is_dir: bool, size: int = 0, mtime: int = 0) -> byt
     return b"%b%06o\0 %b" % (head, sum(head) + after_sum, after_chksum)
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One tar member: a folder (item is None) or a file."""
-
-    path: str
-    item: FileItem | None
+#: one tar member: a folder (its path) or a file
+Member: TypeAlias = FileItem | str
 
 
 def members(plan: Plan) -> list[Member]:
-    """Folders and files in stream order: each folder before anything inside it.
+    """Folders and files in stream order (`path_key`): each folder before anything inside it.
 
     Folders sent: every folder that holds a file being sent (and its parents), plus the
     folders that are empty in FOLDER, so the server can recreate them.
@@ -140,8 +137,35 @@ def members(plan: Plan) -> list[Member]:
     dirs.update(plan.empty_dirs)
     for d in list(dirs):
         dirs.update(parents(d))
-    out = [Member(d, None) for d in dirs] + [Member(f.path, f) for f in plan.files]
-    out.sort(key=lambda m: path_key(m.path))
+    ordered = sorted(dirs, key=path_key)
+    # `scan` gives the files in path_key order already: the folders are merged in, without
+    # sorting every file again (which held a key tuple and its strings per member at once).
+    out: list[Member] = []
+    add = out.append
+    last: tuple[str, ...] = ()
+    i, n = 0, len(ordered)
+    next_dir = path_key(ordered[0]) if n else None
+    for item in plan.files:
+        key = path_key(item.path)
+        if key <= last:  # not in order (a plan made otherwise): sort everything
+            return _sorted_members(ordered, plan.files)
+        while next_dir is not None and next_dir <= key:
+            add(ordered[i])
+            i += 1
+            next_dir = path_key(ordered[i]) if i < n else None
+        add(item)
+        last = key
+    out += ordered[i:]
+    return out
+
+
+def _member_key(member: Member) -> tuple[str, ...]:
+    return path_key(member if isinstance(member, str) else member.path)
+
+
+def _sorted_members(dirs: list[str], files: tuple[FileItem, ...]) -> list[Member]:
+    out: list[Member] = [*dirs, *files]
+    out.sort(key=_member_key)  # stable: a folder before a file of the same name, as merged
     return out
 
 
@@ -197,12 +221,11 @@ class Pack:
         self._started = True
         out = bytearray()
         buf = memoryview(bytearray(READ_SIZE))
-        entries: list[ManifestEntry] = []
+        writer = ManifestWriter(len(self.plan.files), self.total_bytes)
         base = os.path.join(self.plan.root, "")  # ends with a separator
-        for member in self.members:
-            item = member.item
-            if item is None:
-                out += tar_header(member.path, is_dir=True, mtime=self._now)
+        for item in self.members:
+            if isinstance(item, str):
+                out += tar_header(item, is_dir=True, mtime=self._now)
             else:
                 out += tar_header(
                     item.path, is_dir=False, size=item.size, mtime=item.mtime_ns // 1_000_000_000
@@ -213,22 +236,28 @@ class Pack:
                     digest = self._small_file(item, path, out, buf)
                 else:
                     digest = yield from self._file(item, path, out, buf)
-                entries.append(ManifestEntry(item.path, item.size, digest))
+                writer.add(item.path, item.size, digest)
             if len(out) >= CHUNK_SIZE:
                 yield bytes(out)
                 out.clear()
-        manifest = Manifest.of(entries)
+        manifest = writer.finish()
         data = manifest.to_json()
         out += tar_header(MANIFEST_PATH, is_dir=False, size=len(data), mtime=self._now)
-        out += data
+        self._manifest, self._manifest_json = manifest, data
+        # The manifest grows with the number of files (not their size): it goes out in slices
+        # of itself (a slice of all of it is the same object, not a copy), not copied into `out`.
+        if len(out) + len(data) <= CHUNK_SIZE:
+            out += data
+        else:
+            yield bytes(out)
+            out.clear()
+            for start in range(0, len(data), READ_SIZE):
+                yield data[start : start + READ_SIZE]
         out += _ZEROS[: -len(data) % BLOCK]
         out += _ZEROS[: 2 * BLOCK]  # end of archive
-        self._manifest, self._manifest_json = manifest, data
-        # The manifest grows with the number of files (not their size); slice it like the rest.
-        for start in range(0, len(out), READ_SIZE):
-            yield bytes(out[start : start + READ_SIZE])
+        yield bytes(out)
 
-    def _small_file(self, item: FileItem, path: str, out: bytearray, buf: memoryview) -> str:
+    def _small_file(self, item: FileItem, path: str, out: bytearray, buf: memoryview) -> bytes:
         """Append one file smaller than `CHUNK_SIZE` (padded to a block) to `out`; its sha256.
 
         `out` holds less than `CHUNK_SIZE` plus this file's header before, so it stays well
@@ -249,11 +278,11 @@ class Pack:
         self.bytes_done += got
         out += data
         out += _ZEROS[: -item.size % BLOCK]
-        return hashlib.sha256(data).hexdigest()
+        return hashlib.sha256(data).digest()
 
     def _file(
         self, item: FileItem, path: str, out: bytearray, buf: memoryview
-    ) -> Generator[bytes, None, str]:
+    ) -> Generator[bytes, None, bytes]:
         """Stream one file's data (padded to a block) and return its sha256.
 
         Data goes into `out` while it is small; a full read is sent straight from the buffer
@@ -286,7 +315,7 @@ class Pack:
         finally:
             os.close(fd)
         out += _ZEROS[: -item.size % BLOCK]
-        return sha.hexdigest()
+        return sha.digest()
 
 
 def _open_unchanged(item: FileItem, path: str) -> int:

@@ -1,0 +1,101 @@
+"""The receiver's record of the files it wrote (`Written`) and its byte-exact manifest check:
+a manifest that is, byte for byte, what the client writes for those files is accepted without
+parsing it; it never accepts what the parsing checks (`manifest_lists_exactly`, then
+`verify_manifest`) would refuse, and every other manifest goes to them as before."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from dittohead.core.manifest import ManifestWriter
+from dittohead.receiver.stage import Written, manifest_lists_exactly
+from tests.unit.receiver.test_stage_manifest import (
+    CONTENTS,
+    MUTATIONS,
+    POOL,
+    _full_verdict,
+    _honest,
+    _mutate,
+    _written,
+)
+
+_PICKS = st.lists(
+    st.tuples(st.integers(0, len(POOL) - 1), st.integers(0, len(CONTENTS) - 1)),
+    max_size=len(POOL),
+    unique_by=lambda pick: pick[0],
+)
+
+
+def _record(picks: list[tuple[int, int]]) -> tuple[Written, int]:
+    written = Written()
+    for name, body in picks:
+        data = CONTENTS[body]
+        written.add(POOL[name], len(data), hashlib.sha256(data).digest())
+    return written, sum(len(CONTENTS[body]) for _, body in picks)
+
+
+def _compact(doc: object) -> bytes:
+    # the client's spelling: no spaces, non-ASCII as UTF-8
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@given(_PICKS)
+def test_the_record_holds_what_was_written(picks: list[tuple[int, int]]) -> None:
+    written, _ = _record(picks)
+    assert len(written) == len(picks)
+    assert written.by_path() == _written(picks)
+
+
+@given(_PICKS)
+def test_the_clients_manifest_is_recognised(picks: list[tuple[int, int]]) -> None:
+    written, total = _record(picks)
+    writer = ManifestWriter(len(picks), total)
+    for name, body in picks:
+        data = CONTENTS[body]
+        writer.add(POOL[name], len(data), hashlib.sha256(data).digest())
+    manifest = writer.finish().to_json()
+    assert written.listed_exactly_in(manifest, total)
+    assert manifest == _compact(_honest(_written(picks)))
+
+
+@given(
+    _PICKS,
+    st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10)), max_size=3),
+    st.booleans(),
+)
+@example([(0, 1), (1, 2)], [("shuffle", 0)], True)
+@example([(0, 1), (1, 1)], [("drop", 0), ("duplicate", 0)], True)
+@example([(3, 1)], [("case", 0)], True)
+@example([(0, 1)], [], False)
+def test_the_exact_check_never_accepts_what_the_parsing_checks_refuse(
+    picks: list[tuple[int, int]], mutations: list[tuple[str, int]], compact: bool
+) -> None:
+    written, total = _record(picks)
+    as_dict = written.by_path()
+    doc: dict[str, Any] | list[Any] = _honest(as_dict)
+    for how, index in mutations:
+        if isinstance(doc, dict) and isinstance(doc["entries"], list):
+            doc = _mutate(doc, how, index)
+    data = _compact(doc) if compact else json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    if written.listed_exactly_in(data, total):
+        assert manifest_lists_exactly(data, as_dict)
+        assert _full_verdict(data, as_dict) is None
+    if compact and not mutations:
+        assert written.listed_exactly_in(data, total)
+
+
+def test_any_byte_changed_is_not_exact() -> None:
+    written, total = _record([(0, 1), (2, 3), (4, 2)])
+    data = _compact(_honest(written.by_path()))
+    assert written.listed_exactly_in(data, total)
+    assert not written.listed_exactly_in(data, total + 1)
+    for i in range(len(data)):
+        changed = data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
+        assert not written.listed_exactly_in(changed, total), i
+    assert not written.listed_exactly_in(data + b" ", total)
+    assert not written.listed_exactly_in(data[:-1], total)

@@ -17,14 +17,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring as _encode_str
+from pathlib import Path
 from typing import Any, Literal
 
 from dittohead.core.errors import DittoheadError, OutOfSpace
 from dittohead.receiver import fsops
+
+log = logging.getLogger(__name__)
 
 LEDGER_DIR = ".dittohead"
 LEDGER_NAME = "ledger.jsonl"
@@ -106,6 +110,17 @@ def _loads(raw: bytes) -> dict[str, Any]:
 
 
 _PATH_KEY = b'"path":"'
+#: the longest last line `Ledger._resume` looks back for (one is ~500 bytes)
+_LAST_LINE_MAX = 1 << 16
+
+
+def _filter_bits(size: int) -> int:
+    """Bits of the path filter for a ledger of `size` bytes: a line is ~500 bytes, and ~32
+    bits per line keep false positives near 0.1% (2 bits per path); rounding up to a power of
+    two gives up to twice that."""
+    return 1 << max(16, (size // _LINE_GUESS * _FILTER_BITS_PER_LINE).bit_length())
+
+
 #: bytes of a line, at least, for sizing the path filter; and the filter's bits per such line
 _LINE_GUESS = 512
 _FILTER_BITS_PER_LINE = 32
@@ -140,9 +155,17 @@ def check_chain(docs: Iterable[dict[str, Any]]) -> list[str]:
 class Ledger:
     """One study's ledger, opened for reading and appending by the processor."""
 
-    def __init__(self, dest_fd: int, *, replay: Collection[str]) -> None:
+    def __init__(
+        self, dest_fd: int, *, replay: Collection[str], summary: Path | None = None
+    ) -> None:
         """Open the ledger under `dest_fd`; `replay` names the uploads a crash may have left
-        part-recorded (the processor's journal), the only ones `recorded` is asked about."""
+        part-recorded (the processor's journal), the only ones `recorded` is asked about.
+
+        `summary` (a file of the processor's own, never in the tree) is where `close` leaves
+        what it knows of the ledger (its length, count, last hash and path filter), so that
+        the next open reads only the lines appended since, when the summary still matches.
+        """
+        self._summary = summary
         self._dir_fd = fsops.makedirs_beneath(dest_fd, LEDGER_DIR, 0o750)  # setgid: inherited
         self._fd = os.open(
             LEDGER_NAME,
@@ -178,14 +201,14 @@ class Ledger:
 
     def _load(self) -> None:
         size = os.fstat(self._fd).st_size
-        # A line is ~500 bytes; ~32 bits per line keep false positives near 0.1% (2 bits per
-        # path), and rounding up to a power of two gives up to twice that.
-        bits = 1 << max(16, (size // _LINE_GUESS * _FILTER_BITS_PER_LINE).bit_length())
-        self._filter = bytearray(bits >> 3)
-        self._mask = bits - 1
-        whole = 0  # bytes of complete lines
+        # A replay needs its upload's records, which may lie anywhere: then read it all.
+        whole = 0 if self._replay else self._resume(size)  # bytes of complete lines
+        if not whole:
+            bits = _filter_bits(size)
+            self._filter = bytearray(bits >> 3)
+            self._mask = bits - 1
         with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
-            fh.seek(0)
+            fh.seek(whole)
             for raw in fh:
                 if not raw.endswith(b"\n"):
                     break
@@ -203,8 +226,82 @@ class Ledger:
             os.ftruncate(self._fd, whole)
             os.fsync(self._fd)
 
+    def _resume(self, size: int) -> int:
+        """Take count, last hash and filter from the summary a previous pass left, if it still
+        describes this ledger (the same file, its last line summed up still there with that
+        hash and sequence number, the filter big enough for its size); return the offset to
+        read on from, or 0 to read it all.
+
+        The lines before that offset were read (and the ones this processor wrote, written)
+        by earlier passes: what the processor takes from them is in the summary. Checking
+        the whole chain is `dittohead-admin verify`'s job, as it always was.
+        """
+        if self._summary is None:
+            return 0
+        try:
+            with open(self._summary, "rb") as fh:
+                head = json.loads(fh.readline())
+                offset, count, prev, nbits = (
+                    head["offset"], head["count"], head["prev"], head["bits"]
+                )  # fmt: skip
+                st = os.fstat(self._fd)
+                if (
+                    head.get("v") != 1
+                    or [head["dev"], head["ino"]] != [st.st_dev, st.st_ino]
+                    or not 0 < offset <= size
+                    or nbits < _filter_bits(size)
+                    or nbits & (nbits - 1)
+                ):
+                    return 0
+                bitmap = bytearray(nbits >> 3)
+                if fh.readinto(bitmap) != len(bitmap) or fh.read(1):
+                    return 0
+            window = os.pread(
+                self._fd, min(offset, _LAST_LINE_MAX), offset - min(offset, _LAST_LINE_MAX)
+            )
+            _, newline, last = window[:-1].rpartition(b"\n")
+            if not window.endswith(b"\n") or (not newline and len(window) < offset):
+                return 0
+            doc = json.loads(last)
+            if doc.get("hash") != prev or doc.get("seq") != count:
+                return 0
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0  # none yet, or not one this code wrote: read the ledger
+        self.count, self._prev = count, prev
+        self._filter, self._mask = bitmap, nbits - 1
+        return int(offset)
+
+    def _save_summary(self) -> None:
+        """Leave what the next open needs (see `_resume`); only with nothing left queued."""
+        if self._summary is None or self._pending:
+            return
+        st = os.fstat(self._fd)
+        head = {
+            "v": 1, "dev": st.st_dev, "ino": st.st_ino, "offset": st.st_size,
+            "count": self.count, "prev": self._prev, "bits": len(self._filter) * 8,
+        }  # fmt: skip
+        tmp = self._summary.with_name(f".{self._summary.name}.tmp")
+        try:
+            self._summary.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as fh:
+                    fh.write(json.dumps(head).encode() + b"\n")
+                    fh.write(self._filter)
+            finally:
+                os.close(fd)
+            # Not synced: a summary lost in a crash only means reading the whole ledger once.
+            os.replace(tmp, self._summary)
+        except OSError as exc:
+            log.warning(
+                "the ledger's summary could not be written (%s); next pass reads it all", exc
+            )
+
     def _bits(self, path: str) -> tuple[int, int]:
-        h = hash(path)  # this process's str hash: the filter lives as long as the process
+        # A hash that is the same in every process: the filter is kept between passes.
+        h = int.from_bytes(
+            hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        )
         return h & self._mask, (h >> 32) & self._mask
 
     def _mark(self, path: str) -> None:
@@ -262,8 +359,10 @@ class Ledger:
     def _remember(
         self, upload: str, path: str, sha256: str, stored_as: str, outcome: Outcome
     ) -> None:
-        if path not in self._versions and self._may_have(path):
-            self._read_versions({path})  # not prepared: its history first
+        if path not in self._versions:
+            if self._may_have(path):
+                self._read_versions({path})  # not prepared: its history first
+            self._mark(path)
         self._add_version(path, sha256, stored_as)
         if upload in self._replay:
             self._seen[(upload, path)] = (stored_as, outcome)
@@ -333,6 +432,7 @@ class Ledger:
         try:
             if flush:
                 self.flush()
+                self._save_summary()
         finally:
             os.close(self._fd)
             os.close(self._dir_fd)

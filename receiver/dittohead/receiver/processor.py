@@ -211,7 +211,11 @@ class StudyRun:
         self.inbox_dev = os.fstat(self.inbox).st_dev
         self.journal = Journal(config.state_dir, name)
         # The uploads a crash may have left part-recorded are exactly those with a journal.
-        self.ledger = Ledger(self.dest, replay=self.journal.entries())
+        self.ledger = Ledger(
+            self.dest,
+            replay=self.journal.entries(),
+            summary=config.state_dir / "ledgers" / f"{name}.summary",
+        )
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False
 

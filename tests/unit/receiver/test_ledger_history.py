@@ -8,12 +8,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dittohead.receiver.ledger import Ledger, Record
+from dittohead.receiver import ledger as ledger_mod
+from dittohead.receiver.ledger import Ledger, Record, check_chain, read_ledger
 
 # Paths that test the raw look-up: quotes, backslashes, non-ASCII, control characters, the
 # look-up's own key inside a path, and paths that are prefixes of each other.
@@ -145,5 +147,113 @@ def test_memory_does_not_hold_the_history(tmp_path: Path) -> None:
             assert ledger.stored_version("d/f8.txt", _SHAS[1]) is None
         finally:
             ledger.close()
+    finally:
+        os.close(dest)
+
+
+def _open(dest: int, summary: Path, replay: tuple[str, ...] = ()) -> Ledger:
+    return Ledger(dest, replay=replay, summary=summary)
+
+
+def test_a_summary_lets_the_next_open_read_only_new_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tree").mkdir()
+    summary = tmp_path / "state" / "ledgers" / "s.summary"
+    dest = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        records = [_record(p, _SHAS[i % 3], p) for i, p in enumerate(_ODD)]
+        with _open(dest, summary) as ledger:
+            for record in records[:5]:
+                ledger.append(record)
+        assert summary.exists()
+        assert summary.stat().st_mode & 0o777 == 0o600
+        # Lines another writer (an older processor, say) appended since are read on from there.
+        with Ledger(dest, replay=()) as ledger:
+            for record in records[5:8]:
+                ledger.append(record)
+        parsed: list[bytes] = []
+        real_loads = ledger_mod._loads
+
+        def counting(raw: bytes) -> dict[str, Any]:
+            parsed.append(raw)
+            return real_loads(raw)
+
+        monkeypatch.setattr(ledger_mod, "_loads", counting)
+        ledger = _open(dest, summary)
+        monkeypatch.undo()
+        assert len(parsed) == 3  # only the lines appended since the summary was left
+        assert ledger.count == 8
+        for record in records[8:]:
+            ledger.append(record)
+        _check(ledger, _model(records), _ODD)
+        ledger.close()
+        whole = Ledger(dest, replay=())  # no summary: reads everything
+        assert (whole.count, whole._prev) == (len(records), ledger._prev)
+        _check(whole, _model(records), _ODD)
+        whole.close()
+        again = _open(dest, summary)
+        assert (again.count, again._prev) == (len(records), ledger._prev)
+        _check(again, _model(records), [*_ODD, "never/sent"])
+        again.close()
+        assert check_chain(read_ledger(dest)) == []
+    finally:
+        os.close(dest)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "replaced",  # the ledger is another file now (restored from a backup, say)
+        "shortened",  # cut before the summary's offset
+        "rewritten",  # same length, other last line
+        "garbage",  # the summary itself is damaged
+        "small-filter",  # a summary whose filter is too small for the ledger
+        "replay",  # a replay needs every record of its uploads: the summary is not used
+    ],
+)
+def test_a_summary_that_does_not_match_is_not_used(tmp_path: Path, spoil: str) -> None:
+    (tmp_path / "tree").mkdir()
+    summary = tmp_path / "state" / "s.summary"
+    dest = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
+    path = tmp_path / "tree" / ".dittohead" / "ledger.jsonl"
+    try:
+        first = [_record(f"a{i}", _SHAS[0], f"a{i}", upload="u1") for i in range(3)]
+        other = [_record(f"b{i}", _SHAS[1], f"b{i}", upload="u2") for i in range(2)]
+        with _open(dest, summary) as ledger:
+            for record in first:
+                ledger.append(record)
+        expect = first
+        replay: tuple[str, ...] = ()
+        if spoil == "replaced":
+            path.unlink()
+            with Ledger(dest, replay=()) as ledger:
+                for record in other:
+                    ledger.append(record)
+            expect = other
+        elif spoil == "shortened":
+            lines = path.read_bytes().splitlines(keepends=True)
+            path.write_bytes(b"".join(lines[:2]))
+            expect = first[:2]
+        elif spoil == "rewritten":
+            last = read_ledger(dest)[-1]["hash"].encode()
+            forged = last[::-1]  # in place: same file, same size, another last line
+            path.write_bytes(path.read_bytes().replace(last, forged))
+        elif spoil == "garbage":
+            summary.write_bytes(b"{not json\n")
+        elif spoil == "small-filter":
+            head, _, bits = summary.read_bytes().partition(b"\n")
+            summary.write_bytes(head.replace(b'"bits": 65536', b'"bits": 8') + b"\n" + bits[:1])
+        else:
+            replay = ("u1",)
+        ledger = _open(dest, summary, replay)
+        try:
+            assert ledger.count == len(expect)
+            assert ledger._prev == read_ledger(dest)[-1]["hash"]
+            _check(ledger, _model(expect), [*(f"a{i}" for i in range(3)), "b0"])
+            if spoil == "replay":
+                assert ledger.recorded("u1", "a1") == ("a1", "stored")
+        finally:
+            ledger.close(flush=False)
     finally:
         os.close(dest)

@@ -28,7 +28,7 @@ import stat
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -201,7 +201,7 @@ class Staging:
         names = NameSet()
         written = Written()
         total = folders = 0
-        manifest: bytes | None = None
+        manifest: ManifestCheck | None = None
         manifest_sha = ""
         while (member := reader.next_member()) is not None:
             if manifest is not None:
@@ -218,7 +218,10 @@ class Staging:
                     raise _limit(
                         f"a manifest larger than {manifest_cap(limits)} bytes", "max_files"
                     )
-                digest, manifest = self._write(name, member, reader, keep=True)
+                # Every file came before it: what it must say is known, and it is compared as
+                # it arrives instead of being held (~140 bytes per file) and parsed.
+                manifest = ManifestCheck(written, total)
+                digest = self._write(name, member, reader, sink=manifest.feed)
                 manifest_sha = digest.hex()
                 continue
             if member.size > limits.max_file_bytes:
@@ -231,7 +234,7 @@ class Staging:
                 raise _limit(f"more than {limits.max_upload_bytes} bytes", "max_upload_bytes")
             if len(written) + 1 > limits.max_files:
                 raise _limit(f"more than {limits.max_files} files", "max_files")
-            digest, _ = self._write(name, member, reader, keep=False)
+            digest = self._write(name, member, reader)
             written.add(name, member.size, digest)
             if member.size < WRITEBACK_TAIL_BYTES:
                 self._small_written(member.size)
@@ -241,7 +244,7 @@ class Staging:
                 "was stored. Send with the dittohead client"
             )
         reader.finish()
-        self._verify(manifest, written, total)
+        self._verify(manifest, written)
         return Staged(self.entry, len(written), total, manifest_sha)
 
     def _admit_name(self, member: Member, names: NameSet) -> str:
@@ -281,15 +284,21 @@ class Staging:
         self._dirs.open(name)
 
     def _write(
-        self, name: str, member: Member, reader: TarReader, *, keep: bool
-    ) -> tuple[bytes, bytes]:
+        self,
+        name: str,
+        member: Member,
+        reader: TarReader,
+        *,
+        sink: Callable[[memoryview], None] | None = None,
+    ) -> bytes:
         """Create `name` (O_EXCL, never following a link) and stream the member's data into it,
-        hashing in the same pass (PERF.md: never a second pass). Returns (sha256, kept bytes)."""
+        hashing in the same pass (PERF.md: never a second pass); `sink` sees the data too.
+        Returns the sha256."""
         assert self._dirs is not None
         parent, _, base = name.rpartition("/")
         out = os.open(base, _CREATE, FILE_MODE, dir_fd=self._dirs.open(parent))
         try:
-            whole = None if keep else reader.whole(member)
+            whole = None if sink else reader.whole(member)
             if whole is not None:
                 # The usual small file: data and padding are in the buffer already.
                 digest = hashlib.sha256(whole)
@@ -297,23 +306,20 @@ class Staging:
                 if member.size >= WRITEBACK_TAIL_BYTES:
                     self._writeback(out, 0, member.size)
                 self._count(member.size)
-                return digest.digest(), b""
-            return self._stream_into(out, reader.data(member), keep=keep)
+                return digest.digest()
+            return self._stream_into(out, reader.data(member), sink)
         finally:
             os.close(out)
 
     def _stream_into(
-        self, out: int, chunks: Iterable[memoryview], *, keep: bool
-    ) -> tuple[bytes, bytes]:
+        self, out: int, chunks: Iterable[memoryview], sink: Callable[[memoryview], None] | None
+    ) -> bytes:
         digest = hashlib.sha256()
-        # The manifest (~140 bytes per file) grows in one buffer that becomes its bytes without
-        # a copy, rather than as chunks joined at the end (twice its size at that moment).
-        kept = io.BytesIO() if keep else None
         done = flushed = 0  # bytes written, and handed to writeback early
         for chunk in chunks:
             digest.update(chunk)
-            if kept is not None:
-                kept.write(chunk)
+            if sink is not None:
+                sink(chunk)
             _write_all(out, chunk)
             done += len(chunk)
             if done - flushed >= WRITEBACK_BYTES:
@@ -322,7 +328,7 @@ class Staging:
             self._count(len(chunk))
         if done >= WRITEBACK_TAIL_BYTES and done > flushed:
             self._writeback(out, flushed, done - flushed)
-        return digest.digest(), b"" if kept is None else kept.getvalue()
+        return digest.digest()
 
     def _count(self, written: int) -> None:
         self._since_space_check += written
@@ -361,8 +367,9 @@ class Staging:
         if fsops.free_bytes(self.inbox_fd) < self.limits.min_free_bytes:
             raise out_of_space()
 
-    def _verify(self, manifest_bytes: bytes, written: Written, total: int) -> None:
-        if written.listed_exactly_in(manifest_bytes, total):
+    def _verify(self, manifest: ManifestCheck, written: Written) -> None:
+        manifest_bytes = manifest.unless_exact()
+        if manifest_bytes is None:
             return
         by_path = written.by_path()
         if not manifest_lists_exactly(manifest_bytes, by_path):
@@ -422,30 +429,74 @@ class Written:
             for i, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True))
         }
 
-    def listed_exactly_in(self, data: bytes, total: int) -> bool:
-        """Whether `data` is, byte for byte, the manifest the dittohead client writes for these
-        files (`core.manifest.ManifestWriter`: every file in stream order; `total` bytes).
-
-        Such a manifest lists exactly these paths, sizes and digests, each once, with true
-        totals: `manifest_lists_exactly` would say so too, without a JSON object per entry held
-        at once. Anything else (another writer's spacing or key order, or a mismatch) returns
-        False, and the manifest is then judged as before, in the same words.
-        """
-        head = json_head(len(self.paths), total)
-        if not data.startswith(head):
-            return False
-        pos = len(head)
+    def manifest_pieces(self, total: int) -> Iterator[bytes]:
+        """The manifest the dittohead client writes for these files (`total` bytes), in pieces:
+        `core.manifest.ManifestWriter`'s bytes, every file in stream order."""
+        yield json_head(len(self.paths), total)
         digests = self.digests
         for i, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True)):
             if i:
-                if data[pos : pos + 1] != b",":
-                    return False
-                pos += 1
-            entry = json_entry(path, size, digests[32 * i : 32 * i + 32])
-            if not data.startswith(entry, pos):
-                return False
-            pos += len(entry)
-        return len(data) == pos + len(JSON_TAIL) and data.endswith(JSON_TAIL)
+                yield b","
+            yield json_entry(path, size, digests[32 * i : 32 * i + 32])
+        yield JSON_TAIL
+
+
+class ManifestCheck:
+    """The manifest member, compared as it arrives with what the client writes for `written`.
+
+    A manifest that is byte for byte what the dittohead client writes for the files written
+    lists exactly their paths, sizes and digests, each once, with true totals:
+    `manifest_lists_exactly` would say so too. That one is never held in memory, nor parsed
+    into an object per entry. At the first byte that differs (another writer's spacing or key
+    order, or a real mismatch) the manifest is kept from then on, after the part that matched
+    (rebuilt), and `unless_exact` gives it whole to be judged as before, in the same words.
+    """
+
+    def __init__(self, written: Written, total: int) -> None:
+        self._written, self._total = written, total
+        self._expected = written.manifest_pieces(total)
+        self._piece = b""
+        self._at = 0  # bytes of `_piece` matched
+        self._matched = 0  # bytes of the manifest matched
+        self._rest: io.BytesIO | None = None  # the whole manifest so far, after a difference
+
+    def feed(self, chunk: memoryview) -> None:
+        if self._rest is not None:
+            self._rest.write(chunk)
+            return
+        view = chunk
+        while view:
+            if self._at == len(self._piece):
+                piece = next(self._expected, None)
+                if piece is None:  # longer than expected
+                    self._differs(view)
+                    return
+                self._piece, self._at = piece, 0
+            n = min(len(view), len(self._piece) - self._at)
+            if view[:n] != self._piece[self._at : self._at + n]:
+                self._differs(view)
+                return
+            self._at += n
+            self._matched += n
+            view = view[n:]
+
+    def _differs(self, rest: memoryview) -> None:
+        kept = self._rest = io.BytesIO()
+        for piece in self._written.manifest_pieces(self._total):
+            if kept.tell() + len(piece) >= self._matched:
+                kept.write(piece[: self._matched - kept.tell()])
+                break
+            kept.write(piece)
+        kept.write(rest)
+
+    def unless_exact(self) -> bytes | None:
+        """None if the manifest was exactly the expected one; otherwise its bytes."""
+        if self._rest is None:
+            if self._at == len(self._piece) and next(self._expected, None) is None:
+                return None
+            self._differs(memoryview(b""))  # shorter than expected
+        assert self._rest is not None
+        return self._rest.getvalue()
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -1,7 +1,9 @@
-"""The receiver's record of the files it wrote (`Written`) and its byte-exact manifest check:
-a manifest that is, byte for byte, what the client writes for those files is accepted without
-parsing it; it never accepts what the parsing checks (`manifest_lists_exactly`, then
-`verify_manifest`) would refuse, and every other manifest goes to them as before."""
+"""The receiver's record of the files it wrote (`Written`) and its byte-exact manifest check
+(`ManifestCheck`, fed the manifest as it arrives, in pieces of any size): a manifest that is,
+byte for byte, what the client writes for those files is accepted without being held or
+parsed; it never accepts what the parsing checks (`manifest_lists_exactly`, then
+`verify_manifest`) would refuse, and every other manifest is handed to them whole, as it
+arrived."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dittohead.core.manifest import ManifestWriter
-from dittohead.receiver.stage import Written, manifest_lists_exactly
+from dittohead.receiver.stage import ManifestCheck, Written, manifest_lists_exactly
 from tests.unit.receiver.test_stage_manifest import (
     CONTENTS,
     MUTATIONS,
@@ -39,6 +41,25 @@ def _record(picks: list[tuple[int, int]]) -> tuple[Written, int]:
     return written, sum(len(CONTENTS[body]) for _, body in picks)
 
 
+def _check(
+    written: Written, total: int, data: bytes, cuts: list[int] | None = None
+) -> bytes | None:
+    """Feed `data` to a ManifestCheck cut at `cuts` (sorted offsets); its verdict."""
+    check = ManifestCheck(written, total)
+    start = 0
+    for cut in [*(cuts or []), len(data)]:
+        end = max(start, min(cut, len(data)))
+        check.feed(memoryview(data)[start:end])
+        start = end
+    return check.unless_exact()
+
+
+def _exact(written: Written, total: int, data: bytes, cuts: list[int] | None = None) -> bool:
+    kept = _check(written, total, data, cuts)
+    assert kept is None or kept == data  # anything not exact is handed on exactly as it came
+    return kept is None
+
+
 def _compact(doc: object) -> bytes:
     # the client's spelling: no spaces, non-ASCII as UTF-8
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -59,7 +80,8 @@ def test_the_clients_manifest_is_recognised(picks: list[tuple[int, int]]) -> Non
         data = CONTENTS[body]
         writer.add(POOL[name], len(data), hashlib.sha256(data).digest())
     manifest = writer.finish().to_json()
-    assert written.listed_exactly_in(manifest, total)
+    assert _exact(written, total, manifest)
+    assert _exact(written, total, manifest, list(range(0, len(manifest), 7)))
     assert manifest == _compact(_honest(_written(picks)))
 
 
@@ -67,13 +89,14 @@ def test_the_clients_manifest_is_recognised(picks: list[tuple[int, int]]) -> Non
     _PICKS,
     st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10)), max_size=3),
     st.booleans(),
+    st.lists(st.integers(0, 1000), max_size=6).map(sorted),
 )
-@example([(0, 1), (1, 2)], [("shuffle", 0)], True)
-@example([(0, 1), (1, 1)], [("drop", 0), ("duplicate", 0)], True)
-@example([(3, 1)], [("case", 0)], True)
-@example([(0, 1)], [], False)
+@example([(0, 1), (1, 2)], [("shuffle", 0)], True, [])
+@example([(0, 1), (1, 1)], [("drop", 0), ("duplicate", 0)], True, [])
+@example([(3, 1)], [("case", 0)], True, [])
+@example([(0, 1)], [], False, [])
 def test_the_exact_check_never_accepts_what_the_parsing_checks_refuse(
-    picks: list[tuple[int, int]], mutations: list[tuple[str, int]], compact: bool
+    picks: list[tuple[int, int]], mutations: list[tuple[str, int]], compact: bool, cuts: list[int]
 ) -> None:
     written, total = _record(picks)
     as_dict = written.by_path()
@@ -82,20 +105,22 @@ def test_the_exact_check_never_accepts_what_the_parsing_checks_refuse(
         if isinstance(doc, dict) and isinstance(doc["entries"], list):
             doc = _mutate(doc, how, index)
     data = _compact(doc) if compact else json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    if written.listed_exactly_in(data, total):
+    if _exact(written, total, data, cuts):
         assert manifest_lists_exactly(data, as_dict)
         assert _full_verdict(data, as_dict) is None
     if compact and not mutations:
-        assert written.listed_exactly_in(data, total)
+        assert _exact(written, total, data, cuts)
 
 
 def test_any_byte_changed_is_not_exact() -> None:
     written, total = _record([(0, 1), (2, 3), (4, 2)])
     data = _compact(_honest(written.by_path()))
-    assert written.listed_exactly_in(data, total)
-    assert not written.listed_exactly_in(data, total + 1)
+    assert _exact(written, total, data)
+    assert not _exact(written, total + 1, data)
     for i in range(len(data)):
         changed = data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
-        assert not written.listed_exactly_in(changed, total), i
-    assert not written.listed_exactly_in(data + b" ", total)
-    assert not written.listed_exactly_in(data[:-1], total)
+        assert not _exact(written, total, changed, [i - 1, i, i + 1]), i
+        assert not _exact(written, total, data[:i], [i // 2]), i  # cut short
+    assert not _exact(written, total, data + b" ")
+    assert not _exact(written, total, data + data, [len(data)])
+    assert _check(written, total, b"") == b""

@@ -33,7 +33,7 @@ from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan, path_key
 from dittohead.core.errors import LocalFileError, describe_os_error
-from dittohead.core.manifest import MANIFEST_PATH, Manifest, ManifestWriter
+from dittohead.core.manifest import MANIFEST_PATH, Manifest, json_pieces
 from dittohead.core.names import parents
 
 BLOCK = 512
@@ -190,8 +190,11 @@ class Pack:
         self.total_bytes = plan.total_bytes
         self.bytes_done = 0
         self._now = int(time.time()) if now is None else now
-        self._manifest_json: bytes | None = None
+        # Each file's sha256 (32 bytes, in stream order): the manifest is written from these and
+        # the members at the end, and written again if asked for, instead of being held.
+        self._digests = bytearray()
         self._manifest: Manifest | None = None
+        self._manifest_sha256 = ""
         self._started = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -206,13 +209,16 @@ class Pack:
     @property
     def manifest_json(self) -> bytes:
         """The manifest exactly as sent (its sha256 is what the receipt names)."""
-        if self._manifest_json is None:
-            raise RuntimeError("the manifest is known only once the whole stream was produced")
-        return self._manifest_json
+        return self.manifest.to_json()
 
     @property
     def manifest_sha256(self) -> str:
-        return hashlib.sha256(self.manifest_json).hexdigest()
+        _ = self.manifest  # known once the stream was produced
+        return self._manifest_sha256
+
+    def _manifest_pieces(self) -> Iterator[bytes]:
+        files = ((m.path, m.size) for m in self.members if not isinstance(m, str))
+        return json_pieces(files, self._digests, len(self.plan.files), self.total_bytes)
 
     def chunks(self) -> Iterator[bytes]:
         """Produce the stream; each chunk is at most `READ_SIZE` bytes (constant memory)."""
@@ -221,7 +227,7 @@ class Pack:
         self._started = True
         out = bytearray()
         buf = memoryview(bytearray(READ_SIZE))
-        writer = ManifestWriter(len(self.plan.files), self.total_bytes)
+        digests = self._digests
         base = os.path.join(self.plan.root, "")  # ends with a separator
         for item in self.members:
             if isinstance(item, str):
@@ -236,25 +242,32 @@ class Pack:
                     digest = self._small_file(item, path, out, buf)
                 else:
                     digest = yield from self._file(item, path, out, buf)
-                writer.add(item.path, item.size, digest)
+                digests += digest
             if len(out) >= CHUNK_SIZE:
                 yield bytes(out)
                 out.clear()
-        manifest = writer.finish()
-        data = manifest.to_json()
-        out += tar_header(MANIFEST_PATH, is_dir=False, size=len(data), mtime=self._now)
-        self._manifest, self._manifest_json = manifest, data
-        # The manifest grows with the number of files (not their size): it goes out in slices
-        # of itself (a slice of all of it is the same object, not a copy), not copied into `out`.
-        if len(out) + len(data) <= CHUNK_SIZE:
-            out += data
-        else:
-            yield bytes(out)
-            out.clear()
-            for start in range(0, len(data), READ_SIZE):
-                yield data[start : start + READ_SIZE]
-        out += _ZEROS[: -len(data) % BLOCK]
+        # The manifest, last: its size first (for its header), then its bytes, written out
+        # piece by piece with the rest of the stream and hashed on the way.
+        size = sum(map(len, self._manifest_pieces()))
+        out += tar_header(MANIFEST_PATH, is_dir=False, size=size, mtime=self._now)
+        sha = hashlib.sha256()
+        part = bytearray()
+        for piece in self._manifest_pieces():
+            part += piece
+            if len(part) >= CHUNK_SIZE:
+                sha.update(part)
+                out += part
+                part.clear()
+                yield bytes(out)
+                out.clear()
+        sha.update(part)
+        out += part
+        out += _ZEROS[: -size % BLOCK]
         out += _ZEROS[: 2 * BLOCK]  # end of archive
+        self._manifest_sha256 = sha.hexdigest()
+        self._manifest = Manifest.of_json(
+            lambda: b"".join(self._manifest_pieces()), len(self.plan.files), self.total_bytes
+        )
         yield bytes(out)
 
     def _small_file(self, item: FileItem, path: str, out: bytearray, buf: memoryview) -> bytes:

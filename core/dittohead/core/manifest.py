@@ -7,7 +7,6 @@ checks each file it wrote against it, and the processor re-hashes every byte aga
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from binascii import hexlify
@@ -34,17 +33,17 @@ class ManifestEntry:
 class Manifest:
     """Every file of an upload with its size and sha256 (`entries`), and their totals.
 
-    Made from its entries, or (`of_json`) from the JSON a `ManifestWriter` wrote, whose entries
-    are then read back only if someone asks for them: the client that sent 50,000 files needs
-    the manifest's bytes and totals, not 50,000 objects. Two manifests are equal when their
-    entries are.
+    Made from its entries, or (`of_json`) from its totals and a function that writes its JSON
+    (`json_pieces`), whose entries are then read back only if someone asks for them: the
+    client that sent 50,000 files needs the manifest's totals, not 50,000 objects nor the
+    JSON held. Two manifests are equal when their entries are.
     """
 
     __slots__ = ("_bytes", "_entries", "_files", "_json")
 
     def __init__(self, entries: tuple[ManifestEntry, ...]) -> None:
         self._entries: tuple[ManifestEntry, ...] | None = entries
-        self._json: bytes | None = None
+        self._json: Callable[[], bytes] | None = None
         self._files = len(entries)
         self._bytes = sum(e.size for e in entries)
 
@@ -53,10 +52,10 @@ class Manifest:
         return cls(tuple(entries))
 
     @classmethod
-    def of_json(cls, data: bytes, file_count: int, byte_count: int) -> Manifest:
-        """The manifest whose `to_json` is `data` (`ManifestWriter` wrote it), with its totals."""
+    def of_json(cls, write: Callable[[], bytes], file_count: int, byte_count: int) -> Manifest:
+        """The manifest whose `to_json` is what `write` returns, with these totals."""
         manifest = cls(())
-        manifest._entries, manifest._json = None, data
+        manifest._entries, manifest._json = None, write
         manifest._files, manifest._bytes = file_count, byte_count
         return manifest
 
@@ -64,7 +63,7 @@ class Manifest:
     def entries(self) -> tuple[ManifestEntry, ...]:
         if self._entries is None:
             assert self._json is not None
-            doc = load_manifest(self._json, _bad, entries_as_tuples=True)
+            doc = load_manifest(self._json(), _bad, entries_as_tuples=True)
             self._entries = tuple(ManifestEntry(*e) for e in checked_entries(doc, _bad))
         return self._entries
 
@@ -78,7 +77,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         if self._json is not None:
-            return self._json
+            return self._json()
         doc = {
             "files": self.file_count,
             "bytes": self.byte_count,
@@ -103,7 +102,8 @@ class Manifest:
 
 # `Manifest.to_json` as the client writes it, piece by piece: json.dumps with
 # ensure_ascii=False and no spaces writes exactly these bytes (tests compare the two). The
-# receiver rebuilds them from what it wrote to recognise a manifest that lists exactly that.
+# client writes its manifest from the files it sent and their digests, and the receiver
+# rebuilds it from what it wrote to recognise a manifest that lists exactly that.
 def json_head(file_count: int, byte_count: int) -> bytes:
     """Everything before the first entry."""
     return b'{"files":%d,"bytes":%d,"entries":[' % (file_count, byte_count)
@@ -122,41 +122,31 @@ def json_entry(path: str, size: int, sha256: bytes | bytearray) -> bytes:
 JSON_TAIL = b"]}"
 
 
-class ManifestWriter:
-    """Builds the manifest's JSON entry by entry, as the files are sent.
+def json_pieces(
+    files: Iterable[tuple[str, int]], digests: bytes | bytearray, file_count: int, byte_count: int
+) -> Iterator[bytes]:
+    """The manifest of `files` (path, size), whose raw sha256 digests are `digests` (32 bytes
+    each, in the same order), in pieces: `Manifest.to_json` of the same entries.
 
-    The totals come first in the JSON, so they are given at the start (a sender knows them
-    from its plan; `finish` refuses a manifest whose entries do not add up to them). The JSON
-    grows in one buffer that becomes the manifest's bytes without a copy: about 140 bytes per
-    file while a stream is produced, instead of an object per file and then the document and
-    its bytes at once. `finish` gives the `Manifest`, exactly as `Manifest.to_json` would
-    write it from the same entries.
+    A sender keeps 32 bytes per file instead of the manifest (~140 bytes per file) or an
+    object per file, and writes it out piece by piece at the end. The totals come first, so
+    they are given (the caller knows them); a manifest whose entries do not add up to them is
+    refused (ValueError) after its last entry.
     """
-
-    def __init__(self, file_count: int, byte_count: int) -> None:
-        self._out = io.BytesIO()
-        self._out.write(json_head(file_count, byte_count))
-        self._want = (file_count, byte_count)
-        self.file_count = 0
-        self.byte_count = 0
-
-    def add(self, path: str, size: int, sha256: bytes) -> None:
-        if self.file_count:
-            self._out.write(b",")
-        self._out.write(json_entry(path, size, sha256))
-        self.file_count += 1
-        self.byte_count += size
-
-    def finish(self) -> Manifest:
-        if (self.file_count, self.byte_count) != self._want:
-            raise ValueError(
-                f"the manifest lists {self.file_count} files of {self.byte_count} bytes, "
-                f"not the {self._want[0]} of {self._want[1]} its totals say"
-            )
-        self._out.write(JSON_TAIL)
-        data = self._out.getvalue()  # the buffer itself (BytesIO hands it over uncopied)
-        self._out = io.BytesIO()
-        return Manifest.of_json(data, self.file_count, self.byte_count)
+    yield json_head(file_count, byte_count)
+    count = total = 0
+    for path, size in files:
+        if count:
+            yield b","
+        yield json_entry(path, size, digests[32 * count : 32 * count + 32])
+        count += 1
+        total += size
+    if (count, total, len(digests)) != (file_count, byte_count, 32 * count):
+        raise ValueError(
+            f"the manifest lists {count} files of {total} bytes with {len(digests)} bytes of "
+            f"digests, not the {file_count} files of {byte_count} bytes its totals say"
+        )
+    yield JSON_TAIL
 
 
 def _bad(why: str) -> UploadRejected:

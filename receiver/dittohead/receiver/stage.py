@@ -34,12 +34,10 @@ from dataclasses import dataclass
 
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
 from dittohead.core.manifest import (
-    JSON_TAIL,
     MANIFEST_DIR,
     MANIFEST_PATH,
     checked_entries,
-    json_entry,
-    json_head,
+    json_pieces,
     load_manifest,
     parse_manifest,
 )
@@ -430,15 +428,9 @@ class Written:
         }
 
     def manifest_pieces(self, total: int) -> Iterator[bytes]:
-        """The manifest the dittohead client writes for these files (`total` bytes), in pieces:
-        `core.manifest.ManifestWriter`'s bytes, every file in stream order."""
-        yield json_head(len(self.paths), total)
-        digests = self.digests
-        for i, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True)):
-            if i:
-                yield b","
-            yield json_entry(path, size, digests[32 * i : 32 * i + 32])
-        yield JSON_TAIL
+        """The manifest the dittohead client writes for these files (`total` bytes), in pieces
+        (`core.manifest.json_pieces`: every file in stream order)."""
+        return json_pieces(zip(self.paths, self.sizes, strict=True), self.digests, len(self), total)
 
 
 class ManifestCheck:

@@ -335,20 +335,19 @@ class Ledger:
         for path in wanted:
             self._versions[path] = {}
         # Most lines are not about a wanted path, and those are passed over without parsing
-        # them: the path of a line is the JSON string after its one '"path":"' (a '"' inside
-        # a JSON string is always escaped, so that text cannot appear inside a value). When the
-        # string has no escapes, its bytes are the path's UTF-8. Any line this cannot tell
-        # (an escape in the path, or not exactly one such key) is parsed in full.
+        # them. In a line with no backslash at all (so no key or value spelt with escapes)
+        # and one '"path"' (a '"' inside a JSON string is always escaped, so that text is a
+        # key, or a whole value), written '"path":"', the path is the text up to the next
+        # '"', and its bytes are the path's UTF-8. Any other line is parsed in full.
         keys = {p.encode("utf-8", "surrogatepass") for p in wanted}
         with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
             fh.seek(0)
             for raw in fh:
                 if not raw.endswith(b"\n"):
                     break  # cannot happen: the torn line was cut at start-up
-                start = raw.find(_PATH_KEY) + len(_PATH_KEY)
-                if start >= len(_PATH_KEY) and raw.count(_PATH_KEY) == 1:
-                    key = raw[start : raw.find(b'"', start)]
-                    if key not in keys and b"\\" not in key:
+                if b"\\" not in raw and raw.count(b'"path"') == 1:
+                    start = raw.find(_PATH_KEY) + len(_PATH_KEY)
+                    if start >= len(_PATH_KEY) and raw[start : raw.find(b'"', start)] not in keys:
                         continue
                 elif not raw.strip():
                     continue

@@ -113,17 +113,26 @@ def test_lines_spelt_otherwise_are_read_in_full(tmp_path: Path) -> None:
             json.dumps({**base, "path": "spaced.txt", "stored_as": "spaced~2.txt"}),
             json.dumps({**base, "path": "esc.txt"}, sort_keys=True).replace('"esc', '"\\u0065sc'),
             json.dumps(dict(reversed(list({**base, "path": "rev.txt"}.items())))),
+            # the same key twice (JSON takes the last), the second spelt with a space
+            json.dumps({**base, "path": "first.txt"}, separators=(",", ":"))[:-1]
+            + ',"path" :"twice.txt"}',
+            # a value that reads "path"
+            json.dumps({**base, "path": "val.txt", "source": "path"}, separators=(",", ":")),
         ]
         with path.open("a") as fh:
             fh.write("\n".join(odd) + "\n")
         ledger = Ledger(dest, replay=())
         try:
-            ledger.prepare(["spaced.txt", "esc.txt", "rev.txt", "plain.txt"])
+            ledger.prepare(["spaced.txt", "esc.txt", "rev.txt", "plain.txt", "first.txt"])
+            ledger.prepare(["twice.txt", "val.txt"])
+            assert ledger.stored_version("twice.txt", _SHAS[0]) == "plain.txt"
+            assert ledger.stored_version("first.txt", _SHAS[0]) is None
+            assert ledger.stored_version("val.txt", _SHAS[0]) == "plain.txt"
             assert ledger.stored_version("spaced.txt", _SHAS[0]) == "spaced~2.txt"
             assert ledger.stored_version("esc.txt", _SHAS[0]) == "plain.txt"
             assert ledger.stored_version("rev.txt", _SHAS[0]) == "plain.txt"
             assert ledger.stored_version("plain.txt", _SHAS[0]) == "plain.txt"
-            assert ledger.count == 4
+            assert ledger.count == 6
         finally:
             ledger.close(flush=False)
     finally:

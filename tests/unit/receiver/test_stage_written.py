@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dittohead.core.manifest import json_pieces
+from dittohead.receiver import stage
 from dittohead.receiver.stage import ManifestCheck, Written, manifest_lists_exactly
 from tests.unit.receiver.test_stage_manifest import (
     CONTENTS,
@@ -42,10 +44,12 @@ def _record(picks: list[tuple[int, int]]) -> tuple[Written, int]:
 
 
 def _check(
-    written: Written, total: int, data: bytes, cuts: list[int] | None = None
+    written: Written, total: int, data: bytes, cuts: list[int] | None = None, block: int = 1
 ) -> bytes | None:
-    """Feed `data` to a ManifestCheck cut at `cuts` (sorted offsets); its verdict."""
-    check = ManifestCheck(written, total)
+    """Feed `data` to a ManifestCheck cut at `cuts` (sorted offsets), comparing blocks of
+    `block` bytes or more (a piece at a time by default); its verdict."""
+    with patch.object(stage, "MANIFEST_BLOCK_BYTES", block):
+        check = ManifestCheck(written, total)
     start = 0
     for cut in [*(cuts or []), len(data)]:
         end = max(start, min(cut, len(data)))
@@ -54,8 +58,10 @@ def _check(
     return check.unless_exact()
 
 
-def _exact(written: Written, total: int, data: bytes, cuts: list[int] | None = None) -> bool:
-    kept = _check(written, total, data, cuts)
+def _exact(
+    written: Written, total: int, data: bytes, cuts: list[int] | None = None, block: int = 1
+) -> bool:
+    kept = _check(written, total, data, cuts, block)
     assert kept is None or kept == data  # anything not exact is handed on exactly as it came
     return kept is None
 
@@ -88,13 +94,18 @@ def test_the_clients_manifest_is_recognised(picks: list[tuple[int, int]]) -> Non
     st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10)), max_size=3),
     st.booleans(),
     st.lists(st.integers(0, 1000), max_size=6).map(sorted),
+    st.sampled_from([1, 50, 64 * 1024]),
 )
-@example([(0, 1), (1, 2)], [("shuffle", 0)], True, [])
-@example([(0, 1), (1, 1)], [("drop", 0), ("duplicate", 0)], True, [])
-@example([(3, 1)], [("case", 0)], True, [])
-@example([(0, 1)], [], False, [])
+@example([(0, 1), (1, 2)], [("shuffle", 0)], True, [], 1)
+@example([(0, 1), (1, 1)], [("drop", 0), ("duplicate", 0)], True, [], 1)
+@example([(3, 1)], [("case", 0)], True, [], 50)
+@example([(0, 1)], [], False, [], 1)
 def test_the_exact_check_never_accepts_what_the_parsing_checks_refuse(
-    picks: list[tuple[int, int]], mutations: list[tuple[str, int]], compact: bool, cuts: list[int]
+    picks: list[tuple[int, int]],
+    mutations: list[tuple[str, int]],
+    compact: bool,
+    cuts: list[int],
+    block: int,
 ) -> None:
     written, total = _record(picks)
     as_dict = written.by_path()
@@ -103,11 +114,11 @@ def test_the_exact_check_never_accepts_what_the_parsing_checks_refuse(
         if isinstance(doc, dict) and isinstance(doc["entries"], list):
             doc = _mutate(doc, how, index)
     data = _compact(doc) if compact else json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    if _exact(written, total, data, cuts):
+    if _exact(written, total, data, cuts, block):
         assert manifest_lists_exactly(data, as_dict)
         assert _full_verdict(data, as_dict) is None
     if compact and not mutations:
-        assert _exact(written, total, data, cuts)
+        assert _exact(written, total, data, cuts, block)
 
 
 def test_any_byte_changed_is_not_exact() -> None:
@@ -117,8 +128,9 @@ def test_any_byte_changed_is_not_exact() -> None:
     assert not _exact(written, total + 1, data)
     for i in range(len(data)):
         changed = data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
-        assert not _exact(written, total, changed, [i - 1, i, i + 1]), i
-        assert not _exact(written, total, data[:i], [i // 2]), i  # cut short
+        for block in (1, 100, 64 * 1024):
+            assert not _exact(written, total, changed, [i - 1, i, i + 1], block), i
+            assert not _exact(written, total, data[:i], [i // 2], block), i  # cut short
     assert not _exact(written, total, data + b" ")
     assert not _exact(written, total, data + data, [len(data)])
     assert _check(written, total, b"") == b""

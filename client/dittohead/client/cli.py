@@ -355,28 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> NoReturn:
-    """The ``dittohead`` command: `main`, then the process ends at once.
+    """The ``dittohead`` command: `main`, then the process ends at once (see
+    `dittohead.core.process`: by then the result is printed and the state file synced)."""
+    from dittohead.core.process import run_and_exit  # noqa: PLC0415 (only the command needs it)
 
-    By then the result is printed and the state file is synced; the interpreter's teardown
-    (freeing the scan, pack and state of tens of thousands of files: ~11 ms for 20,000) would
-    only delay the end of the send. So the output is flushed and the process exits without it.
-
-    The cyclic garbage collector is off for the command: a send's objects (an item or two per
-    file in the scan, the pack, the state) hold no cycles and are freed by reference counting,
-    and the collector only walked them again and again (~30 ms of the client's CPU for 20,000
-    files, while it produces the stream). asyncssh leaves a bounded few hundred objects in
-    cycles per connection, whatever the size of the upload.
-    """
-    import gc  # noqa: PLC0415
-
-    gc.disable()
-    code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        code = code or 120  # the output did not arrive (Python's own status for this case)
-    os._exit(code)
+    run_and_exit(main)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import asyncssh
 
 log = logging.getLogger(__name__)
 
-_RECEIVER = "from dittohead.receiver.receive import main; main()"
+_RECEIVER = "from dittohead.receiver.receive import entry; entry()"
 
 
 class _Server(asyncssh.SSHServer):

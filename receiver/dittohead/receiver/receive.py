@@ -32,6 +32,7 @@ from dittohead.core.errors import (
     TransferError,
     describe_os_error,
 )
+from dittohead.core.process import run_and_exit
 from dittohead.receiver import commit, gate
 from dittohead.receiver.stage import Staging, out_of_space
 
@@ -121,24 +122,15 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Receive one upload and exit: the entry point (``dittohead-receive``, ``-m``).
-
-    The process ends with ``os._exit`` once the upload is settled. Every line it owes the
-    collector went out with ``os.write``; the logging handlers and Python's own streams are
-    flushed first. Skipping the interpreter's teardown (~20 ms after 20,000 files, all of it
-    freeing memory) hands sshd the exit status, and the client the end of its receipt, that
-    much sooner.
-    """
-    code = receive(argv)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):  # argparse's --help and usage are buffered
-        with suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
+def entry() -> NoReturn:
+    """The ``dittohead-receive`` command (sshd's ``ForceCommand``): `main`, then the process
+    ends at once (see `dittohead.core.process`). Every line it owes the collector went out with
+    ``os.write``; ending without the interpreter's teardown hands sshd the exit status, and the
+    client the end of its receipt, ~20 ms sooner after 20,000 files."""
+    run_and_exit(main)
 
 
-def receive(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Receive one upload; return the exit status (0 after the receipt was printed)."""
     argv = sys.argv[1:] if argv is None else argv
     _setup_logging(os.environb.get(b"DITTOHEAD_DEBUG") == b"1")
@@ -186,4 +178,4 @@ def receive(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    entry()

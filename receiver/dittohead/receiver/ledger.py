@@ -14,6 +14,7 @@ journal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -188,7 +189,7 @@ class Ledger:
         # `_versions`: path as sent -> where each content of it is stored ("the same content
         # for that path"), complete for every path it has (from the file and this run's
         # records): in the common case (one content, stored under the path itself) just its
-        # sha256, else {sha256: stored_as} ({} when it has none). And, for the uploads in
+        # sha256, else {sha256: stored_as} ("" when it has none). And, for the uploads in
         # `replay` only, (upload, path) -> (stored_as, outcome), so a replay after a crash finds
         # what it already recorded; an upload claimed in this pass has no records before this
         # pass, and publishes each of its paths once.
@@ -204,7 +205,8 @@ class Ledger:
         # A replay needs its upload's records, which may lie anywhere: then read it all.
         whole = 0 if self._replay else self._resume(size)  # bytes of complete lines
         if not whole:
-            bits = _filter_bits(size)
+            # Room for the ledger to double before the filter is too small (see `_resume`).
+            bits = _filter_bits(2 * size)
             self._filter = bytearray(bits >> 3)
             self._mask = bits - 1
         with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
@@ -276,6 +278,14 @@ class Ledger:
         if self._summary is None or self._pending:
             return
         st = os.fstat(self._fd)
+        if len(self._filter) * 8 < _filter_bits(st.st_size):
+            # The ledger has outgrown its filter: the next open reads it all and sizes anew.
+            with contextlib.suppress(FileNotFoundError):
+                self._summary.unlink()
+            return
+        for path, have in self._versions.items():
+            if have:  # this run's paths (the others are marked already, or have no record)
+                self._mark(path)
         head = {
             "v": 1, "dev": st.st_dev, "ino": st.st_ino, "offset": st.st_size,
             "count": self.count, "prev": self._prev, "bits": len(self._filter) * 8,
@@ -321,7 +331,13 @@ class Ledger:
         memory. (They stay right without it, at one read of the file per path the filter
         cannot rule out.)
         """
-        wanted = {p for p in paths if p not in self._versions and self._may_have(p)}
+        wanted = set()
+        for path in paths:
+            if path not in self._versions:
+                if self._may_have(path):
+                    wanted.add(path)
+                else:
+                    self._versions[path] = ""  # none: the filter rules it out
         if wanted:
             self._read_versions(wanted)
 
@@ -333,7 +349,7 @@ class Ledger:
         gets its whole history in file order: the first place of each content is kept.
         """
         for path in wanted:
-            self._versions[path] = {}
+            self._versions[path] = ""  # none, unless the file has some
         # Most lines are not about a wanted path, and those are passed over without parsing
         # them. In a line with no backslash at all (so no key or value spelt with escapes)
         # and one '"path"' (a '"' inside a JSON string is always escaped, so that text is a
@@ -358,17 +374,17 @@ class Ledger:
     def _remember(
         self, upload: str, path: str, sha256: str, stored_as: str, outcome: Outcome
     ) -> None:
-        if path not in self._versions:
-            if self._may_have(path):
-                self._read_versions({path})  # not prepared: its history first
-            self._mark(path)
+        # Not marked in the filter now: it answers for the lines read at start-up only (this
+        # run's paths are all in `_versions`), so it does not fill up as a big entry arrives.
+        if path not in self._versions and self._may_have(path):
+            self._read_versions({path})  # not prepared: its history first
         self._add_version(path, sha256, stored_as)
         if upload in self._replay:
             self._seen[(upload, path)] = (stored_as, outcome)
 
     def _add_version(self, path: str, sha256: str, stored_as: str) -> None:
         have = self._versions.get(path)
-        if not have:  # none yet (absent, or {} from a read that found none)
+        if not have:  # none yet (absent, or "": a look-up found none)
             self._versions[path] = sha256 if stored_as == path else {sha256: stored_as}
         elif isinstance(have, str):
             if have != sha256:  # a second content: the first keeps its place (as setdefault)

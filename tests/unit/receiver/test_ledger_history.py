@@ -266,3 +266,41 @@ def test_a_summary_that_does_not_match_is_not_used(tmp_path: Path, spoil: str) -
             ledger.close(flush=False)
     finally:
         os.close(dest)
+
+
+def test_a_big_run_does_not_read_the_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths appended in a run are answered from memory: the filter, which holds only what
+    was read at start-up, does not fill up with them (it did, and every file re-read the
+    ledger). Its summary is dropped once the ledger has outgrown it."""
+    (tmp_path / "tree").mkdir()
+    summary = tmp_path / "state" / "s.summary"
+    dest = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
+    reads: list[set[str]] = []
+    real = Ledger._read_versions
+
+    def counting(self: Ledger, wanted: set[str]) -> None:
+        reads.append(wanted)
+        real(self, wanted)
+
+    monkeypatch.setattr(Ledger, "_read_versions", counting)
+    try:
+        with _open(dest, summary) as ledger:
+            ledger.append(_record("first", _SHAS[0], "first"))
+        assert summary.exists()
+        with _open(dest, summary) as ledger:
+            paths = [f"d{i % 10}/f{i}.txt" for i in range(20000)]
+            ledger.prepare(paths)
+            for path in paths:
+                assert ledger.stored_version(path, _SHAS[1]) is None
+                ledger.append(_record(path, _SHAS[1], path))
+                if ledger.queued_bytes > 1 << 20:
+                    ledger.flush()
+        assert sum(len(w) for w in reads) < 50  # the filter's rare false positives only
+        assert not summary.exists()  # 20,000 lines outgrew a filter sized for one
+        with _open(dest, summary) as ledger:  # reads it all, sizes anew, leaves a summary
+            assert ledger.stored_version("d3/f3.txt", _SHAS[1]) == "d3/f3.txt"
+        assert summary.exists()
+    finally:
+        os.close(dest)

@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from dittohead.core.errors import DittoheadError
 from dittohead.core.manifest import (
@@ -77,7 +78,7 @@ class _Walker:
         self.limits = limits
         self.expected = listing
         self.names = NameSet()
-        self.files: list[StagedFile] = []
+        self.copied = 0
         self.dirs: list[str] = []
         self.buf = bytearray(_BUF)
         self.after_copy = after_copy
@@ -148,14 +149,14 @@ class _Walker:
 
     def _copy(self, rel: str, name: str, path_fd: int, st: os.stat_result, stage_fd: int) -> None:
         listed = self.expected.get(rel)
-        if listed is None:
+        if not isinstance(listed, tuple):  # (a StagedFile cannot be: the walk meets rel once)
             raise EntryRejected(f"{rel!r}: file is not listed in the manifest")
         path, size, sha256 = listed  # the listing's strings, equal to rel and (below) digest
         if st.st_size != size:
             raise EntryRejected(f"{rel!r}: size {st.st_size} differs from the manifest")
         if st.st_size > self.limits.max_file_bytes:
             raise EntryRejected(f"{rel!r}: larger than the per-file limit")
-        if len(self.files) >= self.limits.max_files:
+        if self.copied >= self.limits.max_files:
             raise EntryRejected(f"more than {self.limits.max_files} files")
         # Re-open the very inode judged above; /proc/self/fd never resolves a path again.
         try:
@@ -190,8 +191,10 @@ class _Walker:
         if digest != sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
         # The listing's strings are kept rather than a second copy; staged at its own path.
-        self.files.append(StagedFile(path, size, sha256, path, ino))
-        self.after_copy(len(self.files))
+        # It takes the listed tuple's place: the manifest's order, and no second index.
+        self.expected[rel] = StagedFile(path, size, sha256, path, ino)
+        self.copied += 1
+        self.after_copy(self.copied)
 
 
 def _unreadable(rel: str, kind: str) -> str:
@@ -223,8 +226,9 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, 
     return hasher.hexdigest(), total
 
 
-#: the manifest's files by path, in its order
-Listing = dict[str, Listed]
+#: the manifest's files by path, in its order (each listed tuple replaced by its staged copy as
+#: the walk copies it)
+Listing = dict[str, Listed | StagedFile]
 
 
 def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Listing:
@@ -320,15 +324,17 @@ def stage_entry(
     listing = read_manifest(entry_fd, owner, dev, limits)
     walker = _Walker(owner, dev, limits, listing, after_copy=after_copy)
     walker.walk(entry_fd, "", staging_fd)
-    # Every file found is listed (checked per file), once (the walk's NameSet); now every
-    # listed path must have been found, which is also what vouches for the listed names (see
-    # `_parse_manifest`).
-    found = {f.path: f for f in walker.files}
-    if len(found) != len(listing):
-        missing = next(path for path in listing if path not in found)
-        raise EntryRejected(f"{missing!r} is listed in the manifest but missing")
-    if sum(f.size for f in walker.files) > limits.max_upload_bytes:
+    dirs = tuple(walker.dirs)
+    del walker  # its NameSet, before the files' tuple is built
+    # Every file found is listed (checked per file), once (the walk's NameSet), and took its
+    # listed tuple's place; now every listed path must have been found, which is also what
+    # vouches for the listed names (see `_parse_manifest`).
+    files = tuple(listing.values())  # in the manifest's order
+    missing = next((f for f in files if not isinstance(f, StagedFile)), None)
+    if missing is not None:
+        raise EntryRejected(f"{missing[0]!r} is listed in the manifest but missing")
+    listing.clear()
+    staged = cast(tuple[StagedFile, ...], files)
+    if sum(f.size for f in staged) > limits.max_upload_bytes:
         raise EntryRejected("larger than the per-upload limit")
-    walker.files.clear()
-    files = tuple(found[path] for path in listing)  # in the manifest's order
-    return StagedEntry(files, tuple(walker.dirs))
+    return StagedEntry(staged, dirs)

@@ -116,15 +116,16 @@ _LAST_LINE_MAX = 1 << 16
 
 
 def _filter_bits(size: int) -> int:
-    """Bits of the path filter for a ledger of `size` bytes: a line is ~500 bytes, and ~32
-    bits per line keep false positives near 0.1% (2 bits per path); rounding up to a power of
-    two gives up to twice that."""
+    """Bits of the path filter for a ledger of `size` bytes: at least 16 per line of ~500 bytes
+    (2 bits per path: ~1.4% false positives at 16 bits per line, ~0.1% at 64). A full read
+    sizes it for twice the ledger, rounded up to a power of two: 32 to 64 bits per line then, 8 MiB
+    for 1,000,000 lines."""
     return 1 << max(16, (size // _LINE_GUESS * _FILTER_BITS_PER_LINE).bit_length())
 
 
 #: bytes of a line, at least, for sizing the path filter; and the filter's bits per such line
 _LINE_GUESS = 512
-_FILTER_BITS_PER_LINE = 32
+_FILTER_BITS_PER_LINE = 16
 
 
 def parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
@@ -182,8 +183,8 @@ class Ledger:
         # Only what publishing needs, not the records themselves: the processor's memory
         # must not grow with a study's whole history, nor its start-up read every record into
         # an index. The history is held as a filter of the paths it has (two bits per path in
-        # a bitmap of ~32 bits per line: a path that was never sent is told apart from one that
-        # may have been, with rare false positives, in a fixed few MiB); the exact versions of
+        # a bitmap of 16 to 64 bits per line: a path that was never sent is told apart from one
+        # that may have been, with rare false positives, in a few MiB); the exact versions of
         # a path are read back from the file only when a path may be in it (`prepare`: one
         # read for all of an entry's paths).
         # `_versions`: path as sent -> where each content of it is stored ("the same content

@@ -249,7 +249,7 @@ def move_new_folders(
     for item in files:
         if (
             ledger.recorded(upload, item.path) is None
-            and ledger.stored_version(item.path, item.sha256.hex()) is None
+            and ledger.stored_version(item.path, item.sha256) is None
         ):
             continue
         rel_dir = item.path.rpartition("/")[0]
@@ -296,7 +296,7 @@ def publish_file(
     done = ledger.recorded(up.upload, item.path)
     if done is not None:
         return _record(up, item, *done)
-    existing = ledger.stored_version(item.path, item.sha256.hex())
+    existing = ledger.stored_version(item.path, item.sha256)
     if existing is not None:
         record = _record(up, item, existing, "duplicate")
         ledger.append(record)
@@ -356,7 +356,7 @@ def _record(up: Upload, item: StagedFile, stored_as: str, outcome: Outcome) -> R
         path=item.path,
         stored_as=stored_as,
         size=item.size,
-        sha256=item.sha256.hex(),
+        sha256=item.sha256,
         outcome=outcome,
         received_at=up.received_at,
         recorded_at=up.recorded_at,

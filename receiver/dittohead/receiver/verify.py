@@ -52,7 +52,7 @@ _DIR_MODE = 0o750
 class StagedFile:
     path: str  # as sent
     size: int
-    sha256: bytes  # the 32 bytes (65 bytes of memory, against 113 for the hex text)
+    sha256: str
     staged: str  # path inside the entry's staging folder (flat ``00000001`` in old journals)
     ino: int  # inode of the staged copy: lets a replay find it again after its rename
 
@@ -188,11 +188,11 @@ class _Walker:
         )
         if changed or copied != size:
             raise EntryRejected(f"{rel!r}: file changed while it was being copied")
-        if digest.hex() != sha256:  # as the manifest spells it (lower-case hex, no other)
+        if digest != sha256:
             raise EntryRejected(f"{rel!r}: content does not match the manifest's sha256")
         # The listing's strings are kept rather than a second copy; staged at its own path.
         # It takes the listed tuple's place: the manifest's order, and no second index.
-        self.expected[rel] = StagedFile(path, size, digest, path, ino)
+        self.expected[rel] = StagedFile(path, size, sha256, path, ino)
         self.copied += 1
         self.after_copy(self.copied)
 
@@ -203,7 +203,7 @@ def _unreadable(rel: str, kind: str) -> str:
     return f"{rel!r}: the processor may not read this {kind} (its mode was changed)"
 
 
-def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[bytes, int]:
+def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[str, int]:
     """Copy at most `limit` bytes from `src` to `dst`, hashing them in the same pass."""
     hasher = hashlib.sha256()
     view = memoryview(buf)
@@ -223,7 +223,7 @@ def _copy_hashing(src: int, dst: int, limit: int, buf: bytearray) -> tuple[bytes
             # file: no need for the extra read() that would return 0 (one syscall per file).
             # Growth after this read is caught by the caller's after-fstat (size, mtime).
             break
-    return hasher.digest(), total
+    return hasher.hexdigest(), total
 
 
 #: the manifest's files by path, in its order (each listed tuple replaced by its staged copy as
@@ -266,11 +266,9 @@ def read_manifest(entry_fd: int, owner: int, dev: int, limits: Limits) -> Listin
             os.close(src)
     finally:
         os.close(fd)
-    # Neither the bytes nor the text are kept longer than they are needed (~8 MiB each for a
-    # 50,000-file manifest): the text is handed over (popped), and let go once parsed.
-    texts = [_decode(data)]
-    del data
-    return _parse_text(texts.pop(), limits.max_files)
+    text = _decode(data)
+    del data  # not kept through the parse: ~8 MiB for a 50,000-file manifest
+    return _parse_text(text, limits.max_files)
 
 
 def _decode(data: bytes) -> str:
@@ -297,7 +295,6 @@ def _parse_text(text: str, max_files: int) -> Listing:
     # Each file's JSON object becomes a small tuple as it is parsed (and is kept as it is), so
     # the whole manifest never exists as one dict per file.
     doc = load_manifest(text, _bad_manifest, entries_as_tuples=True)
-    del text  # the caller's only reference was handed over: free before the listing is built
     listing: Listing = {}
     for entry in checked_entries(doc, _bad_manifest, max_files):
         path = entry[0]

@@ -20,9 +20,7 @@ def _entry(n: int) -> JournalEntry:
         dev=2049,
         ino=12,
         files=[
-            StagedFile(
-                f'd{i % 7}/f\u00e9 "{i}".txt', i, bytes.fromhex(f"{i:064x}"), f"{i:08d}", 1000 + i
-            )
+            StagedFile(f'd{i % 7}/f\u00e9 "{i}".txt', i, f"{i:064x}", f"{i:08d}", 1000 + i)
             for i in range(n)
         ],
         dirs=[f"d{i}" for i in range(7)],
@@ -41,13 +39,7 @@ def test_pieces_make_the_whole_document_and_read_back(n: int) -> None:
         "dev": item.dev,
         "ino": item.ino,
         "files": [
-            {
-                "path": f.path,
-                "size": f.size,
-                "sha256": f.sha256.hex(),
-                "staged": f.staged,
-                "ino": f.ino,
-            }
+            {"path": f.path, "size": f.size, "sha256": f.sha256, "staged": f.staged, "ino": f.ino}
             for f in item.files
         ],
         "dirs": item.dirs,

@@ -290,7 +290,7 @@ def test_a_folder_with_a_recorded_file_under_it_is_not_moved_whole(tmp_path: Pat
         def stored_version(self, path: str, sha256: str) -> str | None:
             return None
 
-    files = [StagedFile(p, 1, bytes(32), p, 0) for p in ("a/b/f.txt", "a/c/g.txt", "d/h.txt")]
+    files = [StagedFile(p, 1, "0" * 64, p, 0) for p in ("a/b/f.txt", "a/c/g.txt", "d/h.txt")]
     moved = MovedFolders()
     sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
     dfd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)

@@ -225,5 +225,5 @@ def test_copy_hashing_copies_and_hashes_what_is_there(size: int, growth: int) ->
             os.close(dst)
         want = data[:limit]
         assert copied == len(want)
-        assert digest == hashlib.sha256(want).digest()
+        assert digest == hashlib.sha256(want).hexdigest()
         assert dst_path.read_bytes() == want

@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar
 
 from dittohead.core.errors import ConfigError
 from dittohead.core.grammar import SOURCE_RE, STUDY_RE
+from dittohead.receiver import fsops
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +362,7 @@ def write_checked_copy(target: Path, data: bytes, *, like: os.stat_result) -> No
         try:
             os.fchown(fd, -1, like.st_gid)
             os.fchmod(fd, stat.S_IMODE(like.st_mode) & 0o644 | stat.S_IWUSR)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            fsops.write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

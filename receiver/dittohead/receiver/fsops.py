@@ -160,6 +160,13 @@ def syncfs(fd: int) -> None:
         _raise_errno("syncfs")
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of `data` to `fd` (``os.write`` may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class SyncAhead:
     """`syncfs` of `fd`'s file system in a background thread, started now and then while a
     long run of writes goes on, so that the `syncfs` which must follow them finds little left.

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from dittohead.receiver import fsops
 from dittohead.receiver.verify import StagedFile
 
 Step = Literal["claiming", "staged"]
@@ -88,9 +89,7 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             for chunk in item.json_chunks():
-                data = memoryview(chunk)
-                while data:
-                    data = data[os.write(fd, data) :]
+                fsops.write_all(fd, chunk)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -428,8 +428,7 @@ class Ledger:
         end = os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(self._pending)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            fsops.write_all(self._fd, view)
             os.fsync(self._fd)
         except OSError as exc:
             # Never leave part of a line behind for the next flush to append after (that would

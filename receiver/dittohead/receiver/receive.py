@@ -33,7 +33,7 @@ from dittohead.core.errors import (
     describe_os_error,
 )
 from dittohead.core.process import run_and_exit
-from dittohead.receiver import commit, gate
+from dittohead.receiver import commit, fsops, gate
 from dittohead.receiver.stage import Staging, out_of_space
 
 log = logging.getLogger("dittohead.receiver")
@@ -78,9 +78,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _write_line(fd: int, text: str) -> None:
-    data = (text + "\n").encode("utf-8", "backslashreplace")
-    while data:
-        data = data[os.write(fd, data) :]
+    fsops.write_all(fd, (text + "\n").encode("utf-8", "backslashreplace"))
 
 
 def as_error(exc: BaseException) -> DittoheadError:

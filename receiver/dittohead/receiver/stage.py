@@ -302,7 +302,7 @@ class Staging:
             if whole is not None:
                 # The usual small file: data and padding are in the buffer already.
                 digest = hashlib.sha256(whole)
-                _write_all(out, whole)
+                fsops.write_all(out, whole)
                 if member.size >= WRITEBACK_TAIL_BYTES:
                     self._writeback(out, 0, member.size)
                 self._count(member.size)
@@ -320,7 +320,7 @@ class Staging:
             digest.update(chunk)
             if sink is not None:
                 sink(chunk)
-            _write_all(out, chunk)
+            fsops.write_all(out, chunk)
             done += len(chunk)
             if done - flushed >= WRITEBACK_BYTES:
                 self._writeback(out, flushed, done - flushed)
@@ -504,11 +504,6 @@ def _blocks(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
             block.clear()
     if block:
         yield bytes(block)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def manifest_lists_exactly(data: bytes, written: dict[str, tuple[int, str]]) -> bool:

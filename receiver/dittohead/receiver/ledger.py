@@ -299,9 +299,12 @@ class Ledger:
                 with os.fdopen(fd, "wb", closefd=False) as fh:
                     fh.write(json.dumps(head).encode() + b"\n")
                     fh.write(self._filter)
+                # Synced before it replaces the old one: a summary lost in a crash only means
+                # reading the whole ledger once, but one whose filter reached the disk only in
+                # part would call sent paths new (a second copy of the same content).
+                os.fsync(fd)
             finally:
                 os.close(fd)
-            # Not synced: a summary lost in a crash only means reading the whole ledger once.
             os.replace(tmp, self._summary)
         except OSError as exc:
             log.warning(

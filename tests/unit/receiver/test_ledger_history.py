@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dittohead.receiver import ledger as ledger_mod
 from dittohead.receiver.ledger import Ledger, Record, check_chain, read_ledger
+from tests.support.ledger import make_record
 
 # Paths that test the raw look-up: quotes, backslashes, non-ASCII, control characters, the
 # look-up's own key inside a path, and paths that are prefixes of each other.
@@ -33,22 +34,6 @@ _ODD = [
     "sp ace/ b",
 ]
 _SHAS = ["1" * 64, "2" * 64, "3" * 64]
-
-
-def _record(path: str, sha: str, stored_as: str, upload: str = "u1") -> Record:
-    return Record(
-        upload=upload,
-        uploader="alice",
-        uid=1000,
-        source="brogden-a",
-        path=path,
-        stored_as=stored_as,
-        size=1,
-        sha256=sha,
-        outcome="stored",
-        received_at="2026-11-24T00:00:00Z",
-        recorded_at="2026-11-24T00:00:01Z",
-    )
 
 
 def _model(records: list[Record]) -> dict[str, dict[str, str]]:
@@ -75,7 +60,7 @@ _steps = st.lists(
 def test_history_answers_like_the_plain_model(
     steps: list[tuple[str, str, str]], prepare: bool, always_maybe: bool
 ) -> None:
-    records = [_record(p, sha, p + where) for p, sha, where in steps]
+    records = [make_record(p, sha, p + where) for p, sha, where in steps]
     versions = _model(records)
     with tempfile.TemporaryDirectory() as tmp:
         dest = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
@@ -91,7 +76,7 @@ def test_history_answers_like_the_plain_model(
                     ledger.prepare(_ODD)
                 _check(ledger, versions, [*_ODD, "never/sent"])
                 # More records after the load: appended paths are complete (history first).
-                more = [_record(p, _SHAS[2], p + "~9") for p in _ODD[:4]]
+                more = [make_record(p, _SHAS[2], p + "~9") for p in _ODD[:4]]
                 for record in more:
                     ledger.append(record)
                 _check(ledger, _model(records + more), _ODD)
@@ -106,7 +91,7 @@ def test_lines_spelt_otherwise_are_read_in_full(tmp_path: Path) -> None:
     dest = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with Ledger(dest, replay=()) as ledger:
-            ledger.append(_record("plain.txt", _SHAS[0], "plain.txt"))
+            ledger.append(make_record("plain.txt", _SHAS[0], "plain.txt"))
         path = tmp_path / ".dittohead" / "ledger.jsonl"
         base = json.loads(path.read_bytes())
         odd = [
@@ -145,7 +130,7 @@ def test_memory_does_not_hold_the_history(tmp_path: Path) -> None:
     try:
         with Ledger(dest, replay=()) as ledger:
             for i in range(2000):
-                ledger.append(_record(f"d/f{i}.txt", _SHAS[i % 3], f"d/f{i}.txt"))
+                ledger.append(make_record(f"d/f{i}.txt", _SHAS[i % 3], f"d/f{i}.txt"))
         ledger = Ledger(dest, replay=())
         try:
             assert ledger._versions == {}
@@ -171,7 +156,7 @@ def test_a_summary_lets_the_next_open_read_only_new_lines(
     summary = tmp_path / "state" / "ledgers" / "s.summary"
     dest = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        records = [_record(p, _SHAS[i % 3], p) for i, p in enumerate(_ODD)]
+        records = [make_record(p, _SHAS[i % 3], p) for i, p in enumerate(_ODD)]
         with _open(dest, summary) as ledger:
             for record in records[:5]:
                 ledger.append(record)
@@ -227,8 +212,8 @@ def test_a_summary_that_does_not_match_is_not_used(tmp_path: Path, spoil: str) -
     dest = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
     path = tmp_path / "tree" / ".dittohead" / "ledger.jsonl"
     try:
-        first = [_record(f"a{i}", _SHAS[0], f"a{i}", upload="u1") for i in range(3)]
-        other = [_record(f"b{i}", _SHAS[1], f"b{i}", upload="u2") for i in range(2)]
+        first = [make_record(f"a{i}", _SHAS[0], f"a{i}", upload="u1") for i in range(3)]
+        other = [make_record(f"b{i}", _SHAS[1], f"b{i}", upload="u2") for i in range(2)]
         with _open(dest, summary) as ledger:
             for record in first:
                 ledger.append(record)
@@ -287,14 +272,14 @@ def test_a_big_run_does_not_read_the_file_back(
     monkeypatch.setattr(Ledger, "_read_versions", counting)
     try:
         with _open(dest, summary) as ledger:
-            ledger.append(_record("first", _SHAS[0], "first"))
+            ledger.append(make_record("first", _SHAS[0], "first"))
         assert summary.exists()
         with _open(dest, summary) as ledger:
             paths = [f"d{i % 10}/f{i}.txt" for i in range(20000)]
             ledger.prepare(paths)
             for path in paths:
                 assert ledger.stored_version(path, _SHAS[1]) is None
-                ledger.append(_record(path, _SHAS[1], path))
+                ledger.append(make_record(path, _SHAS[1], path))
                 if ledger.queued_bytes > 1 << 20:
                     ledger.flush()
         assert sum(len(w) for w in reads) < 50  # the filter's rare false positives only

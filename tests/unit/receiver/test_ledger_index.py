@@ -19,26 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dittohead.core.errors import OutOfSpace
-from dittohead.receiver.ledger import Ledger, Record, check_chain, read_ledger
+from dittohead.receiver.ledger import Ledger, check_chain, read_ledger
+from tests.support.ledger import make_record
 
 _PATHS = ["a.txt", "d/b.txt", "c"]
 _SHAS = ["1" * 64, "2" * 64, "3" * 64]
-
-
-def _record(upload: str, path: str, sha: str, stored_as: str, outcome: str) -> Record:
-    return Record(
-        upload=upload,
-        uploader="alice",
-        uid=1000,
-        source="brogden-a",
-        path=path,
-        stored_as=stored_as,
-        size=1,
-        sha256=sha,
-        outcome="stored" if outcome == "stored" else "duplicate",
-        received_at="2026-11-24T00:00:00Z",
-        recorded_at="2026-11-24T00:00:01Z",
-    )
 
 
 _steps = st.lists(
@@ -62,7 +47,15 @@ def test_indexes_answer_like_the_plain_model(
     records = []
     for upload, path, sha, where, outcome in steps:
         stored_as = path if where == "same" else f"{path}{where}"
-        records.append(_record(upload, path, sha, stored_as, outcome))
+        records.append(
+            make_record(
+                path,
+                sha,
+                stored_as,
+                upload=upload,
+                outcome="stored" if outcome == "stored" else "duplicate",
+            )
+        )
         versions.setdefault(path, {}).setdefault(sha, stored_as)
         seen[(upload, path)] = (stored_as, records[-1].outcome)
 
@@ -96,7 +89,7 @@ def test_a_failed_flush_keeps_the_queue_which_can_still_grow(
     dest = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         ledger = Ledger(dest, replay=())
-        ledger.append(_record("u1", "a.txt", _SHAS[0], "a.txt", "stored"))
+        ledger.append(make_record("a.txt", _SHAS[0], "a.txt"))
         real_write = os.write
         calls = []
 
@@ -111,7 +104,7 @@ def test_a_failed_flush_keeps_the_queue_which_can_still_grow(
             ledger.flush()
         monkeypatch.undo()
         assert (tmp_path / ".dittohead" / "ledger.jsonl").read_bytes() == b""  # cut back
-        ledger.append(_record("u1", "b.txt", _SHAS[1], "b.txt", "stored"))  # queue grows
+        ledger.append(make_record("b.txt", _SHAS[1], "b.txt"))  # queue grows
         ledger.close()
         docs = read_ledger(dest)
         assert [d["path"] for d in docs] == ["a.txt", "b.txt"]

@@ -13,7 +13,6 @@ the YAML's owner and nobody else can write it. Otherwise the YAML is checked aga
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -353,21 +352,7 @@ def check_config(path: Path | str) -> Config:
 
 
 def write_checked_copy(target: Path, data: bytes, *, like: os.stat_result) -> None:
-    """Replace `target` with `data` atomically (a temporary file, fsync, rename), readable by
-    whoever may read the YAML file whose status is `like` (its group and read bits), and
-    writable by its owner alone."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchown(fd, -1, like.st_gid)
-            os.fchmod(fd, stat.S_IMODE(like.st_mode) & 0o644 | stat.S_IWUSR)
-            fsops.write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace `target` with `data` atomically, readable by whoever may read the YAML file
+    whose status is `like` (its group and read bits), and writable by its owner alone."""
+    mode = stat.S_IMODE(like.st_mode) & 0o644 | stat.S_IWUSR
+    fsops.replace_file(target, (data,), mode=mode, gid=like.st_gid)

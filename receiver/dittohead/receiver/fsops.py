@@ -15,8 +15,9 @@ import fcntl
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 # The C library the interpreter already has loaded: no ldconfig run (find_library would start
 # one at every start of the receiver and the processor), nothing resolved from a path.
@@ -165,6 +166,36 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def replace_file(
+    target: Path,
+    chunks: Iterable[bytes | bytearray],
+    *,
+    mode: int = 0o600,
+    gid: int | None = None,
+) -> None:
+    """Replace `target` with the concatenated `chunks` so that a crash leaves the old content or
+    the new, never part of it: a temporary file beside it (never through a link), written,
+    given `mode` (and group `gid`), synced, renamed over `target`; removed if anything fails.
+    Syncing the folder, where the rename must be durable at once, is the caller's part."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, mode)
+            for chunk in chunks:
+                write_all(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class SyncAhead:

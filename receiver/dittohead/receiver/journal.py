@@ -85,15 +85,7 @@ class Journal:
         return self.dir / f"{entry}.json"
 
     def write(self, item: JournalEntry) -> None:
-        tmp = self.dir / f".{item.entry}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            for chunk in item.json_chunks():
-                fsops.write_all(fd, chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._path(item.entry))
+        fsops.replace_file(self._path(item.entry), item.json_chunks())
         self._sync_dir()
 
     def read(self, entry: str) -> JournalEntry | None:

@@ -291,21 +291,12 @@ class Ledger:
             "v": 1, "dev": st.st_dev, "ino": st.st_ino, "offset": st.st_size,
             "count": self.count, "prev": self._prev, "bits": len(self._filter) * 8,
         }  # fmt: skip
-        tmp = self._summary.with_name(f".{self._summary.name}.tmp")
         try:
             self._summary.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "wb", closefd=False) as fh:
-                    fh.write(json.dumps(head).encode() + b"\n")
-                    fh.write(self._filter)
-                # Synced before it replaces the old one: a summary lost in a crash only means
-                # reading the whole ledger once, but one whose filter reached the disk only in
-                # part would call sent paths new (a second copy of the same content).
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._summary)
+            # Synced before it replaces the old one: a summary lost in a crash only means
+            # reading the whole ledger once, but one whose filter reached the disk only in part
+            # would call sent paths new (a second copy of the same content).
+            fsops.replace_file(self._summary, (json.dumps(head).encode() + b"\n", self._filter))
         except OSError as exc:
             log.warning(
                 "the ledger's summary could not be written (%s); next pass reads it all", exc

@@ -33,7 +33,7 @@ from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan, path_key
 from dittohead.core.errors import LocalFileError, describe_os_error
-from dittohead.core.manifest import MANIFEST_PATH, Manifest, json_pieces
+from dittohead.core.manifest import MANIFEST_PATH, Manifest, in_blocks, json_pieces
 from dittohead.core.names import parents
 
 BLOCK = 512
@@ -251,17 +251,12 @@ class Pack:
         size = sum(map(len, self._manifest_pieces()))
         out += tar_header(MANIFEST_PATH, is_dir=False, size=size, mtime=self._now)
         sha = hashlib.sha256()
-        part = bytearray()
-        for piece in self._manifest_pieces():
-            part += piece
-            if len(part) >= CHUNK_SIZE:
-                sha.update(part)
-                out += part
-                part.clear()
+        for block in in_blocks(self._manifest_pieces(), CHUNK_SIZE):
+            sha.update(block)
+            out += block
+            if len(out) >= CHUNK_SIZE:
                 yield bytes(out)
                 out.clear()
-        sha.update(part)
-        out += part
         out += _ZEROS[: -size % BLOCK]
         out += _ZEROS[: 2 * BLOCK]  # end of archive
         self._manifest_sha256 = sha.hexdigest()

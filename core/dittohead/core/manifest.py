@@ -122,6 +122,19 @@ def json_entry(path: str, size: int, sha256: bytes | bytearray) -> bytes:
 JSON_TAIL = b"]}"
 
 
+def in_blocks(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """`pieces` joined into blocks of about `size` bytes (the last may be shorter): a manifest
+    written, hashed or compared a block at a time, not two small pieces per file."""
+    block = bytearray()
+    for piece in pieces:
+        block += piece
+        if len(block) >= size:
+            yield bytes(block)
+            block.clear()
+    if block:
+        yield bytes(block)
+
+
 def json_pieces(
     files: Iterable[tuple[str, int]], digests: bytes | bytearray, file_count: int, byte_count: int
 ) -> Iterator[bytes]:

@@ -37,6 +37,7 @@ from dittohead.core.manifest import (
     MANIFEST_DIR,
     MANIFEST_PATH,
     checked_entries,
+    in_blocks,
     json_pieces,
     load_manifest,
     parse_manifest,
@@ -448,7 +449,7 @@ class ManifestCheck:
 
     def __init__(self, written: Written, total: int) -> None:
         self._written, self._total = written, total
-        self._expected = _blocks(written.manifest_pieces(total), MANIFEST_BLOCK_BYTES)
+        self._expected = in_blocks(written.manifest_pieces(total), MANIFEST_BLOCK_BYTES)
         self._piece = b""
         self._at = 0  # bytes of `_piece` matched
         self._matched = 0  # bytes of the manifest matched
@@ -491,19 +492,6 @@ class ManifestCheck:
             self._differs(memoryview(b""))  # shorter than expected
         assert self._rest is not None
         return self._rest.getvalue()
-
-
-def _blocks(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """`pieces` joined into blocks of about `size` bytes: compared a block at a time, not two
-    small pieces per file."""
-    block = bytearray()
-    for piece in pieces:
-        block += piece
-        if len(block) >= size:
-            yield bytes(block)
-            block.clear()
-    if block:
-        yield bytes(block)
 
 
 def manifest_lists_exactly(data: bytes, written: dict[str, tuple[int, str]]) -> bool:

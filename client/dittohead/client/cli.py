@@ -39,7 +39,7 @@ from dittohead.core.grammar import UploadRequest, check_source, check_study
 # json is loaded when a result is printed, typing never.
 TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
-    from typing import NoReturn, TextIO
+    from typing import Any, NoReturn, TextIO
 
     from dittohead.core.receipt import Receipt
 
@@ -49,7 +49,41 @@ EX_SOFTWARE = 70
 EX_INTERRUPTED = 130
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with the terminal's width looked up only when help is written.
+
+    argparse makes a formatter for every `add_argument` (to check its metavar), and the stock
+    one imports shutil for the width each time: ~2 ms (with bz2 and lzma) before ``ssh`` can
+    start, and every millisecond then is one of the send."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        self._asked = (max_help_position, width)
+        super().__init__(prog, indent_increment, max_help_position, 80 if width is None else width)
+
+    def format_help(self) -> str:
+        max_help_position, width = self._asked
+        if width is None:  # as argparse.HelpFormatter.__init__ sets them
+            import shutil  # noqa: PLC0415 (see above)
+
+            width = shutil.get_terminal_size().columns - 2
+            self._width = width
+            self._max_help_position = min(
+                max_help_position, max(width - 20, self._indent_increment * 2)
+            )
+        return super().format_help()
+
+
 class _ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # the subcommands' parsers too
+        super().__init__(*args, **kwargs)
+
     # argparse prints and exits by itself; route its complaints through the one catch site.
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see 'dittohead send --help')")
@@ -60,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dittohead",
         description="Send study data to the lab's dittohead server.",
     )
+    # prog given: argparse would format (and measure the terminal for) "usage: dittohead".
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_ArgumentParser
+        dest="command", metavar="COMMAND", parser_class=_ArgumentParser, prog=parser.prog
     )
     send = commands.add_parser(
         "send",

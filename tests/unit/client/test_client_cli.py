@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import io
 import json
@@ -169,6 +170,22 @@ def test_usage_errors_are_one_line_exit_2(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("dittohead: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("columns", ["50", "100", "160"])
+def test_help_is_argparse_s_own(
+    columns: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The formatter that looks the width up only when help is written writes the same help.
+    monkeypatch.setenv("COLUMNS", columns)
+    helps = []
+    for formatter in (cli._HelpFormatter, argparse.HelpFormatter):
+        monkeypatch.setattr(cli, "_HelpFormatter", formatter)
+        assert main(["--help"]) == 0
+        assert main(["send", "--help"]) == 0
+        helps.append(capsys.readouterr().out)
+    assert helps[0] == helps[1]
+    assert "--known-hosts FILE" in helps[0]
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,6 +126,35 @@ def test_which_ssh_is_chosen(
     assert openssh.program() is None
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX lookup (Windows uses shutil.which)")
+def test_ssh_is_found_on_path_as_shutil_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folders = {name: tmp_path / name for name in ("plain", "dir", "noexec", "good", "later")}
+    for path in folders.values():
+        path.mkdir()
+    (folders["plain"] / "other").write_text("")
+    (folders["dir"] / "ssh").mkdir()  # a folder named ssh is not the program
+    (folders["noexec"] / "ssh").write_text("")  # not executable
+    for name in ("good", "later"):
+        (folders[name] / "ssh").write_text("#!/bin/sh\n")
+        (folders[name] / "ssh").chmod(0o755)
+    f = {k: str(v) for k, v in folders.items()}
+    for search in (
+        f"{f['plain']}:{f['dir']}:{f['noexec']}:{f['good']}:{f['later']}",
+        f"{f['later']}:{f['good']}",
+        f"{f['plain']}::{f['dir']}",
+        f"::{f['good']}",
+        f["noexec"],
+        "",
+    ):
+        monkeypatch.setenv("PATH", search)
+        assert openssh._which("ssh") == shutil.which("ssh"), search
+    monkeypatch.chdir(folders["good"])  # an empty entry never means the current folder
+    monkeypatch.setenv("PATH", f":{f['plain']}")
+    assert openssh._which("ssh") is None
+
+
 def test_paths_with_spaces_and_percent_signs_reach_ssh_as_they_are(
     key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path
 ) -> None:

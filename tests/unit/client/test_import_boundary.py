@@ -131,15 +131,17 @@ def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
 # What loading `openssh` (to start ssh, at the scan's first new file) may cost: everything
 # before ssh starts is on a send's critical path, so the stream's modules (pack, tarfile,
 # hashlib's OpenSSL), the receipt's and asyncio come later, while ssh connects.
-NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing",
+NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing", "shutil",
                     "dittohead.client.pack", "dittohead.client.reply", "dittohead.client.deliver",
                     "dittohead.core.receipt", "dittohead.core.manifest")  # fmt: skip
 
 START_SSH = textwrap.dedent(
     """
     import json, sys
-    from dittohead.client.cli import main
+    from dittohead.client.cli import build_parser
     import dittohead.client.openssh
+    build_parser().parse_args(["send", "--host", "h", "--identity", "k", "--study", "nccam3",
+                               "--source", "brogden-a", "--json", "folder", "thing"])
     from dittohead.client.state import default_state_path
     default_state_path("drop.example.org", 22, "nccam3", "brogden-a")
     print(json.dumps(sorted(sys.modules)))

@@ -4,14 +4,15 @@ Everything the receiver and the processor do to the disk goes through these few 
 that the rules are in one place: never follow a symlink, never overwrite, never resolve a path
 from the root when a held directory fd can be used instead. The Linux-only calls that Python
 does not wrap (``renameat2``, ``openat2``, ``syncfs``, ``sync_file_range``) are reached through
-ctypes.
+ctypes, which is loaded at the first such call: the receiver's start-up is on the critical path
+of every upload, and it reads the stream before it needs any of them.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
+import functools
 import os
 import stat
 import threading
@@ -19,9 +20,25 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-# The C library the interpreter already has loaded: no ldconfig run (find_library would start
-# one at every start of the receiver and the processor), nothing resolved from a path.
-_libc = ctypes.CDLL(None, use_errno=True)
+TYPE_CHECKING = False  # as typing's, without importing typing for it
+if TYPE_CHECKING:
+    import ctypes
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library the interpreter already has loaded: no ldconfig run (find_library would
+    start one at every start of the receiver and the processor), nothing resolved from a path."""
+    import ctypes  # noqa: PLC0415 (start-up time, see the module's text)
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _errno() -> int:
+    import ctypes  # noqa: PLC0415 (loaded by _libc() already)
+
+    return ctypes.get_errno()
+
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
@@ -39,7 +56,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _raise_errno(what: str, path: str | None = None) -> None:
-    err = ctypes.get_errno()
+    err = _errno()
     raise (
         OSError(err, os.strerror(err), path)
         if path
@@ -54,20 +71,33 @@ def renameat2(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool
     back to a link-based scheme that keeps the same no-overwrite guarantee.
     """
     flags = RENAME_NOREPLACE if noreplace else 0
-    func = getattr(_libc, "renameat2", None)
+    func = getattr(_libc(), "renameat2", None)
     if func is not None:
         result = func(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags)
     else:  # pragma: no cover - glibc < 2.28
         number = _SYS_RENAMEAT2.get(os.uname().machine)
         if number is None:
             raise OSError(errno.ENOSYS, "renameat2 is not available")
-        result = _libc.syscall(number, src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags)
+        result = _libc().syscall(
+            number, src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags
+        )
     if result != 0:
         _raise_errno("renameat2", dst)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+@functools.cache
+def _open_how() -> type[ctypes.Structure]:
+    """``struct open_how`` of openat2(2)."""
+    import ctypes  # noqa: PLC0415 (see _libc)
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        ]
+
+    return OpenHow
 
 
 # Whether this kernel has openat2 (None: not tried yet). A dict so no `global` is needed.
@@ -76,8 +106,10 @@ _kernel: dict[str, bool] = {}
 
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, *, resolve: int) -> int:
     """``openat2(2)``; raises OSError(ENOSYS) where the kernel lacks it."""
-    how = _OpenHow(flags, mode, resolve)
-    fd = _libc.syscall(
+    import ctypes  # noqa: PLC0415 (see _libc)
+
+    how = _open_how()(flags, mode, resolve)
+    fd = _libc().syscall(
         _SYS_OPENAT2,
         ctypes.c_int(dir_fd),
         ctypes.c_char_p(os.fsencode(path)),
@@ -157,7 +189,7 @@ def makedirs_beneath(root_fd: int, path: str, mode: int) -> int:
 
 def syncfs(fd: int) -> None:
     """Flush the whole file system that `fd` lives on (one call instead of a fsync per file)."""
-    if _libc.syncfs(fd) != 0:
+    if _libc().syncfs(fd) != 0:
         _raise_errno("syncfs")
 
 
@@ -239,10 +271,17 @@ class SyncAhead:
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    _sync_file_range.restype = ctypes.c_int
+
+
+@functools.cache
+def _sync_file_range() -> ctypes._NamedFuncPointer | None:
+    import ctypes  # noqa: PLC0415 (see _libc)
+
+    func = getattr(_libc(), "sync_file_range", None)
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        func.restype = ctypes.c_int
+    return func
 
 
 def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> bool:
@@ -256,11 +295,12 @@ def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> 
     where the call is not available (e.g. ENOSYS, or a file system that refuses it), so the
     caller can stop asking.
     """
-    if _sync_file_range is None:
+    func = _sync_file_range()
+    if func is None:
         return False
     flags = SYNC_FILE_RANGE_WRITE | (SYNC_FILE_RANGE_WAIT_BEFORE if wait else 0)
-    if _sync_file_range(fd, offset, count, flags) != 0:
-        err = ctypes.get_errno()
+    if func(fd, offset, count, flags) != 0:
+        err = _errno()
         if err in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
             return False
         raise OSError(err, f"sync_file_range: {os.strerror(err)}")

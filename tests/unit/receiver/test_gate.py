@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,36 @@ def test_arguments() -> None:
     assert gate.parse_args(["--config", "/x.yaml", "-v"]) == gate.Options(Path("/x.yaml"), True)
     with pytest.raises(UsageError, match=r"unrecognized arguments: --bogus.*usage: dittohead-"):
         gate.parse_args(["--bogus"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--config", "/etc/dittohead/dittohead.yaml"],
+        ["--config", "relative.yaml"],
+        ["--config", "/x y/with space.yaml"],
+        ["--config", "/x.yaml", "-v"],
+        ["-v", "--config", "/x.yaml"],
+        ["--config=/x.yaml"],
+        ["--config", ""],
+        ["--config", "-v"],
+        ["--config", "--"],
+        ["--config"],
+        ["/x.yaml"],
+        ["--conf", "/x.yaml"],
+    ],
+)
+def test_the_fast_reading_of_sshds_arguments_is_argparses(argv: list[str]) -> None:
+    # parse_args reads the forms sshd runs without argparse; every answer (or refusal) must be
+    # what argparse gives.
+    def outcome(parse: Callable[[list[str]], gate.Options]) -> object:
+        try:
+            return parse(argv)
+        except UsageError as exc:
+            return ("refused", str(exc))
+
+    assert outcome(gate.parse_args) == outcome(gate._parse_with_argparse)
 
 
 def test_the_command_comes_from_ssh_original_command_as_utf8() -> None:

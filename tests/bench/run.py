@@ -185,10 +185,24 @@ def wipe(path: Path) -> None:
             child.unlink()
 
 
-def settle() -> None:
-    """Write back what earlier steps left dirty (untimed), so the next step that syncs (the
-    receiver, tar && sync, the processor, cp && sync) pays only for its own data."""
+def settle(*reads: Path) -> None:
+    """Untimed, before every timed step: write back what earlier steps left dirty, so the next
+    step that syncs (the receiver, tar && sync, the processor, cp && sync) pays only for its own
+    data; and read every file under `reads` (what the step will read), so that each tool finds
+    its input in the page cache.
+
+    The second matters on these machines: the kernel pages out file data nobody touched for
+    about a minute (DAMON's proactive reclaim, ``/sys/kernel/mm/damon``), long before memory is
+    short. Without it, whichever tool first read a dataset after that read it from the disk:
+    dittohead's S send swung between 1.1 and 1.9 s, with its receiver waiting up to 0.8 s for
+    a client that waited for the disk."""
     subprocess.run(["sync"], check=False)
+    buf = bytearray(1 << 20)
+    for root in reads:
+        for path in files_of(root):
+            with path.open("rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
 
 
 def timed(
@@ -366,12 +380,12 @@ def wait_for_ssh(bench: Bench) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run_rotated(steps: list[Callable[[], None]], r: int) -> None:
+def run_rotated(steps: list[Callable[[], None]], r: int, *reads: Path) -> None:
     """Run `steps` starting with number ``r % len(steps)``, so that no tool always goes first
-    (or last), each after an untimed `settle`."""
+    (or last), each after an untimed `settle` that reads the files under `reads`."""
     k = r % len(steps)
     for step in steps[k:] + steps[:k]:
-        settle()
+        settle(*reads)
         step()
 
 
@@ -424,7 +438,7 @@ def one_run(
     def rs() -> None:
         times["rsync_fresh"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh, tar, rs, tar_nosync, dh_builtin], r)
+    run_rotated([dh, tar, rs, tar_nosync, dh_builtin], r, src)
     shutil.rmtree(tar2_dest)
 
     # Finalizing: the processor on the entry just sent vs cp -a + sha256sum + sync.
@@ -440,7 +454,7 @@ def one_run(
     def cp() -> None:
         times["cp_sha256_sync"].append(b.cp_sha(src, cp_dest))
 
-    run_rotated([proc, cp], r)
+    run_rotated([proc, cp], r, src, b.dep.inbox)
     shutil.rmtree(cp_dest)
 
     # Nothing changed: dittohead decides from its state file; rsync re-runs.
@@ -450,7 +464,7 @@ def one_run(
     def rs_none() -> None:
         times["rsync_nochange"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh_none, rs_none], r)
+    run_rotated([dh_none, rs_none], r, src)
 
     # 1% of the files changed.
     changed = change_one_percent(src, rng)
@@ -461,7 +475,7 @@ def one_run(
     def rs_some() -> None:
         times["rsync_change1"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh_some, rs_some], r)
+    run_rotated([dh_some, rs_some], r, src)
     print(
         f"[{spec.name}] run {r + 1}/{runs}: "
         + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()),

@@ -51,6 +51,10 @@ _FAST_COMPONENT = (
 _FAST_PATH = re.compile(rf"{_FAST_COMPONENT}(?:/{_FAST_COMPONENT}){{0,{MAX_DEPTH - 1}}}", re.ASCII)
 # The same, but not below the reserved folder (whose ASCII spellings fold to ".dittohead").
 _FAST_USER_PATH = re.compile(r"(?!(?i:\.dittohead)(?:/|\Z))" + _FAST_PATH.pattern, re.ASCII)
+#: A name of at most MAX_PATH_BYTES characters that this matches in full is one `check_path`
+#: accepts unchanged, and not below the reserved folder (in any spelling); one that it does not
+#: match may still be allowed (only `check_path` decides that).
+PLAIN_USER_PATH = _FAST_USER_PATH
 
 
 def _reject(name: str, why: str) -> NameRejected:
@@ -191,6 +195,12 @@ class NameSet:
         if parent and parent not in self._dirs:
             for name in parents(path):
                 self._claim(name, True, False)
+        # The usual case of `_claim(path, False, True)`, inlined (once per file of an upload):
+        # a name not seen before, stored bare.
+        key = path.lower() if path.isascii() else fold(path)
+        if key not in self._seen:
+            self._seen[path if key == path else key] = path
+            return
         self._claim(path, False, True)
 
     def add_dir(self, path: str) -> None:

@@ -42,7 +42,14 @@ from dittohead.core.manifest import (
     load_manifest,
     parse_manifest,
 )
-from dittohead.core.names import MAX_PATH_BYTES, RESERVED_TOP, NameSet, check_path, fold
+from dittohead.core.names import (
+    MAX_PATH_BYTES,
+    PLAIN_USER_PATH,
+    RESERVED_TOP,
+    NameSet,
+    check_path,
+    fold,
+)
 from dittohead.receiver import fsops
 from dittohead.receiver.config import Limits
 from dittohead.receiver.tarread import BUFFER_BYTES, Member, Stream, TarReader
@@ -199,19 +206,22 @@ class Staging:
 
     def _extract(self, reader: TarReader) -> Staged:
         limits = self.limits
+        max_files, max_file_bytes = limits.max_files, limits.max_file_bytes
+        max_upload_bytes = limits.max_upload_bytes
         names = NameSet()
         written = Written()
-        total = folders = 0
+        total = folders = files = 0
         manifest: ManifestCheck | None = None
         manifest_sha = ""
         while (member := reader.next_member()) is not None:
             if manifest is not None:
                 raise _rejected(f"the manifest {MANIFEST_PATH!r} must be the last member")
             name = self._admit_name(member, names)
+            size = member.size
             if member.is_dir:
                 folders += 1
-                if folders > limits.max_files:
-                    raise _limit(f"more than {limits.max_files} folders", "max_files")
+                if folders > max_files:
+                    raise _limit(f"more than {max_files} folders", "max_files")
                 self._folder(name)
                 continue
             if name == MANIFEST_PATH:
@@ -225,20 +235,21 @@ class Staging:
                 digest = self._write(name, member, reader, sink=manifest.feed)
                 manifest_sha = digest.hex()
                 continue
-            if member.size > limits.max_file_bytes:
+            if size > max_file_bytes:
                 raise _limit(
-                    f"{name!r} has {member.size} bytes, more than {limits.max_file_bytes} per file",
+                    f"{name!r} has {size} bytes, more than {max_file_bytes} per file",
                     "max_file_bytes",
                 )
-            total += member.size
-            if total > limits.max_upload_bytes:
-                raise _limit(f"more than {limits.max_upload_bytes} bytes", "max_upload_bytes")
-            if len(written) + 1 > limits.max_files:
-                raise _limit(f"more than {limits.max_files} files", "max_files")
+            total += size
+            if total > max_upload_bytes:
+                raise _limit(f"more than {max_upload_bytes} bytes", "max_upload_bytes")
+            files += 1  # len(written), counted here
+            if files > max_files:
+                raise _limit(f"more than {max_files} files", "max_files")
             digest = self._write(name, member, reader)
-            written.add(name, member.size, digest)
-            if member.size < WRITEBACK_TAIL_BYTES:
-                self._small_written(member.size)
+            written.add(name, size, digest)
+            if size < WRITEBACK_TAIL_BYTES:
+                self._small_written(size)
         if manifest is None:
             raise UploadRejected(
                 f"incomplete upload: the archive has no manifest ({MANIFEST_PATH}); nothing "
@@ -266,6 +277,10 @@ class Staging:
         name = member.name
         if member.is_dir and name.endswith("/"):
             name = name[:-1]  # tar writes folders as "name/"; only that one slash goes
+        if len(name) <= MAX_PATH_BYTES and PLAIN_USER_PATH.fullmatch(name):
+            # What check_path's fast path accepts, and not under the reserved folder: most
+            # names, settled by one match (the rules below would accept it unchanged).
+            return name
         name = check_path(name, allow_reserved=True)
         top = name.split("/", 1)[0]
         # fold() of an ASCII name is its lower case (NFC and casefold change nothing else).
@@ -303,10 +318,15 @@ class Staging:
             if whole is not None:
                 # The usual small file: data and padding are in the buffer already.
                 digest = hashlib.sha256(whole)
-                fsops.write_all(out, whole)
-                if member.size >= WRITEBACK_TAIL_BYTES:
-                    self._writeback(out, 0, member.size)
-                self._count(member.size)
+                size = len(whole)
+                done = os.write(out, whole) if size else 0
+                if done != size:  # a short write (rare): the rest as `write_all` writes it
+                    fsops.write_all(out, whole[done:])
+                if size >= WRITEBACK_TAIL_BYTES:
+                    self._writeback(out, 0, size)
+                self._since_space_check += size  # _count, inlined
+                if self._since_space_check >= SPACE_CHECK_BYTES:
+                    self._check_space()
                 return digest.digest()
             return self._stream_into(out, reader.data(member), sink)
         finally:

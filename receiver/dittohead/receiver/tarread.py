@@ -28,7 +28,7 @@ import re
 import select
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 from zlib import adler32
 
 from dittohead.core.errors import TransferError, UploadRejected
@@ -53,6 +53,11 @@ _PLAIN_NUMBERS = re.compile(
 )
 # devmajor and devminor: plain octal or left empty (GNU format).
 _PLAIN_DEVICES = re.compile(rb"(?:[0-7]{7}[\0 ]|\0{8}){2}")
+# Both, with the text fields between them (link name, magic, user and group names) skipped:
+# one match per header instead of two.
+_PLAIN_HEADER = re.compile(
+    _PLAIN_NUMBERS.pattern + rb"(?s:.{172})" + _PLAIN_DEVICES.pattern  # bytes 100..345
+)
 _POSIX_MAGIC = b"ustar\x0000"  # magic + version of POSIX ustar / pax
 _GNU_MAGIC = b"ustar  \x00"  # old GNU format: bytes 345..500 hold atime/ctime, not a prefix
 
@@ -195,9 +200,11 @@ class Stream:
             self._start = self._end
 
 
-@dataclass(frozen=True)
-class Member:
-    """A directory or regular file, with every extension applied to its name and size."""
+class Member(NamedTuple):
+    """A directory or regular file, with every extension applied to its name and size.
+
+    A named tuple (immutable like a frozen dataclass, built in a third of its time: one per
+    member)."""
 
     name: str  # as sent: not yet checked, may still carry a leading "./" or a trailing "/"
     is_dir: bool
@@ -251,11 +258,9 @@ def byte_sum(block: bytes) -> int:
 def header_size(block: bytes) -> int:
     """The size field of a non-zero header block, once its checksum and every number field
     passed the checks of `tarfile.TarInfo.frombuf` (whose answer this always equals)."""
-    if (
-        _PLAIN_NUMBERS.fullmatch(block, 100, 157)
-        and _PLAIN_DEVICES.fullmatch(block, 329, 345)
-        and int(block[148:155].rstrip(b"\0 "), 8) == 256 + byte_sum(block) - sum(block[148:156])
-    ):
+    if _PLAIN_HEADER.fullmatch(block, 100, 345) and int(
+        block[148:155].rstrip(b"\0 "), 8
+    ) == 256 + byte_sum(block) - sum(block[148:156]):
         return int(block[124:135], 8)
     # Anything else (base-256 numbers, odd spacing, a signed checksum, a sparse header) is
     # judged by tarfile itself.
@@ -346,10 +351,9 @@ class TarReader:
                     records[key] = value
                 else:
                     records.pop(key, None)
-        name = _text(block[0:100])
-        prefix = _text(block[345:500]) if block[257:265] == _POSIX_MAGIC else ""
-        if prefix:
-            name = f"{prefix}/{name}"
+        name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")  # _text, inlined
+        if block[345] and block[257:265] == _POSIX_MAGIC:  # a ustar prefix that is not empty
+            name = f"{_text(block[345:500])}/{name}"
         if longname is not None:
             name = longname
         name = records.get("path", name)

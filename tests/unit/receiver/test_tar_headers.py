@@ -122,6 +122,7 @@ def test_gnu_tar_headers_take_the_fast_path(tmp_path: Path, fmt: str) -> None:
     for block in blocks:
         assert tarread._PLAIN_NUMBERS.fullmatch(block, 100, 157), block[100:157]
         assert tarread._PLAIN_DEVICES.fullmatch(block, 329, 345), block[329:345]
+        assert tarread._PLAIN_HEADER.fullmatch(block, 100, 345), block[100:345]
         assert fast(block) == reference(block)
 
 
@@ -134,7 +135,19 @@ def test_python_tarfile_headers_take_the_fast_path() -> None:
             tar.addfile(info, io.BytesIO(b"\0" * size))
     for block in _headers_of(out.getvalue()):
         assert tarread._PLAIN_NUMBERS.fullmatch(block, 100, 157), block[100:157]
+        assert tarread._PLAIN_HEADER.fullmatch(block, 100, 345), block[100:345]
         assert fast(block) == reference(block)
+
+
+@given(headers(), st.binary(min_size=172, max_size=172))
+@example(ts.header("a", size=5), b"\n" * 172)
+def test_one_match_checks_what_the_two_parts_check(block: bytes, middle: bytes) -> None:
+    # The link name, magic, user and group names between the number fields and the device
+    # numbers are skipped by `_PLAIN_HEADER`, whatever bytes (newlines too) they hold.
+    for whole in (block, block[:157] + middle + block[329:]):
+        numbers = tarread._PLAIN_NUMBERS.fullmatch(whole, 100, 157)
+        devices = tarread._PLAIN_DEVICES.fullmatch(whole, 329, 345)
+        assert bool(tarread._PLAIN_HEADER.fullmatch(whole, 100, 345)) == bool(numbers and devices)
 
 
 @given(st.binary(min_size=512, max_size=512))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import re
 import select
-import tarfile
 from collections.abc import Iterator
 from typing import NamedTuple
 from zlib import adler32
@@ -48,29 +47,30 @@ _ZERO_BLOCK = bytes(BLOCK)
 # form: fixed-width octal digits ended by NUL or space; the checksum as GNU tar and tarfile
 # write it (six digits, NUL, space) or seven digits. Types read the same way by `frombuf`
 # (not GNU sparse, whose header holds more numbers).
-_PLAIN_NUMBERS = re.compile(
-    rb"(?:[0-7]{7}[\0 ]){3}(?:[0-7]{11}[\0 ]){2}(?:[0-7]{6}\0 |[0-7]{7}[\0 ])[05\0xgL]"
-)
+_PLAIN_NUMBERS = rb"(?:[0-7]{7}[\0 ]){3}(?:[0-7]{11}[\0 ]){2}(?:[0-7]{6}\0 |[0-7]{7}[\0 ])[05\0xgL]"
 # devmajor and devminor: plain octal or left empty (GNU format).
-_PLAIN_DEVICES = re.compile(rb"(?:[0-7]{7}[\0 ]|\0{8}){2}")
+_PLAIN_DEVICES = rb"(?:[0-7]{7}[\0 ]|\0{8}){2}"
 # Both, with the text fields between them (link name, magic, user and group names) skipped:
 # one match per header instead of two.
-_PLAIN_HEADER = re.compile(
-    _PLAIN_NUMBERS.pattern + rb"(?s:.{172})" + _PLAIN_DEVICES.pattern  # bytes 100..345
-)
+_PLAIN_HEADER = re.compile(_PLAIN_NUMBERS + rb"(?s:.{172})" + _PLAIN_DEVICES)  # bytes 100..345
 _POSIX_MAGIC = b"ustar\x0000"  # magic + version of POSIX ustar / pax
 _GNU_MAGIC = b"ustar  \x00"  # old GNU format: bytes 345..500 hold atime/ctime, not a prefix
 
-_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+# The member types, as `tarfile` names them (spelled out here: `tarfile` itself, with shutil,
+# bz2 and lzma behind it, is only imported for an odd header, off the start-up path of every
+# upload; a test holds these to tarfile's values).
+REGTYPE, AREGTYPE, DIRTYPE = b"0", b"\0", b"5"
+XHDTYPE, XGLTYPE, GNUTYPE_LONGNAME = b"x", b"g", b"L"
+_FILE_TYPES = (REGTYPE, AREGTYPE)
 _REFUSED_TYPES = {
-    tarfile.LNKTYPE: "a hard link",
-    tarfile.SYMTYPE: "a symbolic link",
-    tarfile.CHRTYPE: "a character device",
-    tarfile.BLKTYPE: "a block device",
-    tarfile.FIFOTYPE: "a FIFO (named pipe)",
-    tarfile.CONTTYPE: "a contiguous file",
-    tarfile.GNUTYPE_SPARSE: "a sparse file",
-    tarfile.GNUTYPE_LONGLINK: "a GNU long link name",
+    b"1": "a hard link",  # tarfile.LNKTYPE
+    b"2": "a symbolic link",  # SYMTYPE
+    b"3": "a character device",  # CHRTYPE
+    b"4": "a block device",  # BLKTYPE
+    b"6": "a FIFO (named pipe)",  # FIFOTYPE
+    b"7": "a contiguous file",  # CONTTYPE
+    b"S": "a sparse file",  # GNUTYPE_SPARSE
+    b"K": "a GNU long link name",  # GNUTYPE_LONGLINK
     b"M": "a multi-volume continuation",
     b"V": "a volume label",
     b"D": "a GNU dump directory",
@@ -264,6 +264,8 @@ def header_size(block: bytes) -> int:
         return int(block[124:135], 8)
     # Anything else (base-256 numbers, odd spacing, a signed checksum, a sparse header) is
     # judged by tarfile itself.
+    import tarfile  # noqa: PLC0415 (odd headers only: see _FILE_TYPES)
+
     try:
         return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
     except (tarfile.TarError, ValueError, IndexError) as exc:
@@ -311,11 +313,11 @@ class TarReader:
             if block[257:265] not in (_POSIX_MAGIC, _GNU_MAGIC):
                 raise malformed("a header is not in ustar, pax or GNU format")
             kind = block[156:157]
-            if kind == tarfile.XHDTYPE:
+            if kind == XHDTYPE:
                 if pax is not None:
                     raise malformed("two pax headers precede one member")
                 pax = parse_pax(self._extension(size))
-            elif kind == tarfile.XGLTYPE:
+            elif kind == XGLTYPE:
                 if pax is not None or longname is not None:
                     raise malformed("a pax global header sits between a member and its header")
                 self._globals_seen += 1
@@ -326,7 +328,7 @@ class TarReader:
                         self._global[key] = value
                     else:  # POSIX: an empty value deletes the keyword
                         self._global.pop(key, None)
-            elif kind == tarfile.GNUTYPE_LONGNAME:
+            elif kind == GNUTYPE_LONGNAME:
                 if longname is not None:
                     raise malformed("two GNU long names precede one member")
                 longname = _text(self._extension(size))
@@ -363,7 +365,7 @@ class TarReader:
         if kind in _FILE_TYPES:
             self._stream.unread = size
             return Member(name, False, size)
-        if kind == tarfile.DIRTYPE:
+        if kind == DIRTYPE:
             if size:
                 raise malformed(f"the folder {name!r} carries data")
             return Member(name, True, 0)

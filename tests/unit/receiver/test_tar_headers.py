@@ -4,8 +4,10 @@ answer: the same size, or a refusal with the same words, for every header, plain
 from __future__ import annotations
 
 import io
+import re
 import struct
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +18,10 @@ from hypothesis import strategies as st
 from dittohead.core.errors import UploadRejected
 from dittohead.receiver import tarread
 from tests.hostile import streams as ts
+
+# The two parts of `tarread._PLAIN_HEADER`: the number fields and the device numbers.
+NUMBERS = re.compile(tarread._PLAIN_NUMBERS)
+DEVICES = re.compile(tarread._PLAIN_DEVICES)
 
 
 def reference(block: bytes) -> int | str:
@@ -120,8 +126,8 @@ def test_gnu_tar_headers_take_the_fast_path(tmp_path: Path, fmt: str) -> None:
     blocks = _headers_of(archive)
     assert len(blocks) >= 4
     for block in blocks:
-        assert tarread._PLAIN_NUMBERS.fullmatch(block, 100, 157), block[100:157]
-        assert tarread._PLAIN_DEVICES.fullmatch(block, 329, 345), block[329:345]
+        assert NUMBERS.fullmatch(block, 100, 157), block[100:157]
+        assert DEVICES.fullmatch(block, 329, 345), block[329:345]
         assert tarread._PLAIN_HEADER.fullmatch(block, 100, 345), block[100:345]
         assert fast(block) == reference(block)
 
@@ -134,7 +140,7 @@ def test_python_tarfile_headers_take_the_fast_path() -> None:
             info.size, info.mtime = size, 1_700_000_000
             tar.addfile(info, io.BytesIO(b"\0" * size))
     for block in _headers_of(out.getvalue()):
-        assert tarread._PLAIN_NUMBERS.fullmatch(block, 100, 157), block[100:157]
+        assert NUMBERS.fullmatch(block, 100, 157), block[100:157]
         assert tarread._PLAIN_HEADER.fullmatch(block, 100, 345), block[100:345]
         assert fast(block) == reference(block)
 
@@ -145,8 +151,8 @@ def test_one_match_checks_what_the_two_parts_check(block: bytes, middle: bytes) 
     # The link name, magic, user and group names between the number fields and the device
     # numbers are skipped by `_PLAIN_HEADER`, whatever bytes (newlines too) they hold.
     for whole in (block, block[:157] + middle + block[329:]):
-        numbers = tarread._PLAIN_NUMBERS.fullmatch(whole, 100, 157)
-        devices = tarread._PLAIN_DEVICES.fullmatch(whole, 329, 345)
+        numbers = NUMBERS.fullmatch(whole, 100, 157)
+        devices = DEVICES.fullmatch(whole, 329, 345)
         assert bool(tarread._PLAIN_HEADER.fullmatch(whole, 100, 345)) == bool(numbers and devices)
 
 
@@ -155,3 +161,38 @@ def test_one_match_checks_what_the_two_parts_check(block: bytes, middle: bytes) 
 @example(bytes(512))
 def test_byte_sum_is_the_sum_of_the_bytes(block: bytes) -> None:
     assert tarread.byte_sum(block) == sum(block)
+
+
+def test_member_types_are_tarfile_s() -> None:
+    # tarread spells them out so as not to import tarfile at start-up.
+    assert (tarread.REGTYPE, tarread.AREGTYPE, tarread.DIRTYPE) == (
+        tarfile.REGTYPE,
+        tarfile.AREGTYPE,
+        tarfile.DIRTYPE,
+    )
+    assert (tarread.XHDTYPE, tarread.XGLTYPE, tarread.GNUTYPE_LONGNAME) == (
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+    )
+    named = {
+        tarfile.LNKTYPE: "a hard link",
+        tarfile.SYMTYPE: "a symbolic link",
+        tarfile.CHRTYPE: "a character device",
+        tarfile.BLKTYPE: "a block device",
+        tarfile.FIFOTYPE: "a FIFO (named pipe)",
+        tarfile.CONTTYPE: "a contiguous file",
+        tarfile.GNUTYPE_SPARSE: "a sparse file",
+        tarfile.GNUTYPE_LONGLINK: "a GNU long link name",
+    }
+    assert {k: v for k, v in tarread._REFUSED_TYPES.items() if k in named} == named
+
+
+def test_the_stage_imports_neither_tarfile_shutil_nor_secrets() -> None:
+    # The receiver's start-up is on the critical path of every upload.
+    code = (
+        "import sys, dittohead.receiver.stage; "
+        "print(sorted({'tarfile', 'shutil', 'secrets'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -109,14 +109,9 @@ def json_head(file_count: int, byte_count: int) -> bytes:
     return b'{"files":%d,"bytes":%d,"entries":[' % (file_count, byte_count)
 
 
-def json_entry(path: str, size: int, sha256: bytes | bytearray) -> bytes:
-    """One entry, from the raw 32-byte digest (written in hex)."""
-    return b'{"path":%b,"size":%d,"sha256":"%b"}' % (
-        encode_basestring(path).encode("utf-8"),
-        size,
-        hexlify(sha256),
-    )
-
+#: one entry (path, size, the raw 32-byte digest in hex), and every later one with its comma
+_ENTRY = b'{"path":%b,"size":%d,"sha256":"%b"}'
+_NEXT_ENTRY = b"," + _ENTRY
 
 #: what follows the last entry
 JSON_TAIL = b"]}"
@@ -148,10 +143,14 @@ def json_pieces(
     """
     yield json_head(file_count, byte_count)
     count = total = 0
+    entry = _ENTRY  # one piece per entry (its comma included): half the pieces of two
     for path, size in files:
-        if count:
-            yield b","
-        yield json_entry(path, size, digests[32 * count : 32 * count + 32])
+        yield entry % (
+            encode_basestring(path).encode("utf-8"),
+            size,
+            hexlify(digests[32 * count : 32 * count + 32]),
+        )
+        entry = _NEXT_ENTRY
         count += 1
         total += size
     if (count, total, len(digests)) != (file_count, byte_count, 32 * count):

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from dittohead.client.job import (
     DEFAULT_PORT,
@@ -134,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _path(text: str) -> Path:
-    # Windows shells do not expand "~"; presets and help texts often use it.
-    return Path(os.path.expanduser(text))
+def _path(text: str) -> str:
+    # Windows shells do not expand "~"; presets and help texts often use it. (Text, not a
+    # Path: pathlib is not loaded before ssh starts; see dittohead.client.state.)
+    return os.path.expanduser(text)
 
 
 def _port(text: str) -> int:

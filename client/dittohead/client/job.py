@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
-from pathlib import Path
 
 from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
@@ -22,6 +21,7 @@ from dittohead.core.grammar import UploadRequest, check_source, check_study
 TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
     from dittohead.client.openssh import Session
+    from dittohead.client.state import StrPath
 
 DEFAULT_PORT = 22
 #: for both SSH clients (`send`'s asyncssh, `openssh`'s ssh): seconds until an unreachable
@@ -52,8 +52,8 @@ class Server:
     host: str
     port: int = DEFAULT_PORT
     user: str | None = None  # None: the local login name
-    identity: Path | None = None  # None: the SSH agent and ~/.ssh/id_* keys
-    known_hosts: Path | None = None  # None: trust on first use (see hostkeys)
+    identity: StrPath | None = None  # None: the SSH agent and ~/.ssh/id_* keys
+    known_hosts: StrPath | None = None  # None: trust on first use (see hostkeys)
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def prepare(
     *,
     study: str,
     source: str,
-    folder: str | Path,
+    folder: StrPath,
     things: Sequence[str] = (),
-    state: Path | None = None,
+    state: StrPath | None = None,
     on_new: Callable[[], None] | None = None,
 ) -> Job:
     """Check the request, load the state and scan the folder; nothing touches the network.

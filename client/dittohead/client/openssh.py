@@ -32,10 +32,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
-from dittohead.client.state import user_known_hosts
+from dittohead.client.state import user_known_hosts_file
 from dittohead.core.grammar import UploadRequest
 
 # Starting ssh needs none of these: they are loaded when the stream begins, while ssh connects
@@ -44,6 +43,7 @@ TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typin
 if TYPE_CHECKING:
     from dittohead.client.pack import Pack
     from dittohead.client.reply import Progress
+    from dittohead.client.state import StrPath
     from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,17 @@ def start(server: Server, request: UploadRequest) -> Session | None:
         return None
 
 
-def known_hosts_file(server: Server) -> Path:
+def known_hosts_file(server: Server) -> StrPath:
     """The one file whose keys ``ssh`` may accept: the pinned one, else dittohead's own."""
-    return server.known_hosts if server.known_hosts is not None else user_known_hosts()
+    return server.known_hosts if server.known_hosts is not None else user_known_hosts_file()
 
 
-def config_path(path: Path) -> str:
+def config_path(path: StrPath) -> str:
     """`path` as ssh reads it back from a file option: file options go through ``%`` token
     expansion (``%%`` is a ``%``); quote the result with `_quoted` (``-o`` values are split at
     spaces). Unusable for the rare path that cannot be written so (a ``${`` would be expanded
     from the environment)."""
-    text = str(path)
+    text = os.fspath(path)
     if "${" in text or any(c in text for c in "\0\n\r"):
         raise Unusable(f"{text!r} cannot be given to ssh")
     return text.replace("%", "%%")
@@ -132,7 +132,9 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def ssh_argv(program: str, server: Server, request: UploadRequest, known_hosts: Path) -> list[str]:
+def ssh_argv(
+    program: str, server: Server, request: UploadRequest, known_hosts: StrPath
+) -> list[str]:
     """The ``ssh`` command line for one upload (no shell ever sees it)."""
     argv = [
         program,
@@ -202,7 +204,7 @@ class Session:
 
     def __init__(self, program: str, server: Server, request: UploadRequest) -> None:
         known = known_hosts_file(server)
-        if not known.is_file():
+        if not os.path.isfile(known):
             raise Unusable(f"no known-hosts file yet ({known})")
         self.program = program
         self.server = server

@@ -125,7 +125,8 @@ async def upload(
     """
     prompts = prompts or Prompts()
     user = server.user or login_name()
-    policy = HostKeyPolicy(server.host, server.port, pinned=server.known_hosts, ask=prompts.trust)
+    pinned = None if server.known_hosts is None else Path(server.known_hosts)
+    policy = HostKeyPolicy(server.host, server.port, pinned=pinned, ask=prompts.trust)
     client = LoginClient(policy, f"{user}@{server.host}", prompts.password)
     options: dict[str, Any] = {
         "port": server.port,
@@ -141,7 +142,7 @@ async def upload(
         "keepalive_interval": KEEPALIVE_INTERVAL,
     }
     if server.identity is not None:
-        options["client_keys"] = [load_identity(server.identity, prompts.passphrase)]
+        options["client_keys"] = [load_identity(Path(server.identity), prompts.passphrase)]
         options["agent_path"] = None  # only the key that was asked for
     try:
         conn = await asyncssh.connect(server.host, **options)

@@ -26,10 +26,20 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dittohead.client.scan import FileItem, Plan
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
+
+# pathlib (~4 ms with urllib.parse and ipaddress) is not loaded before ``ssh`` starts: what
+# runs before it (the options, the state file's name, reading it, the known-hosts file's name)
+# works on text; the functions that return a `Path` load it when called.
+TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import TypeAlias
+
+    #: a file's path as text or as a `Path`
+    StrPath: TypeAlias = str | os.PathLike[str]
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +47,44 @@ STATE_VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def state_dir() -> Path:
+def state_folder() -> str:
     """The per-user folder for dittohead's client state (and its known-hosts file)."""
+    join = os.path.join
     if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "dittohead" / "state"
+        base = os.environ.get("LOCALAPPDATA") or join(_home(), "AppData", "Local")
+        return join(base, "dittohead", "state")
     xdg = os.environ.get("XDG_STATE_HOME")
     # The XDG spec says relative values are invalid and must be ignored.
     if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "dittohead"
-    return Path.home() / ".local" / "state" / "dittohead"
+        return join(xdg, "dittohead")
+    return join(_home(), ".local", "state", "dittohead")
+
+
+def _home() -> str:
+    # What Path.home() is (it calls os.path.expanduser too), without loading pathlib.
+    home = os.path.expanduser("~")
+    if home == "~":
+        raise RuntimeError("Could not determine home directory.")  # as Path.home() does
+    return home
+
+
+def state_dir() -> Path:
+    """`state_folder` as a `Path`."""
+    from pathlib import Path  # noqa: PLC0415 (see the imports above)
+
+    return Path(state_folder())
+
+
+def user_known_hosts_file() -> str:
+    """dittohead's own known_hosts file (trust on first use), beside the state files."""
+    return os.path.join(state_folder(), "known_hosts")
 
 
 def user_known_hosts() -> Path:
-    """dittohead's own known_hosts file (trust on first use), beside the state files."""
-    return state_dir() / "known_hosts"
+    """`user_known_hosts_file` as a `Path`."""
+    from pathlib import Path  # noqa: PLC0415 (see the imports above)
+
+    return Path(user_known_hosts_file())
 
 
 def server_id(host: str, port: int) -> str:
@@ -60,6 +93,13 @@ def server_id(host: str, port: int) -> str:
 
 
 def default_state_path(host: str, port: int, study: str, source: str) -> Path:
+    """`default_state_file` as a `Path`."""
+    from pathlib import Path  # noqa: PLC0415 (see the imports above)
+
+    return Path(default_state_file(host, port, study, source))
+
+
+def default_state_file(host: str, port: int, study: str, source: str) -> str:
     """The default state file for this server, port, study and source.
 
     The readable part is sanitized for every file system; the short hash of the exact key keeps
@@ -68,7 +108,7 @@ def default_state_path(host: str, port: int, study: str, source: str) -> Path:
     key = f"{server_id(host, port)}\n{study}\n{source}"
     readable = _UNSAFE.sub("_", f"{host}_{port}_{study}_{source}").strip("._")[:150]
     digest = _sha256_hex(key.encode("utf-8"))[:10]
-    return state_dir() / f"sent-{readable}-{digest}.json"
+    return os.path.join(state_folder(), f"sent-{readable}-{digest}.json")
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -91,7 +131,7 @@ def _sha256_hex(data: bytes) -> str:
 class State:
     """The files the server has confirmed for one server, study and source."""
 
-    path: Path
+    path: StrPath
     server: str
     study: str
     source: str
@@ -190,7 +230,7 @@ class Staged:
             raise _not_remembered(exc) from exc
         self.tmp = None
         self.state.files = self.files
-        _fsync_dir(self.state.path.parent)
+        _fsync_dir(_folder_of(self.state.path))
 
     def discard(self) -> None:
         """No valid receipt: the state file stays as it was; the temporary file goes."""
@@ -212,12 +252,17 @@ def _not_remembered(exc: OSError) -> LocalFileError:
 _STALE_TMP = 24 * 3600
 
 
-def _sweep(path: Path) -> None:
+def _folder_of(path: StrPath) -> str:
+    """``path.parent`` (``"."`` for a bare file name), as text."""
+    return os.path.dirname(os.fspath(path)) or os.curdir
+
+
+def _sweep(path: StrPath) -> None:
     """Remove temporary files of `path` that a killed send left behind."""
-    prefix = f".{path.name}."
+    prefix = f".{os.path.basename(path)}."
     limit = time.time() - _STALE_TMP
     try:
-        with os.scandir(path.parent) as entries:
+        with os.scandir(_folder_of(path)) as entries:
             for entry in entries:
                 if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
                     with contextlib.suppress(OSError):
@@ -227,7 +272,7 @@ def _sweep(path: Path) -> None:
         pass  # only tidying
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def _signature(path: StrPath) -> tuple[int, int, int] | None:
     """What tells one version of the state file from another (None: there is none)."""
     try:
         st = os.stat(path)
@@ -259,9 +304,10 @@ def _parse(data: bytes) -> tuple[dict[str, object], dict[str, tuple[int, int]]]:
     return doc, out
 
 
-def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[int, int]]:
+def _read(path: StrPath, server: str, study: str, source: str) -> dict[str, tuple[int, int]]:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -286,18 +332,18 @@ def _read(path: Path, server: str, study: str, source: str) -> dict[str, tuple[i
     return files
 
 
-def load_state(path: Path | None, *, host: str, port: int, study: str, source: str) -> State:
+def load_state(path: StrPath | None, *, host: str, port: int, study: str, source: str) -> State:
     """Load the state for this server, study and source (empty if there is none yet).
 
     `path` is ``--state``; None means the per-user default file.
     """
     if path is None:
-        path = default_state_path(host, port, study, source)
+        path = default_state_file(host, port, study, source)
     server = server_id(host, port)
     return State(path, server, study, source, _read(path, server, study, source))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: StrPath, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new content."""
     tmp = _write_temp(path, data)
     try:
@@ -306,18 +352,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(_folder_of(path))
 
 
-def _write_temp(path: Path, data: bytes) -> str:
+def _write_temp(path: StrPath, data: bytes) -> str:
     """A synced temporary file holding `data` in `path`'s folder (so a rename is atomic)."""
     # Imported here: only a send that went through writes the state, and tempfile costs a few
     # milliseconds of start-up that a send with nothing new would pay for nothing.
     import tempfile  # noqa: PLC0415
 
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    folder = _folder_of(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)  # as Path.mkdir(parents=True, …)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -330,7 +376,7 @@ def _write_temp(path: Path, data: bytes) -> str:
     return tmp
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: str) -> None:
     # The rename is durable only once the folder is synced; Windows cannot open folders (and
     # NTFS journals the rename itself), so this is POSIX only.
     if os.name == "nt":

@@ -179,7 +179,7 @@ def test_a_path_ssh_would_expand_from_the_environment_is_not_given_to_it(tmp_pat
 def test_the_known_hosts_file_is_the_pinned_one_else_dittoheads_own(tmp_path: Path) -> None:
     pinned = tmp_path / "pinned"
     assert openssh.known_hosts_file(Server("h", known_hosts=pinned)) == pinned
-    assert openssh.known_hosts_file(Server("h")) == user_known_hosts()
+    assert Path(openssh.known_hosts_file(Server("h"))) == user_known_hosts()
 
 
 def test_no_known_hosts_file_yet_means_no_ssh_at_all(tmp_path: Path) -> None:

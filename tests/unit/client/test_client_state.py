@@ -28,7 +28,7 @@ from .conftest import write_tree
 HOST, PORT, STUDY, SOURCE = "drop.example.org", 22, "nccam3", "brogden-a"
 
 
-def _load(path: Path | None = None) -> State:
+def _load(path: str | Path | None = None) -> State:
     return load_state(path, host=HOST, port=PORT, study=STUDY, source=SOURCE)
 
 
@@ -301,3 +301,41 @@ def test_the_state_file_name_hash_is_sha256(builtin: bool, monkeypatch: pytest.M
     key = f"{server_id(HOST, PORT)}\n{STUDY}\n{SOURCE}"
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
     assert default_state_path(HOST, PORT, STUDY, SOURCE).name.endswith(f"-{digest}.json")
+
+
+def test_a_state_file_named_as_text_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --state comes as text (pathlib is loaded only once ssh runs): a bare name is a file in
+    # the current folder, where it is written, swept and synced as a Path's would be.
+    here = tmp_path / "pc"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    _load("st.json").record([FileItem("a", 1, 1)])
+    (here / ".st.json.x1.tmp").write_bytes(b"{}")
+    os.utime(here / ".st.json.x1.tmp", (1_000_000, 1_000_000))
+    _load("st.json").record([FileItem("b", 2, 2)])
+    assert os.listdir(here) == ["st.json"]
+    assert _load(here / "st.json").files == {"a": (1, 1), "b": (2, 2)}
+
+
+def test_the_text_and_path_names_agree(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dittohead.client.state import (  # noqa: PLC0415
+        default_state_file,
+        state_folder,
+        user_known_hosts,
+        user_known_hosts_file,
+    )
+
+    for xdg in (str(isolated_home / "x"), None):
+        if xdg is None:
+            monkeypatch.delenv("XDG_STATE_HOME")
+        else:
+            monkeypatch.setenv("XDG_STATE_HOME", xdg)
+        assert Path(state_folder()) == state_dir()
+        assert Path(user_known_hosts_file()) == user_known_hosts() == state_dir() / "known_hosts"
+        assert Path(default_state_file(HOST, PORT, STUDY, SOURCE)) == default_state_path(
+            HOST, PORT, STUDY, SOURCE
+        )

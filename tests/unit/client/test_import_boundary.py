@@ -7,6 +7,7 @@ stray import.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -131,28 +132,48 @@ def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
 # What loading `openssh` (to start ssh, at the scan's first new file) may cost: everything
 # before ssh starts is on a send's critical path, so the stream's modules (pack, tarfile,
 # hashlib's OpenSSL), the receipt's and asyncio come later, while ssh connects.
-NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing", "shutil",
+NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing", "shutil", "pathlib",
                     "dittohead.client.pack", "dittohead.client.reply", "dittohead.client.deliver",
                     "dittohead.core.receipt", "dittohead.core.manifest")  # fmt: skip
 
+# What runs before ssh starts: the options, the state (given or the default file), the ssh
+# program and its command line (the known-hosts file given or dittohead's own).
 START_SSH = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from dittohead.client.cli import build_parser
-    import dittohead.client.openssh
-    build_parser().parse_args(["send", "--host", "h", "--identity", "k", "--study", "nccam3",
-                               "--source", "brogden-a", "--json", "folder", "thing"])
-    from dittohead.client.state import default_state_path
-    default_state_path("drop.example.org", 22, "nccam3", "brogden-a")
+    from dittohead.client import openssh
+    from dittohead.client.job import Server
+    from dittohead.client.state import load_state
+    from dittohead.core.grammar import UploadRequest
+
+    state_file = sys.argv[1]
+    args = build_parser().parse_args([
+        "send", "--host", "h", "--identity", "~/key", "--known-hosts", "kh", "--state",
+        state_file, "--study", "nccam3", "--source", "brogden-a", "--json", "folder", "thing"])
+    for state in (args.state, None):
+        load_state(state, host="drop.example.org", port=22, study="nccam3", source="brogden-a")
+    openssh.program()
+    for server in (Server("h", identity=args.identity, known_hosts=args.known_hosts),
+                   Server("h", user="u")):
+        known = openssh.known_hosts_file(server)
+        os.path.isfile(known)
+        openssh.ssh_argv("ssh", server, UploadRequest("nccam3", "brogden-a"), known)
     print(json.dumps(sorted(sys.modules)))
     """
 )
 
 
-def test_starting_ssh_loads_only_what_it_needs() -> None:
+def test_starting_ssh_loads_only_what_it_needs(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(
+        '{"version":1,"server":"drop.example.org:22","study":"nccam3","source":"brogden-a",'
+        '"files":{"a.txt":[1,2]}}'
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "XDG_STATE_HOME": ""}
     done = subprocess.run(
-        [sys.executable, "-I", "-c", START_SSH], capture_output=True, text=True, check=True,
-        timeout=60,
+        [sys.executable, "-I", "-c", START_SSH, str(state)], capture_output=True, text=True,
+        check=True, timeout=60, env=env,
     )  # fmt: skip
     modules = json.loads(done.stdout)
     assert [m for m in NOT_TO_START_SSH if m in modules] == []

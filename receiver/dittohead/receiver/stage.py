@@ -129,14 +129,20 @@ class _Dirs:
     def __init__(self, root_fd: int) -> None:
         self._root = root_fd
         self._fds: OrderedDict[str, int] = OrderedDict()
+        # The folder asked for last, which is the most recently used one already: files come
+        # folder by folder, and most ask for the same folder as the file before them.
+        self._last, self._last_fd = "", root_fd
 
     def open(self, path: str) -> int:
         """The fd of folder `path` (relative, already checked), creating it as needed."""
+        if path == self._last:
+            return self._last_fd
         if not path:
             return self._root
         fd = self._fds.get(path)
         if fd is not None:
             self._fds.move_to_end(path)
+            self._last, self._last_fd = path, fd
             return fd
         parent, _, base = path.rpartition("/")
         parent_fd = self.open(parent)
@@ -148,10 +154,13 @@ class _Dirs:
         fd = os.open(base, fsops.DIR_FLAGS, dir_fd=parent_fd)
         self._fds[path] = fd
         if len(self._fds) > DIR_FD_CACHE:
+            # The least recently used: never `path` itself, which is the most recent one.
             os.close(self._fds.popitem(last=False)[1])
+        self._last, self._last_fd = path, fd
         return fd
 
     def close(self) -> None:
+        self._last, self._last_fd = "", self._root
         while self._fds:
             os.close(self._fds.popitem()[1])
 

@@ -1,11 +1,13 @@
 """The stage's short cuts decide exactly like the code they skip: a member's name (the header's
 name field and ustar prefix, read inline) as `_text` reads them; `Staging._check_name`'s one
 match (`PLAIN_USER_PATH`) like `check_path` followed by the reserved-folder rule; a small
-file's single ``os.write`` finished like `fsops.write_all` when the kernel takes less."""
+file's single ``os.write`` finished like `fsops.write_all` when the kernel takes less; the
+folder fds, with the last one remembered, those of their folders."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from dittohead.core.errors import NameRejected
 from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH
 from dittohead.core.names import RESERVED_TOP, check_path, fold
 from dittohead.receiver.config import Limits
-from dittohead.receiver.stage import Staging
+from dittohead.receiver.stage import DIR_FD_CACHE, Staging, _Dirs
 from dittohead.receiver.tarread import Member, Stream, TarReader, _text
 from tests.hostile import streams as ts
 from tests.unit.core.test_names_fast_path import path
@@ -117,3 +119,31 @@ def test_short_writes_of_small_files_are_completed(
         assert (path_ / f".{staged.entry}" / name).read_bytes() == data
     assert 0 not in calls  # an empty file is created, never written to
     assert len(calls) > 100  # the short writes were completed
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from("abcdefghij"), min_size=0, max_size=3).map("/".join),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_folder_fds_are_those_of_their_folders(paths: list[str]) -> None:
+    # The last folder is remembered beside the bounded LRU of open fds: whatever the order of
+    # requests (and evictions: more folders than stage.DIR_FD_CACHE), each fd is its folder's.
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        dirs = _Dirs(root)
+        try:
+            for i, folder in enumerate(paths):
+                # Every tenth request a fresh folder, to push the others out of the cache.
+                asked = f"{folder}/n{i}".lstrip("/") if i % 10 == 9 else folder
+                fd = dirs.open(asked)
+                expected = os.stat(os.path.join(tmp, asked))
+                got = os.fstat(fd)
+                assert (got.st_dev, got.st_ino) == (expected.st_dev, expected.st_ino), asked
+                assert len(dirs._fds) <= DIR_FD_CACHE
+        finally:
+            dirs.close()
+            os.close(root)

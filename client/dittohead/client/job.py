@@ -11,7 +11,7 @@ on a lab PC, more than the rest of a no-change run) and of the modules that need
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass
 
 from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
@@ -56,32 +56,41 @@ class Server:
     known_hosts: StrPath | None = None  # None: trust on first use (see hostkeys)
 
 
-@dataclass(frozen=True)
+# Prompts, Job (and state.State) are plain classes: each dataclass costs ~0.4 ms to create
+# when the module loads, before ssh can start (Server stays one: a frozen value).
 class Prompts:
     """How to ask the person in front of the screen. None means "cannot ask": refuse."""
 
-    trust: TrustPrompt | None = None
-    password: SecretPrompt | None = None
-    passphrase: SecretPrompt | None = None
+    __slots__ = ("passphrase", "password", "trust")
+
+    def __init__(
+        self,
+        trust: TrustPrompt | None = None,
+        password: SecretPrompt | None = None,
+        passphrase: SecretPrompt | None = None,
+    ) -> None:
+        self.trust = trust
+        self.password = password
+        self.passphrase = passphrase
 
 
-@dataclass
 class Job:
     """One send, prepared: what the folder holds and what the server has not confirmed."""
 
-    server: Server
-    request: UploadRequest
-    scanned: Plan
-    state: State
-    selected: Plan = field(init=False)
-    #: known already (the scan's `Watch` never fired): the state confirms every file
-    all_confirmed: InitVar[bool] = False
-
-    def __post_init__(self, all_confirmed: bool) -> None:
-        if all_confirmed:
-            self.selected = self.scanned.with_files(())
-        else:
-            self.selected = self.state.select(self.scanned)
+    def __init__(
+        self,
+        server: Server,
+        request: UploadRequest,
+        scanned: Plan,
+        state: State,
+        all_confirmed: bool = False,
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.scanned = scanned
+        self.state = state
+        # all_confirmed: known already (the scan's `Watch` never fired)
+        self.selected = scanned.with_files(()) if all_confirmed else state.select(scanned)
 
 
 #: An ssh started early is used only if the stream begins within this many seconds; after a

@@ -25,7 +25,6 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from dittohead.client.scan import FileItem, Plan
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
@@ -127,15 +126,24 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@dataclass
 class State:
-    """The files the server has confirmed for one server, study and source."""
+    """The files the server has confirmed for one server, study and source.
 
-    path: StrPath
-    server: str
-    study: str
-    source: str
-    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    (Not a dataclass: see `dittohead.client.job.Prompts`.)"""
+
+    def __init__(
+        self,
+        path: StrPath,
+        server: str,
+        study: str,
+        source: str,
+        files: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.path = path
+        self.server = server
+        self.study = study
+        self.source = source
+        self.files = {} if files is None else files
 
     def is_confirmed(self, item: FileItem) -> bool:
         return self.files.get(item.path) == (item.size, item.mtime_ns)

@@ -24,9 +24,9 @@ truncation, non-NUL padding and anything but NUL bytes after the end of the arch
 from __future__ import annotations
 
 import io
-import re
 import select
 from collections.abc import Iterator
+from itertools import product
 from typing import NamedTuple
 from zlib import adler32
 
@@ -50,9 +50,22 @@ _ZERO_BLOCK = bytes(BLOCK)
 _PLAIN_NUMBERS = rb"(?:[0-7]{7}[\0 ]){3}(?:[0-7]{11}[\0 ]){2}(?:[0-7]{6}\0 |[0-7]{7}[\0 ])[05\0xgL]"
 # devmajor and devminor: plain octal or left empty (GNU format).
 _PLAIN_DEVICES = rb"(?:[0-7]{7}[\0 ]|\0{8}){2}"
-# Both, with the text fields between them (link name, magic, user and group names) skipped:
-# one match per header instead of two.
-_PLAIN_HEADER = re.compile(_PLAIN_NUMBERS + rb"(?s:.{172})" + _PLAIN_DEVICES)  # bytes 100..345
+# `_plain` checks what these two expressions match (bytes 100..157 and 329..345) without
+# running them (~0.15 instead of ~0.45 us a header; a test holds it to the expressions): every
+# byte is mapped to its class (octal digit, NUL, space or other), and the classes of the fields
+# must form one of the few shapes the expressions allow.
+_CLASSES = bytes(
+    ord("d") if 0x30 <= i <= 0x37 else ord("n") if i == 0 else ord("s") if i == 0x20 else ord("x")
+    for i in range(256)
+)
+_SHORT = (b"ddddddd" + b"n", b"ddddddd" + b"s")  # 7 digits, NUL or space
+_LONG = (b"ddddddddddd" + b"n", b"ddddddddddd" + b"s")  # 11 digits, NUL or space
+_CHECKSUM = (b"dddddd" + b"ns", *_SHORT)
+#: mode, uid, gid, size, mtime, checksum (bytes 100..156)
+_NUMBER_SHAPES = frozenset(map(b"".join, product(_SHORT, _SHORT, _SHORT, _LONG, _LONG, _CHECKSUM)))
+_PLAIN_TYPES = b"05\0xgL"  # byte 156
+#: devmajor, devminor (bytes 329..345)
+_DEVICE_SHAPES = frozenset(map(b"".join, product((*_SHORT, b"n" * 8), repeat=2)))
 _POSIX_MAGIC = b"ustar\x0000"  # magic + version of POSIX ustar / pax
 _GNU_MAGIC = b"ustar  \x00"  # old GNU format: bytes 345..500 hold atime/ctime, not a prefix
 
@@ -255,12 +268,21 @@ def byte_sum(block: bytes) -> int:
     return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
 
 
+def _plain(block: bytes) -> bool:
+    """Whether the header's number fields match _PLAIN_NUMBERS and _PLAIN_DEVICES."""
+    return (
+        block[100:156].translate(_CLASSES) in _NUMBER_SHAPES
+        and block[156] in _PLAIN_TYPES
+        and block[329:345].translate(_CLASSES) in _DEVICE_SHAPES
+    )
+
+
 def header_size(block: bytes) -> int:
     """The size field of a non-zero header block, once its checksum and every number field
     passed the checks of `tarfile.TarInfo.frombuf` (whose answer this always equals)."""
-    if _PLAIN_HEADER.fullmatch(block, 100, 345) and int(
-        block[148:155].rstrip(b"\0 "), 8
-    ) == 256 + byte_sum(block) - sum(block[148:156]):
+    if _plain(block) and int(block[148:155].rstrip(b"\0 "), 8) == 256 + byte_sum(block) - sum(
+        block[148:156]
+    ):
         return int(block[124:135], 8)
     # Anything else (base-256 numbers, odd spacing, a signed checksum, a sparse header) is
     # judged by tarfile itself.

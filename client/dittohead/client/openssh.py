@@ -26,9 +26,11 @@ TTY, no escape character, no multiplexing, no password or keyboard-interactive l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -195,6 +197,29 @@ class _Drain(threading.Thread):
                 self.data += chunk[: _KEEP - len(self.data)]
 
 
+#: the size asked for the pipe into ssh's stdin (Linux; unprivileged processes may ask for up
+#: to /proc/sys/fs/pipe-max-size, 1 MiB by default)
+PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give the pipe into ssh room for several chunks of the stream (Linux only).
+
+    With the default 64 KiB every 256 KiB chunk put the client to sleep until ssh had read
+    most of it, and woke ssh for each part. Measured streaming 20,000 small files into
+    ``ssh … 'cat > /dev/null'``, 12 runs each, medians: the client's context switches
+    3,714 → 612, its CPU 0.39 → 0.37 s, ssh's CPU 0.21 → 0.19 s; in whole sends to the real
+    receiver (14 each) client and ssh together 0.76 → 0.74 CPU-s. Best effort: a refusal
+    (a user over the kernel's pipe memory limit) leaves the pipe as it was.
+    """
+    if sys.platform != "linux":
+        return
+    import fcntl  # noqa: PLC0415 (Linux only: the client runs on Windows too)
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
 class Session:
     """One running ``ssh`` with the upload's exec request, waiting for the stream on its stdin.
 
@@ -222,6 +247,8 @@ class Session:
         except OSError as exc:
             raise Unusable(f"cannot run {program}: {exc}") from exc
         self.started = time.monotonic()
+        assert self.proc.stdin is not None
+        _widen_pipe(self.proc.stdin.fileno())
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.drains = (_Drain(self.proc.stdout.fileno()), _Drain(self.proc.stderr.fileno()))
         for drain in self.drains:

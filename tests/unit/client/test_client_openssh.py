@@ -189,6 +189,21 @@ def test_no_known_hosts_file_yet_means_no_ssh_at_all(tmp_path: Path) -> None:
     assert calls(tmp_path) == []  # trust on first use is asyncssh's, in dittohead's words
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ is Linux's")
+def test_the_pipe_into_ssh_holds_several_chunks(tmp_path: Path) -> None:
+    import fcntl  # noqa: PLC0415 (Linux only)
+
+    script = fake_ssh(tmp_path, "cat > /dev/null\n")
+    (tmp_path / "kh").write_text("")
+    session = openssh.Session(str(script), Server("h", known_hosts=tmp_path / "kh"), REQUEST)
+    try:
+        assert session.proc.stdin is not None
+        size = fcntl.fcntl(session.proc.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size == openssh.PIPE_SIZE
+    finally:
+        session.abandon()
+
+
 # -- falling back -----------------------------------------------------------------------------
 
 

@@ -55,6 +55,10 @@ _FAST_USER_PATH = re.compile(r"(?!(?i:\.dittohead)(?:/|\Z))" + _FAST_PATH.patter
 #: accepts unchanged, and not below the reserved folder (in any spelling); one that it does not
 #: match may still be allowed (only `check_path` decides that).
 PLAIN_USER_PATH = _FAST_USER_PATH
+#: One component as PLAIN_USER_PATH matches it: components cannot hold "/", so a name
+#: "<parent>/<base>" is matched by PLAIN_USER_PATH exactly when "<parent>" is, "<base>" is
+#: matched by this, and "<parent>" has fewer than MAX_DEPTH components.
+PLAIN_COMPONENT = re.compile(_FAST_COMPONENT, re.ASCII)
 
 
 def _reject(name: str, why: str) -> NameRejected:

@@ -42,6 +42,7 @@ from dittohead.core.manifest import (
 )
 from dittohead.core.names import (
     MAX_PATH_BYTES,
+    PLAIN_COMPONENT,
     PLAIN_USER_PATH,
     RESERVED_TOP,
     NameSet,
@@ -181,6 +182,10 @@ class Staging:
         self._writeback_works = True
         self._ahead: fsops.SyncAhead | None = None
         self._small_bytes = self._small_files = 0  # small files since the last SyncAhead
+        # Parents of names PLAIN_USER_PATH matched: plain user paths themselves, with fewer than
+        # MAX_DEPTH components, so a name below one of them needs only its last component
+        # matched (see names.PLAIN_COMPONENT).
+        self._plain_parents: set[str] = set()
 
     def _create(self) -> int:
         os.mkdir(self.dot_entry, DIR_MODE, dir_fd=self.inbox_fd)
@@ -286,10 +291,17 @@ class Staging:
         name = member.name
         if member.is_dir and name.endswith("/"):
             name = name[:-1]  # tar writes folders as "name/"; only that one slash goes
-        if len(name) <= MAX_PATH_BYTES and PLAIN_USER_PATH.fullmatch(name):
+        if len(name) <= MAX_PATH_BYTES:
             # What check_path's fast path accepts, and not under the reserved folder: most
             # names, settled by one match (the rules below would accept it unchanged).
-            return name
+            parent, _, base = name.rpartition("/")
+            if parent in self._plain_parents:
+                if PLAIN_COMPONENT.fullmatch(base):
+                    return name
+            elif PLAIN_USER_PATH.fullmatch(name):
+                if parent:
+                    self._plain_parents.add(parent)
+                return name
         name = check_path(name, allow_reserved=True)
         top = name.split("/", 1)[0]
         # fold() of an ASCII name is its lower case (NFC and casefold change nothing else).

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dittohead.core.errors import NameRejected
 from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH
-from dittohead.core.names import RESERVED_TOP, check_path, fold
+from dittohead.core.names import MAX_DEPTH, RESERVED_TOP, check_path, fold
 from dittohead.receiver.config import Limits
 from dittohead.receiver.stage import DIR_FD_CACHE, Staging, _Dirs
 from dittohead.receiver.tarread import Member, Stream, TarReader, _text
@@ -63,6 +63,29 @@ def test_check_name_decides_like_the_rules(name: str, is_dir: bool, tail: str) -
     staging = Staging(-1, ts.SOURCE, Limits())
     member = Member(name + tail, is_dir, 0)
     assert _outcome(staging._check_name, member) == _outcome(check_name_by_rules, member)
+
+
+# Names that the short cuts meet again and again: a few parents (plain or not, near the depth
+# limit, long), each with a last component from a list of plain and refused ones.
+_PARENTS = ["", "a", "a/b", "A/b", "a/CON", ".dittohead", ".DittoHead/x", "x./y", "\u00e9"]
+_PARENTS += ["/".join(["d"] * (MAX_DEPTH - n)) for n in (3, 2, 1, 0)] + ["/".join(["y" * 250] * 4)]
+_PARTS = ["a", "b", "B", "x.txt", "CON", "con.txt", "lpt1", ".dittohead", ".DittoHead", "x."]
+_PARTS += ["x ", "\u00e9", "", ".", "..", "k" * 255, "k" * 256, "a\\b", "a:b", "c/d"]
+_PARTS += ["manifest.json", "json"]
+related_name = st.tuples(st.sampled_from(_PARENTS), st.sampled_from(_PARTS)).map(
+    lambda t: f"{t[0]}/{t[1]}" if t[0] else t[1]
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(related_name, st.booleans()), min_size=1, max_size=40))
+def test_check_name_decides_like_the_rules_after_any_names(ops: list[tuple[str, bool]]) -> None:
+    # `_check_name` remembers the parents of plain names: whatever came before, each name is
+    # decided as the rules decide it.
+    staging = Staging(-1, ts.SOURCE, Limits())
+    for name, is_dir in ops:
+        member = Member(name, is_dir, 0)
+        assert _outcome(staging._check_name, member) == _outcome(check_name_by_rules, member)
 
 
 name_field = st.one_of(

@@ -339,11 +339,31 @@ def _stream(fd: int, pack: Pack, progress: Progress | None) -> bool:
     read afterwards, are what the collector is told. (Errors reading the collector's own files
     come from `pack` as `LocalFileError` and are not caught here.)
     """
+    # Until ssh first takes a full pipe (it sets up its session, ~0.15 s, and the receiver
+    # starts), the pipe is written without blocking, and each time it is full the pack reads
+    # and hashes a file ahead (`Pack.hash_ahead`) instead of waiting. From then on, or when
+    # nothing is left to read ahead, it waits in write as before: reading ahead while the
+    # stream flows only takes CPU from ssh, sshd and the receiver (measured: no gain). POSIX
+    # only: Python 3.11 cannot make a pipe non-blocking on Windows.
+    ahead = os.name == "posix"
+    waited = False
+    if ahead:
+        os.set_blocking(fd, False)
     for chunk in pack:
         view = memoryview(chunk)
         try:
             while view:
-                view = view[os.write(fd, view) :]
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    waited = True
+                    if not pack.hash_ahead():  # nothing left to read ahead
+                        ahead = False
+                        os.set_blocking(fd, True)
+                    continue
+                if ahead and waited:  # ssh has begun to read: the stream flows
+                    ahead = False
+                    os.set_blocking(fd, True)
         except OSError as exc:  # EPIPE; EINVAL on Windows
             log.debug("ssh stopped reading: %s", exc)
             return False

@@ -9,7 +9,9 @@ stream cut short can never pass for a complete (shorter) upload.
 Speed matters here (PERF.md): headers are the bytes `tarfile.TarInfo.tobuf` writes with an
 integer mtime and no user/group names (a float mtime costs an extra pax header per member,
 name look-ups cost a system call each), built from a template for short ASCII names; each file
-is read exactly once into one reusable 1 MiB buffer and hashed in the same pass; small members
+is read into one reusable 1 MiB buffer and hashed in the same pass (or, if small, read and
+hashed ahead while ssh was not yet taking the stream, `Pack.hash_ahead`: then it is not hashed
+again unless it changed since); small members
 are batched into ~256 KiB chunks so a folder of tiny files does not cost one SSH write per
 file. Memory stays constant whatever the file sizes.
 
@@ -39,6 +41,8 @@ from dittohead.core.names import parents
 BLOCK = 512
 READ_SIZE = 1 << 20  # one reusable read buffer per stream
 CHUNK_SIZE = 256 << 10  # small members are batched up to about this much per write
+#: small files read and hashed ahead of the stream at most (`Pack.hash_ahead`): ~100 bytes each
+AHEAD_FILES = 32768
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
@@ -196,6 +200,12 @@ class Pack:
         self._manifest: Manifest | None = None
         self._manifest_sha256 = ""
         self._started = False
+        self._base = os.path.join(plan.root, "")  # ends with a separator
+        # Read ahead (`hash_ahead`): member index -> (sha256, inode, mtime_ns, ctime_ns).
+        self._ahead: dict[int, tuple[bytes, int, int, int]] = {}
+        self._ahead_at = 0  # the next member index `hash_ahead` looks at
+        self._at = -1  # the member index the stream is at
+        self._ahead_buf: memoryview | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         return self.chunks()
@@ -228,18 +238,19 @@ class Pack:
         out = bytearray()
         buf = memoryview(bytearray(READ_SIZE))
         digests = self._digests
-        base = os.path.join(self.plan.root, "")  # ends with a separator
-        for item in self.members:
+        ahead = self._ahead
+        for index, item in enumerate(self.members):
+            self._at = index
             if isinstance(item, str):
                 out += tar_header(item, is_dir=True, mtime=self._now)
             else:
                 out += tar_header(
                     item.path, is_dir=False, size=item.size, mtime=item.mtime_ns // 1_000_000_000
                 )
-                path = base + (item.path if _SLASH_IS_SEP else item.path.replace("/", os.sep))
+                path = self._path(item)
                 if item.size < CHUNK_SIZE:
                     # Most files in a folder of many are small: read in one go, no generator.
-                    digest = self._small_file(item, path, out, buf)
+                    digest = self._small_file(item, path, out, buf, ahead.pop(index, None))
                 else:
                     digest = yield from self._file(item, path, out, buf)
                 digests += digest
@@ -265,11 +276,24 @@ class Pack:
         )
         yield bytes(out)
 
-    def _small_file(self, item: FileItem, path: str, out: bytearray, buf: memoryview) -> bytes:
+    def _path(self, item: FileItem) -> str:
+        return self._base + (item.path if _SLASH_IS_SEP else item.path.replace("/", os.sep))
+
+    def _small_file(
+        self,
+        item: FileItem,
+        path: str,
+        out: bytearray,
+        buf: memoryview,
+        ahead: tuple[bytes, int, int, int] | None = None,
+    ) -> bytes:
         """Append one file smaller than `CHUNK_SIZE` (padded to a block) to `out`; its sha256.
 
         `out` holds less than `CHUNK_SIZE` plus this file's header before, so it stays well
-        below `READ_SIZE` after (at most two chunks' worth).
+        below `READ_SIZE` after (at most two chunks' worth). `ahead` is what `hash_ahead`
+        found for this file, if it got to it: its sha256 stands for the bytes read now only
+        when the file is the same inode with the same mtime and ctime (any write changes the
+        ctime, which no program can set back); otherwise the bytes read now are hashed.
         """
         fd = _open_unchanged(item, path)
         try:
@@ -279,14 +303,43 @@ class Pack:
                 if not n:
                     raise _changed(item.path)  # shorter than when it was scanned
                 got += n
-            _check_unchanged(fd, item)
+            after = _check_unchanged(fd, item)
         finally:
             os.close(fd)
         data = buf[:got]
         self.bytes_done += got
         out += data
         out += _ZEROS[: -item.size % BLOCK]
+        if ahead is not None and ahead[1:] == (after.st_ino, after.st_mtime_ns, after.st_ctime_ns):
+            return ahead[0]
         return hashlib.sha256(data).digest()
+
+    def hash_ahead(self) -> bool:
+        """Read and hash one small file that the stream has not reached yet; False when there
+        is none left (or `AHEAD_FILES` are waiting).
+
+        For the time the stream cannot go on: while sshd sets up the session and the receiver
+        starts (~0.15 s), and whenever ssh is behind, the client would only wait. The stream
+        then sends such a file without hashing it a second time (`_small_file` says when).
+        Anything odd here (an error, a file that changed) leaves the file to the stream, which
+        reads, hashes and judges it as always.
+        """
+        members = self.members
+        i = max(self._ahead_at, self._at + 1)
+        while i < len(members) and len(self._ahead) < AHEAD_FILES:
+            item = members[i]
+            i += 1
+            if isinstance(item, str) or item.size >= CHUNK_SIZE:
+                continue
+            self._ahead_at = i
+            if self._ahead_buf is None:
+                self._ahead_buf = memoryview(bytearray(CHUNK_SIZE))
+            found = _read_and_hash(item, self._path(item), self._ahead_buf)
+            if found is not None:
+                self._ahead[i - 1] = found
+            return True
+        self._ahead_at = i
+        return False
 
     def _file(
         self, item: FileItem, path: str, out: bytearray, buf: memoryview
@@ -352,11 +405,50 @@ def _open_unchanged(item: FileItem, path: str) -> int:
     return fd
 
 
-def _check_unchanged(fd: int, item: FileItem) -> None:
+def _check_unchanged(fd: int, item: FileItem) -> os.stat_result:
     # Growth, an in-place rewrite or a touch all show in the size or mtime.
     after = os.fstat(fd)
     if after.st_size != item.size or after.st_mtime_ns != item.mtime_ns:
         raise _changed(item.path)
+    return after
+
+
+def _read_and_hash(
+    item: FileItem, path: str, buf: memoryview
+) -> tuple[bytes, int, int, int] | None:
+    """`Pack.hash_ahead` for one file: (sha256, inode, mtime_ns, ctime_ns), or None when the
+    file is not as the scan saw it, changes while it is read, or cannot be read."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        before = os.fstat(fd)
+        if (
+            not stat.S_ISREG(before.st_mode)
+            or before.st_size != item.size
+            or before.st_mtime_ns != item.mtime_ns
+        ):
+            return None
+        got = 0
+        while got < item.size:
+            n = _read_into(fd, buf[got : item.size], item)
+            if not n:
+                return None
+            got += n
+        after = os.fstat(fd)
+    except (OSError, LocalFileError):
+        return None
+    finally:
+        os.close(fd)
+    seen = (after.st_ino, after.st_mtime_ns, after.st_ctime_ns)
+    if after.st_size != item.size or seen != (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    ):
+        return None
+    return (hashlib.sha256(buf[:got]).digest(), *seen)
 
 
 def _read_into(fd: int, view: memoryview, item: FileItem) -> int:

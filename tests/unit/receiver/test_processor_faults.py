@@ -195,7 +195,8 @@ def test_kills_at_random_instants(tmp_path: Path) -> None:
         for path, data in files.items():
             sent.setdefault(path, set()).add(data)
         proc = processor(server)
-        time.sleep(startup + rng.uniform(-0.05, 0.15))
+        # (never negative: the processor may start in less than the 50 ms aimed below it)
+        time.sleep(max(0.0, startup + rng.uniform(-0.05, 0.15)))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         kills += proc.returncode == -signal.SIGKILL

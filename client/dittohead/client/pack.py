@@ -297,17 +297,13 @@ class Pack:
         """
         fd = _open_unchanged(item, path)
         try:
-            got = 0
-            while got < item.size:  # once, unless a read comes back short
-                n = _read_into(fd, buf[got : item.size], item)
-                if not n:
-                    raise _changed(item.path)  # shorter than when it was scanned
-                got += n
+            data = _read_whole(fd, buf, item)
+            if data is None:
+                raise _changed(item.path)  # shorter than when it was scanned
             after = _check_unchanged(fd, item)
         finally:
             os.close(fd)
-        data = buf[:got]
-        self.bytes_done += got
+        self.bytes_done += len(data)
         out += data
         out += _ZEROS[: -item.size % BLOCK]
         if ahead is not None and ahead[1:] == (after.st_ino, after.st_mtime_ns, after.st_ctime_ns):
@@ -392,17 +388,28 @@ def _open_unchanged(item: FileItem, path: str) -> int:
             "nothing was stored"
         ) from exc
     try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_size != item.size
-            or st.st_mtime_ns != item.mtime_ns
-        ):
+        if not _as_scanned(os.fstat(fd), item):
             raise _changed(item.path)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _as_scanned(st: os.stat_result, item: FileItem) -> bool:
+    """Whether `st` is a regular file with the size and mtime the scan saw for `item`."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == item.size and st.st_mtime_ns == item.mtime_ns
+
+
+def _read_whole(fd: int, buf: memoryview, item: FileItem) -> memoryview | None:
+    """All of small file `item` read into `buf`; None if it ends early."""
+    got = 0
+    while got < item.size:  # once, unless a read comes back short
+        n = _read_into(fd, buf[got : item.size], item)
+        if not n:
+            return None
+        got += n
+    return buf[:got]
 
 
 def _check_unchanged(fd: int, item: FileItem) -> os.stat_result:
@@ -424,18 +431,9 @@ def _read_and_hash(
         return None
     try:
         before = os.fstat(fd)
-        if (
-            not stat.S_ISREG(before.st_mode)
-            or before.st_size != item.size
-            or before.st_mtime_ns != item.mtime_ns
-        ):
+        data = _read_whole(fd, buf, item) if _as_scanned(before, item) else None
+        if data is None:
             return None
-        got = 0
-        while got < item.size:
-            n = _read_into(fd, buf[got : item.size], item)
-            if not n:
-                return None
-            got += n
         after = os.fstat(fd)
     except (OSError, LocalFileError):
         return None
@@ -448,7 +446,7 @@ def _read_and_hash(
         before.st_ctime_ns,
     ):
         return None
-    return (hashlib.sha256(buf[:got]).digest(), *seen)
+    return (hashlib.sha256(data).digest(), *seen)
 
 
 def _read_into(fd: int, view: memoryview, item: FileItem) -> int:

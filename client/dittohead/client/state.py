@@ -67,13 +67,6 @@ def _home() -> str:
     return home
 
 
-def state_dir() -> Path:
-    """`state_folder` as a `Path`."""
-    from pathlib import Path  # noqa: PLC0415 (see the imports above)
-
-    return Path(state_folder())
-
-
 def user_known_hosts_file() -> str:
     """dittohead's own known_hosts file (trust on first use), beside the state files."""
     return os.path.join(state_folder(), "known_hosts")
@@ -89,13 +82,6 @@ def user_known_hosts() -> Path:
 def server_id(host: str, port: int) -> str:
     """``host:port`` (``[v6addr]:port`` for an IPv6 literal)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def default_state_path(host: str, port: int, study: str, source: str) -> Path:
-    """`default_state_file` as a `Path`."""
-    from pathlib import Path  # noqa: PLC0415 (see the imports above)
-
-    return Path(default_state_file(host, port, study, source))
 
 
 def default_state_file(host: str, port: int, study: str, source: str) -> str:

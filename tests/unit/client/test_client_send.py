@@ -27,7 +27,7 @@ import pytest
 from dittohead.client import cli, deliver, login, send
 from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
-from dittohead.client.state import default_state_path, user_known_hosts
+from dittohead.client.state import default_state_file, user_known_hosts
 from dittohead.core.errors import (
     DittoheadError,
     HostKeyError,
@@ -101,7 +101,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def state_file(server: FakeReceiver) -> Path:
-    return default_state_path(server.host, server.port, STUDY, SOURCE)
+    return Path(default_state_file(server.host, server.port, STUDY, SOURCE))
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from dittohead.client.scan import FileItem, Plan, scan
 from dittohead.client.state import (
     State,
-    default_state_path,
+    default_state_file,
     load_state,
     server_id,
-    state_dir,
+    state_folder,
     write_atomic,
 )
 from dittohead.core.errors import LocalFileError, UsageError
@@ -33,16 +33,16 @@ def _load(path: str | Path | None = None) -> State:
 
 
 def test_default_location_follows_xdg_and_is_keyed(isolated_home: Path) -> None:
-    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
-    a = default_state_path(HOST, PORT, STUDY, SOURCE)
-    assert a.parent == state_dir()
+    assert Path(state_folder()) == isolated_home / ".local" / "state" / "dittohead"
+    a = Path(default_state_file(HOST, PORT, STUDY, SOURCE))
+    assert a.parent == Path(state_folder())
     others = {
-        default_state_path(HOST, 2222, STUDY, SOURCE),
-        default_state_path("other", PORT, STUDY, SOURCE),
-        default_state_path(HOST, PORT, "other", SOURCE),
-        default_state_path(HOST, PORT, STUDY, "other"),
-        default_state_path("a:b", PORT, STUDY, SOURCE),
-        default_state_path("a_b", PORT, STUDY, SOURCE),
+        Path(default_state_file(HOST, 2222, STUDY, SOURCE)),
+        Path(default_state_file("other", PORT, STUDY, SOURCE)),
+        Path(default_state_file(HOST, PORT, "other", SOURCE)),
+        Path(default_state_file(HOST, PORT, STUDY, "other")),
+        Path(default_state_file("a:b", PORT, STUDY, SOURCE)),
+        Path(default_state_file("a_b", PORT, STUDY, SOURCE)),
     }
     assert a not in others and len(others) == 6
     for path in others | {a}:
@@ -53,9 +53,9 @@ def test_without_xdg_the_default_is_under_home(
     isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("XDG_STATE_HOME")
-    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
+    assert Path(state_folder()) == isolated_home / ".local" / "state" / "dittohead"
     monkeypatch.setenv("XDG_STATE_HOME", "relative/is/ignored")
-    assert state_dir() == isolated_home / ".local" / "state" / "dittohead"
+    assert Path(state_folder()) == isolated_home / ".local" / "state" / "dittohead"
 
 
 def test_new_and_changed_files_are_selected_confirmed_ones_are_not(tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_the_state_file_name_hash_is_sha256(builtin: bool, monkeypatch: pytest.M
         monkeypatch.setitem(sys.modules, "_sha256", None)
     key = f"{server_id(HOST, PORT)}\n{STUDY}\n{SOURCE}"
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
-    assert default_state_path(HOST, PORT, STUDY, SOURCE).name.endswith(f"-{digest}.json")
+    assert default_state_file(HOST, PORT, STUDY, SOURCE).endswith(f"-{digest}.json")
 
 
 def test_a_state_file_named_as_text_in_the_current_folder(
@@ -319,23 +319,17 @@ def test_a_state_file_named_as_text_in_the_current_folder(
     assert _load(here / "st.json").files == {"a": (1, 1), "b": (2, 2)}
 
 
-def test_the_text_and_path_names_agree(
+def test_the_known_hosts_file_sits_in_the_state_folder(
     isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dittohead.client.state import (  # noqa: PLC0415
-        default_state_file,
-        state_folder,
-        user_known_hosts,
-        user_known_hosts_file,
-    )
+    from dittohead.client.state import user_known_hosts, user_known_hosts_file  # noqa: PLC0415
 
     for xdg in (str(isolated_home / "x"), None):
         if xdg is None:
             monkeypatch.delenv("XDG_STATE_HOME")
+            folder = isolated_home / ".local" / "state" / "dittohead"
         else:
             monkeypatch.setenv("XDG_STATE_HOME", xdg)
-        assert Path(state_folder()) == state_dir()
-        assert Path(user_known_hosts_file()) == user_known_hosts() == state_dir() / "known_hosts"
-        assert Path(default_state_file(HOST, PORT, STUDY, SOURCE)) == default_state_path(
-            HOST, PORT, STUDY, SOURCE
-        )
+            folder = Path(xdg) / "dittohead"
+        assert Path(state_folder()) == folder
+        assert Path(user_known_hosts_file()) == user_known_hosts() == folder / "known_hosts"

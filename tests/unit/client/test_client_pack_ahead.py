@@ -36,6 +36,14 @@ def _plain(folder: Path) -> tuple[bytes, bytes]:
     return b"".join(pack), pack.manifest_json
 
 
+def _all_read_ahead(folder: Path) -> Pack:
+    """The pack of `folder` with every small file read ahead, before the stream starts."""
+    pack = iter_stream(scan(folder), now=NOW)
+    while pack.hash_ahead():
+        pass
+    return pack
+
+
 def _with_ahead_after_each_chunk(pack: Pack, per_chunk: int) -> bytes:
     out = []
     for chunk in pack:
@@ -64,9 +72,7 @@ def test_the_stream_uses_what_was_read_ahead(folder: Path, monkeypatch: pytest.M
         hashed.append(len(data))
         return real(data)
 
-    pack = iter_stream(scan(folder), now=NOW)
-    while pack.hash_ahead():
-        pass
+    pack = _all_read_ahead(folder)
     monkeypatch.setattr(hashlib, "sha256", counting)
     assert (b"".join(pack), pack.manifest_json) == plain
     # No file is hashed in one go while streamed: all the small ones were read ahead. (The two
@@ -86,10 +92,7 @@ def test_nothing_is_read_ahead_beyond_the_limit(
 
 def test_a_file_changed_after_it_was_read_ahead_is_hashed_as_sent(folder: Path) -> None:
     target = folder / "s3" / "t7.txt"
-    plan = scan(folder)
-    pack = iter_stream(plan, now=NOW)
-    while pack.hash_ahead():
-        pass
+    pack = _all_read_ahead(folder)
     # Same size and, set back, the same mtime as the scan saw: only the ctime (and the bytes)
     # tell. (The ctime clock may be coarse: step past its tick first.)
     time.sleep(0.05)
@@ -103,10 +106,7 @@ def test_a_file_replaced_after_it_was_read_ahead_is_judged_as_always(folder: Pat
     # Another inode with the same size and mtime (a copy moved into place): not the file
     # that was read ahead, so it is read and hashed as it is sent.
     target = folder / "s2" / "t3.txt"
-    plan = scan(folder)
-    pack = iter_stream(plan, now=NOW)
-    while pack.hash_ahead():
-        pass
+    pack = _all_read_ahead(folder)
     st = target.stat()
     other = folder / "other.tmp"
     other.write_bytes(os.urandom(st.st_size))

@@ -30,7 +30,6 @@ import stat
 import tarfile
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import replace
 from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan, path_key
@@ -470,5 +469,5 @@ def iter_stream(
     Iterate over the result for the bytes, then read its `manifest`/`manifest_sha256`.
     """
     if root is not None:
-        plan = replace(plan, root=os.path.abspath(os.fspath(root)))
+        plan = plan.with_root(os.path.abspath(os.fspath(root)))
     return Pack(plan, now=now)

@@ -11,7 +11,6 @@ on a lab PC, more than the rest of a no-change run) and of the modules that need
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
@@ -20,6 +19,8 @@ from dittohead.core.grammar import UploadRequest, check_source, check_study
 
 TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
+    from typing import Final
+
     from dittohead.client.openssh import Session
     from dittohead.client.state import StrPath
 
@@ -45,19 +46,52 @@ def login_name() -> str:
         raise UsageError("cannot tell your user name; give it with --user") from exc
 
 
-@dataclass(frozen=True)
+# Server, Prompts and Job (and state.State) are plain classes: `dataclasses` imports `inspect`
+# (~4 ms) and each dataclass costs ~0.4 ms to create when the module loads, before ssh can
+# start (tests/unit/client/test_import_boundary.py checks that it is not loaded).
 class Server:
-    """Where to send, and how to prove who we are and who the server is."""
+    """Where to send, and how to prove who we are and who the server is (a value: mypy
+    refuses changes; equal and hashed alike when every field is)."""
 
-    host: str
-    port: int = DEFAULT_PORT
-    user: str | None = None  # None: the local login name
-    identity: StrPath | None = None  # None: the SSH agent and ~/.ssh/id_* keys
-    known_hosts: StrPath | None = None  # None: trust on first use (see hostkeys)
+    __slots__ = ("host", "identity", "known_hosts", "port", "user")
+
+    host: Final[str]
+    port: Final[int]
+    user: Final[str | None]  # None: the local login name
+    identity: Final[StrPath | None]  # None: the SSH agent and ~/.ssh/id_* keys
+    known_hosts: Final[StrPath | None]  # None: trust on first use (see hostkeys)
+
+    def __init__(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        user: str | None = None,
+        identity: StrPath | None = None,
+        known_hosts: StrPath | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.identity = identity
+        self.known_hosts = known_hosts
+
+    def _fields(self) -> tuple[str, int, str | None, StrPath | None, StrPath | None]:
+        return (self.host, self.port, self.user, self.identity, self.known_hosts)
+
+    def __repr__(self) -> str:
+        return "Server(host={!r}, port={!r}, user={!r}, identity={!r}, known_hosts={!r})".format(
+            *self._fields()
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Server):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
 
-# Prompts, Job (and state.State) are plain classes: each dataclass costs ~0.4 ms to create
-# when the module loads, before ssh can start (Server stays one: a frozen value).
 class Prompts:
     """How to ask the person in front of the screen. None means "cannot ask": refuse."""
 

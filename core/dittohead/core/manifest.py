@@ -11,9 +11,8 @@ import json
 import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, Final
 
 from dittohead.core.errors import NameRejected, UploadRejected
 from dittohead.core.names import NameSet, check_path
@@ -23,11 +22,37 @@ MANIFEST_DIR = ".dittohead"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, slots=True)  # one per file sent: slots make them cheaper to create
 class ManifestEntry:
-    path: str
-    size: int
-    sha256: str
+    """One listed file: a value, never to be changed (mypy refuses changes; equal and hashed
+    alike when all three fields are).
+
+    A plain slotted class, not a frozen dataclass: there can be one per file of an upload, and
+    refusing changes at run time would make each about three times as slow to create; and the
+    receiver loads this module at every upload's start, where building a dataclass costs
+    ~0.4 ms.
+    """
+
+    __slots__ = ("path", "sha256", "size")
+
+    path: Final[str]
+    size: Final[int]
+    sha256: Final[str]
+
+    def __init__(self, path: str, size: int, sha256: str) -> None:
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+
+    def __repr__(self) -> str:
+        return f"ManifestEntry(path={self.path!r}, size={self.size!r}, sha256={self.sha256!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ManifestEntry):
+            return NotImplemented
+        return (self.path, self.size, self.sha256) == (other.path, other.size, other.sha256)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.size, self.sha256))
 
 
 class Manifest:

@@ -28,7 +28,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from typing import Final
 
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
 from dittohead.core.manifest import (
@@ -95,14 +95,40 @@ def entry_name(source: str, now: float | None = None) -> str:
     return f"{source}-{when}-{os.urandom(8).hex()}"
 
 
-@dataclass(frozen=True)
+# A plain class, not a dataclass: building a dataclass costs ~0.4 ms (code generated with
+# exec) at every upload's start, before stdin is read.
 class Staged:
-    """What a completed, verified staging entry holds."""
+    """What a completed, verified staging entry holds (a value: mypy refuses changes; equal
+    and hashed alike when every field is)."""
 
-    entry: str
-    files: int
-    bytes: int
-    manifest_sha256: str
+    __slots__ = ("bytes", "entry", "files", "manifest_sha256")
+
+    entry: Final[str]
+    files: Final[int]
+    bytes: Final[int]
+    manifest_sha256: Final[str]
+
+    def __init__(self, entry: str, files: int, bytes: int, manifest_sha256: str) -> None:
+        self.entry = entry
+        self.files = files
+        self.bytes = bytes
+        self.manifest_sha256 = manifest_sha256
+
+    def _fields(self) -> tuple[str, int, int, str]:
+        return (self.entry, self.files, self.bytes, self.manifest_sha256)
+
+    def __repr__(self) -> str:
+        return "Staged(entry={!r}, files={!r}, bytes={!r}, manifest_sha256={!r})".format(
+            *self._fields()
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Staged):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
 
 def out_of_space() -> OutOfSpace:

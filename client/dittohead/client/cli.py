@@ -16,7 +16,6 @@ tests/unit/client/test_import_boundary.py).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from dittohead.client.job import (
     login_name,
     prepare,
 )
+from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from dittohead.core.receipt import Receipt
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 EX_SOFTWARE = 70
 EX_INTERRUPTED = 130
@@ -346,22 +346,31 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
 # -- entry point ------------------------------------------------------------------------------
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = f"dittohead: {record.levelname.lower()}: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
 def _setup_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    logging.getLogger("dittohead").handlers[:] = [handler]
-    logging.getLogger("dittohead").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("dittohead").propagate = False
-    # asyncssh logs every connection step at INFO; only -vv wants that.
-    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    """Warnings (and with -v everything) as ``dittohead: <level>: <message>`` on stderr.
+    `logging` itself is loaded only for the first record (see `dittohead.core.logs`), or now
+    with -v."""
+
+    def setup() -> None:
+        import logging  # noqa: PLC0415 (see above)
+
+        class Formatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                text = f"dittohead: {record.levelname.lower()}: {record.getMessage()}"
+                if record.exc_info:
+                    text += "\n" + self.formatException(record.exc_info)
+                return text
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(Formatter())
+        ours = logging.getLogger("dittohead")
+        ours.handlers[:] = [handler]
+        ours.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        ours.propagate = False
+        # asyncssh logs every connection step at INFO; only -vv wants that.
+        logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+    logs.configure(setup, now=verbose > 0)  # -v: debug records go out from the start
 
 
 def main(argv: Sequence[str] | None = None) -> int:

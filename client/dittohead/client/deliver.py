@@ -19,7 +19,6 @@ nothing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from dittohead.client import openssh
@@ -27,10 +26,11 @@ from dittohead.client.job import EarlyStart, Job, Prompts
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Progress
 from dittohead.client.state import Staged
+from dittohead.core import logs
 from dittohead.core.errors import LocalFileError
 from dittohead.core.receipt import Receipt
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 
 class _Record:

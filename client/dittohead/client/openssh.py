@@ -27,7 +27,6 @@ TTY, no escape character, no multiplexing, no password or keyboard-interactive l
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from collections.abc import Callable
 
 from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
 from dittohead.client.state import user_known_hosts_file
+from dittohead.core import logs
 from dittohead.core.grammar import UploadRequest
 
 # Starting ssh needs none of these: they are loaded when the stream begins, while ssh connects
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from dittohead.client.state import StrPath
     from dittohead.core.receipt import Receipt
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 ENV = "DITTOHEAD_SSH"
 BUILTIN = "builtin"

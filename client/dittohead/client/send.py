@@ -25,7 +25,6 @@ Only the CLI prints: prompts go through the callables in `Prompts`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from dittohead.client.reply import (
     parse_receipt,
     server_failure,
 )
+from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, TransferError
 from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
@@ -77,7 +77,7 @@ __all__ = [
     "upload",
 ]
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 

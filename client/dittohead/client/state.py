@@ -20,13 +20,13 @@ modification time; here a file the server never confirmed is sent whatever its a
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import time
 from collections.abc import Iterable
 
 from dittohead.client.scan import FileItem, Plan
+from dittohead.core import logs
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
 
 # pathlib (~4 ms with urllib.parse and ipaddress) is not loaded before ``ssh`` starts: what
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     #: a file's path as text or as a `Path`
     StrPath: TypeAlias = str | os.PathLike[str]
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 STATE_VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

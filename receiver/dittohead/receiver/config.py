@@ -16,18 +16,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
+from dittohead.core import logs
 from dittohead.core.errors import ConfigError
 from dittohead.core.grammar import SOURCE_RE, STUDY_RE
 from dittohead.receiver import fsops
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/dittohead/dittohead.yaml")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import resource
 import signal
@@ -25,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, NoReturn
 
+from dittohead.core import logs
 from dittohead.core.errors import (
     LimitExceeded,
     NotAuthorized,
@@ -39,7 +39,7 @@ from dittohead.receiver.accounts import group_names, user_name
 from dittohead.receiver.config import DEFAULT_CONFIG, Config, Limits, Study, load_config
 from dittohead.receiver.stage import manifest_cap, out_of_space
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 INBOX = "inbox"
 #: address-space cap: generous for a 4 MiB buffer and a large manifest, but finite, so a

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import stat
 import time
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Final
 
+from dittohead.core import logs
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
 from dittohead.core.manifest import (
     MANIFEST_DIR,
@@ -53,7 +53,7 @@ from dittohead.receiver import fsops
 from dittohead.receiver.config import Limits
 from dittohead.receiver.tarread import BUFFER_BYTES, Member, Stream, TarReader
 
-log = logging.getLogger(__name__)
+log = logs.getLogger(__name__)
 
 FILE_MODE = 0o640
 DIR_MODE = 0o2770

@@ -200,6 +200,29 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+#: what the temporary files of `replace_file` end with (after ``.<name>.<pid>``)
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_leftover_temps(folder: Path) -> list[str]:
+    """Remove the temporary files `replace_file` left in `folder` when its process was killed
+    between creating and renaming one; the names removed. Only for a folder whose one writer
+    is the caller (the processor's journal and ledger summaries, under its lock): a temporary
+    file there belongs to a process that is gone."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        head, _, pid = name[: -len(TEMP_SUFFIX)].rpartition(".")
+        if name.startswith(".") and name.endswith(TEMP_SUFFIX) and head and pid.isdigit():
+            with suppress(FileNotFoundError):
+                os.unlink(folder / name)
+            removed.append(name)
+    return removed
+
+
 def replace_file(
     target: Path,
     chunks: Iterable[bytes | bytearray],
@@ -211,7 +234,7 @@ def replace_file(
     the new, never part of it: a temporary file beside it (never through a link), written,
     given `mode` (and group `gid`), synced, renamed over `target`; removed if anything fails.
     Syncing the folder, where the rename must be durable at once, is the caller's part."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:

@@ -80,6 +80,9 @@ class Journal:
     def __init__(self, state_dir: Path, study: str) -> None:
         self.dir = state_dir / "journal" / study
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A processor killed while it replaced a journal file left its temporary file: the
+        # journal itself is whole (the old file or the new one), the temporary one is garbage.
+        fsops.remove_leftover_temps(self.dir)
 
     def _path(self, entry: str) -> Path:
         return self.dir / f"{entry}.json"

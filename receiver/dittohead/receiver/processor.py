@@ -210,6 +210,8 @@ class StudyRun:
         self.staging_root = self._keep(_open_sub(meta, "staging", 0o700))
         self.inbox_dev = os.fstat(self.inbox).st_dev
         self.journal = Journal(config.state_dir, name)
+        # As the journal's: a summary's temporary file left by a killed processor is garbage.
+        fsops.remove_leftover_temps(config.state_dir / "ledgers")
         # The uploads a crash may have left part-recorded are exactly those with a journal.
         self.ledger = Ledger(
             self.dest,

@@ -171,6 +171,23 @@ def test_the_hook_does_nothing_when_unset(tmp_path: Path) -> None:
     assert all_problems(server, sent) == []
 
 
+def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A kill between writing a journal file (or a ledger summary) and renaming it into place
+    leaves its temporary file; the next run removes it (the journal itself is whole)."""
+    server = make_server(tmp_path)
+    sent, _ = commit_all(server)
+    journal = server.config.state_dir / "journal" / STUDY
+    ledgers = server.config.state_dir / "ledgers"
+    left = {journal: ".entry.json.4242.tmp", ledgers: f".{STUDY}.summary.4242.tmp"}
+    for folder, name in left.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b'{"half')
+    assert run_processor(server) == 0
+    assert tree_files(server.destination) == EXPECTED
+    assert all_problems(server, sent) == []  # the journal is empty
+    assert not [p.name for p in ledgers.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_kills_at_random_instants(tmp_path: Path) -> None:
     """SIGKILL from outside after a random delay, whatever the processor is doing then.
 

@@ -16,6 +16,7 @@ from dittohead.client.scan import Plan, Watch, scan
 from dittohead.client.state import State, load_state
 from dittohead.core.errors import UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
+from dittohead.core.values import Value
 
 TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
@@ -46,14 +47,15 @@ def login_name() -> str:
         raise UsageError("cannot tell your user name; give it with --user") from exc
 
 
-# Server, Prompts and Job (and state.State) are plain classes: `dataclasses` imports `inspect`
-# (~4 ms) and each dataclass costs ~0.4 ms to create when the module loads, before ssh can
-# start (tests/unit/client/test_import_boundary.py checks that it is not loaded).
-class Server:
+# No dataclasses before ssh starts (see dittohead.core.values; checked by
+# tests/unit/client/test_import_boundary.py): Server is a Value, Prompts and Job (and
+# state.State) are plain classes.
+class Server(Value):
     """Where to send, and how to prove who we are and who the server is (a value: mypy
     refuses changes; equal and hashed alike when every field is)."""
 
     __slots__ = ("host", "identity", "known_hosts", "port", "user")
+    _FIELDS = ("host", "port", "user", "identity", "known_hosts")
 
     host: Final[str]
     port: Final[int]
@@ -74,22 +76,6 @@ class Server:
         self.user = user
         self.identity = identity
         self.known_hosts = known_hosts
-
-    def _fields(self) -> tuple[str, int, str | None, StrPath | None, StrPath | None]:
-        return (self.host, self.port, self.user, self.identity, self.known_hosts)
-
-    def __repr__(self) -> str:
-        return "Server(host={!r}, port={!r}, user={!r}, identity={!r}, known_hosts={!r})".format(
-            *self._fields()
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Server):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
 
 
 class Prompts:

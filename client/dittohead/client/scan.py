@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dittohead.core import logs
 from dittohead.core.errors import LocalFileError, NameRejected, describe_os_error
 from dittohead.core.names import NameSet, check_path, parents
+from dittohead.core.values import Value
 
 log = logs.getLogger(__name__)
 
@@ -38,10 +39,8 @@ if TYPE_CHECKING:
     from typing import Final
 
 
-# FileItem and Plan are plain classes, not dataclasses: `dataclasses` (which imports `inspect`,
-# ~4 ms) and each class it makes (~0.4 ms, code generated with exec) would be part of every
-# send's start-up, before ssh starts. `Final` makes mypy refuse changes, as frozen did.
-class FileItem:
+# Values, not dataclasses (start-up time: see dittohead.core.values).
+class FileItem(Value):
     """One regular file as it was when scanned: a value, never to be changed.
 
     Made for every file of every scan (tens of thousands per send), so it does not refuse
@@ -50,6 +49,7 @@ class FileItem:
     """
 
     __slots__ = ("mtime_ns", "path", "size")
+    _FIELDS = ("path", "size", "mtime_ns")
 
     path: Final[str]  # relative POSIX path, checked by the name policy
     size: Final[int]
@@ -60,22 +60,12 @@ class FileItem:
         self.size = size
         self.mtime_ns = mtime_ns
 
-    def __repr__(self) -> str:
-        return f"FileItem(path={self.path!r}, size={self.size!r}, mtime_ns={self.mtime_ns!r})"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FileItem):
-            return NotImplemented
-        return (self.path, self.size, self.mtime_ns) == (other.path, other.size, other.mtime_ns)
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.size, self.mtime_ns))
-
-
-class Plan:
+class Plan(Value):
     """What a folder holds: files and folders, sorted so that parents come first (a value)."""
 
     __slots__ = ("dirs", "empty_dirs", "files", "root")
+    _FIELDS = ("root", "files", "dirs", "empty_dirs")
 
     root: Final[str]  # absolute path of FOLDER
     files: Final[tuple[FileItem, ...]]
@@ -95,20 +85,6 @@ class Plan:
         self.files = files
         self.dirs = dirs
         self.empty_dirs = empty_dirs
-
-    def _fields(self) -> tuple[str, tuple[FileItem, ...], tuple[str, ...], tuple[str, ...]]:
-        return (self.root, self.files, self.dirs, self.empty_dirs)
-
-    def __repr__(self) -> str:
-        return "Plan(root={!r}, files={!r}, dirs={!r}, empty_dirs={!r})".format(*self._fields())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Plan):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
 
     @property
     def total_bytes(self) -> int:

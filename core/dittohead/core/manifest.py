@@ -16,13 +16,14 @@ from typing import Any, Final
 
 from dittohead.core.errors import NameRejected, UploadRejected
 from dittohead.core.names import NameSet, check_path
+from dittohead.core.values import Value
 
 MANIFEST_PATH = ".dittohead/manifest.json"
 MANIFEST_DIR = ".dittohead"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class ManifestEntry:
+class ManifestEntry(Value):
     """One listed file: a value, never to be changed (mypy refuses changes; equal and hashed
     alike when all three fields are).
 
@@ -33,6 +34,7 @@ class ManifestEntry:
     """
 
     __slots__ = ("path", "sha256", "size")
+    _FIELDS = ("path", "size", "sha256")
 
     path: Final[str]
     size: Final[int]
@@ -42,17 +44,6 @@ class ManifestEntry:
         self.path = path
         self.size = size
         self.sha256 = sha256
-
-    def __repr__(self) -> str:
-        return f"ManifestEntry(path={self.path!r}, size={self.size!r}, sha256={self.sha256!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ManifestEntry):
-            return NotImplemented
-        return (self.path, self.size, self.sha256) == (other.path, other.size, other.sha256)
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.size, self.sha256))
 
 
 class Manifest:

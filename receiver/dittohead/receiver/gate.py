@@ -34,6 +34,7 @@ from dittohead.core.errors import (
     UsageError,
 )
 from dittohead.core.grammar import UploadRequest, parse_command
+from dittohead.core.values import Value
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import group_names, user_name
 from dittohead.receiver.config import DEFAULT_CONFIG, Config, Limits, Study, load_config
@@ -51,13 +52,13 @@ FSIZE_MARGIN = 1024 * 1024
 RUNTIME_BASE = Path("/run/user")
 
 
-# Options and Admission are plain classes, not dataclasses: building a dataclass costs
-# ~0.4 ms (code generated with exec) at every upload's start, before stdin is read.
-class Options:
+# Values, not dataclasses (start-up time: see dittohead.core.values).
+class Options(Value):
     """The command line (a value: mypy refuses changes; equal and hashed alike when both
     fields are)."""
 
     __slots__ = ("config", "verbose")
+    _FIELDS = ("config", "verbose")
 
     config: Final[Path]
     verbose: Final[bool]
@@ -66,23 +67,13 @@ class Options:
         self.config = config
         self.verbose = verbose
 
-    def __repr__(self) -> str:
-        return f"Options(config={self.config!r}, verbose={self.verbose!r})"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Options):
-            return NotImplemented
-        return (self.config, self.verbose) == (other.config, other.verbose)
-
-    def __hash__(self) -> int:
-        return hash((self.config, self.verbose))
-
-
-class Admission:
+class Admission(Value):
     """Everything the stage and the commit need about an admitted upload (a value: mypy
     refuses changes; equal and hashed alike when every field is)."""
 
     __slots__ = ("config", "inbox_fd", "request", "slot_fd", "user")
+    _FIELDS = ("config", "request", "user", "inbox_fd", "slot_fd")
 
     config: Final[Config]
     request: Final[UploadRequest]
@@ -103,24 +94,6 @@ class Admission:
         self.user = user
         self.inbox_fd = inbox_fd
         self.slot_fd = slot_fd
-
-    def _fields(self) -> tuple[Config, UploadRequest, str, int, int | None]:
-        return (self.config, self.request, self.user, self.inbox_fd, self.slot_fd)
-
-    def __repr__(self) -> str:
-        return (
-            "Admission(config={!r}, request={!r}, user={!r}, inbox_fd={!r}, slot_fd={!r})".format(
-                *self._fields()
-            )
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Admission):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
 
 
 def parse_args(argv: Sequence[str]) -> Options:

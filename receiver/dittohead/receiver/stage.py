@@ -49,6 +49,7 @@ from dittohead.core.names import (
     check_path,
     fold,
 )
+from dittohead.core.values import Value
 from dittohead.receiver import fsops
 from dittohead.receiver.config import Limits
 from dittohead.receiver.tarread import BUFFER_BYTES, Member, Stream, TarReader
@@ -95,13 +96,13 @@ def entry_name(source: str, now: float | None = None) -> str:
     return f"{source}-{when}-{os.urandom(8).hex()}"
 
 
-# A plain class, not a dataclass: building a dataclass costs ~0.4 ms (code generated with
-# exec) at every upload's start, before stdin is read.
-class Staged:
+# A Value, not a dataclass (start-up time: see dittohead.core.values).
+class Staged(Value):
     """What a completed, verified staging entry holds (a value: mypy refuses changes; equal
     and hashed alike when every field is)."""
 
     __slots__ = ("bytes", "entry", "files", "manifest_sha256")
+    _FIELDS = ("entry", "files", "bytes", "manifest_sha256")
 
     entry: Final[str]
     files: Final[int]
@@ -113,22 +114,6 @@ class Staged:
         self.files = files
         self.bytes = bytes
         self.manifest_sha256 = manifest_sha256
-
-    def _fields(self) -> tuple[str, int, int, str]:
-        return (self.entry, self.files, self.bytes, self.manifest_sha256)
-
-    def __repr__(self) -> str:
-        return "Staged(entry={!r}, files={!r}, bytes={!r}, manifest_sha256={!r})".format(
-            *self._fields()
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Staged):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
 
 
 def out_of_space() -> OutOfSpace:

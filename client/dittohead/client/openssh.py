@@ -201,6 +201,9 @@ class _Drain(threading.Thread):
 #: to /proc/sys/fs/pipe-max-size, 1 MiB by default)
 PIPE_SIZE = 1 << 20
 
+#: seconds an abandoned ssh's output is still read before the client goes on without it
+DRAIN_GRACE = 2.0
+
 
 def _widen_pipe(fd: int) -> None:
     """Give the pipe into ssh room for several chunks of the stream (Linux only).
@@ -258,17 +261,28 @@ class Session:
         return time.monotonic() - self.started
 
     def abandon(self) -> None:
-        """Stop ssh before the stream is complete: the receiver stores nothing."""
-        self.proc.kill()
-        self._finish()
+        """Stop ssh before the stream is complete: the receiver stores nothing.
 
-    def _finish(self) -> int:
+        Its stdin is closed first: a process ssh started (a ProxyCommand, or a wrapper
+        script's child) that still reads it then ends too. One that keeps ssh's output open
+        regardless is given `DRAIN_GRACE` seconds and then left to itself, so that the client
+        never waits on it.
+        """
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.kill()
+        self._finish(grace=DRAIN_GRACE)
+
+    def _finish(self, grace: float | None = None) -> int:
         status = self.proc.wait()
         for drain in self.drains:
-            drain.join()
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+            drain.join(grace)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        for pipe, drain in zip((self.proc.stdout, self.proc.stderr), self.drains, strict=True):
+            if pipe is not None and not drain.is_alive():
+                pipe.close()  # a pipe still being read is left open to its reader
         return status
 
     def upload(

@@ -12,9 +12,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,45 @@ def test_the_pipe_into_ssh_holds_several_chunks(tmp_path: Path) -> None:
         assert size == openssh.PIPE_SIZE
     finally:
         session.abandon()
+
+
+def started_session(tmp_path: Path, body: str) -> openssh.Session:
+    """A session whose stand-in ``ssh`` has run `body` (in `tmp_path`) to ``touch ready``."""
+    script = fake_ssh(tmp_path, f"cd '{tmp_path}'\n{body}")
+    (tmp_path / "kh").write_text("")
+    session = openssh.Session(str(script), Server("h", known_hosts=tmp_path / "kh"), REQUEST)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline, "the stand-in for ssh did not start"
+        time.sleep(0.01)
+    return session
+
+
+def test_abandoning_ends_a_child_of_ssh_that_reads_its_stdin(tmp_path: Path) -> None:
+    # A wrapper script (or a ProxyCommand) whose child holds ssh's pipes: killing ssh alone
+    # left the child reading stdin and the client waiting for the child's output to end.
+    session = started_session(tmp_path, "touch ready\ncat > /dev/null\n")
+    started = time.monotonic()
+    session.abandon()
+    assert time.monotonic() - started < openssh.DRAIN_GRACE
+    assert session.proc.returncode is not None
+
+
+def test_abandoning_does_not_wait_on_a_child_that_keeps_the_output_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openssh, "DRAIN_GRACE", 0.3)
+    session = started_session(
+        tmp_path, "sleep 30 </dev/null &\necho $! > child\ntouch ready\ncat > /dev/null\n"
+    )
+    child = int((tmp_path / "child").read_text())
+    try:
+        started = time.monotonic()
+        session.abandon()
+        assert time.monotonic() - started < 5
+        os.kill(child, 0)  # still running, holding the output: the client went on without it
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 # -- falling back -----------------------------------------------------------------------------

@@ -201,7 +201,7 @@ class _Drain(threading.Thread):
 #: to /proc/sys/fs/pipe-max-size, 1 MiB by default)
 PIPE_SIZE = 1 << 20
 
-#: seconds an abandoned ssh's output is still read before the client goes on without it
+#: seconds ssh's output is still read after ssh ended before the client goes on without it
 DRAIN_GRACE = 2.0
 
 
@@ -272,12 +272,14 @@ class Session:
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         self.proc.kill()
-        self._finish(grace=DRAIN_GRACE)
+        self._finish()
 
-    def _finish(self, grace: float | None = None) -> int:
+    def _finish(self) -> int:
         status = self.proc.wait()
         for drain in self.drains:
-            drain.join(grace)
+            # What ssh wrote before it ended is read at once; only a process it left behind
+            # can hold the pipe open longer.
+            drain.join(DRAIN_GRACE)
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         for pipe, drain in zip((self.proc.stdout, self.proc.stderr), self.drains, strict=True):

@@ -274,6 +274,36 @@ def test_ssh_giving_up_sends_through_asyncssh(
     assert "OpenSSH did not send (Host key verification failed.)" in err
 
 
+def test_an_ssh_that_leaves_a_process_holding_its_output_is_not_waited_for(
+    key_server: FakeReceiver,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stands in for an ssh that gives up and leaves a process behind with its stderr.
+    monkeypatch.setattr(openssh, "DRAIN_GRACE", 0.3)
+    script = fake_ssh(
+        tmp_path,
+        f"""
+        sleep 30 </dev/null &
+        echo $! > '{tmp_path / "child"}'
+        head -c 1000 >/dev/null
+        echo "Connection closed by remote host" >&2
+        exit 255
+        """,
+    )
+    monkeypatch.setenv("DITTOHEAD_SSH", str(script))
+    try:
+        started = time.monotonic()
+        assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
+        assert time.monotonic() - started < 10
+        assert carried_by(key_server) == ["AsyncSSH"]
+        assert [u.files for u in key_server.uploads] == [FILES]
+    finally:
+        os.kill(int((tmp_path / "child").read_text()), signal.SIGKILL)
+
+
 def test_a_program_that_cannot_run_is_no_obstacle(
     key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -587,6 +587,11 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
     return verdicts
 
 
+def _cell(text: str) -> str:
+    """`text` as one Markdown table cell: its own ``|`` (as in "tar | ssh") would split it."""
+    return text.replace("|", "\\|")
+
+
 def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     names = list(results)
     rows = [
@@ -605,7 +610,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     out = ["| seconds (median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, key in rows:
         cells = [f"{results[n]['median_s'][key]:.2f}" for n in names]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
     out += ["", "| ratio (peer / dittohead, higher is better) | " + " | ".join(names) + " |",
             "|---|" + "---:|" * len(names)]  # fmt: skip
     for key in results[names[0]]["ratios"]:
@@ -623,7 +628,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     out += ["", "| target | dataset | value | met |", "|---|---|---:|---|"]
     for v in verdicts:
         out.append(
-            f"| {v['target']} | {v['dataset']} | {v['value']:.2f} | "
+            f"| {_cell(v['target'])} | {v['dataset']} | {v['value']:.2f} | "
             f"{'yes' if v['met'] else '**no**'} |"
         )
     return "\n".join(out)

@@ -48,11 +48,10 @@ def login_name() -> str:
 
 
 # No dataclasses before ssh starts (see dittohead.core.values; checked by
-# tests/unit/client/test_import_boundary.py): Server is a Value, Prompts and Job (and
-# state.State) are plain classes.
+# tests/unit/client/test_import_boundary.py): Prompts and Job (and state.State) are plain
+# classes.
 class Server(Value):
-    """Where to send, and how to prove who we are and who the server is (a value: mypy
-    refuses changes; equal and hashed alike when every field is)."""
+    """Where to send, and how to prove who we are and who the server is (a `Value`)."""
 
     __slots__ = ("host", "identity", "known_hosts", "port", "user")
     _FIELDS = ("host", "port", "user", "identity", "known_hosts")

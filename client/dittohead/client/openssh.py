@@ -275,13 +275,13 @@ class Session:
         self._finish()
 
     def _finish(self) -> int:
+        """ssh's exit status, once it has ended (its stdin is closed already) and its output
+        has been read; the output pipes are closed."""
         status = self.proc.wait()
         for drain in self.drains:
             # What ssh wrote before it ended is read at once; only a process it left behind
             # can hold the pipe open longer.
             drain.join(DRAIN_GRACE)
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
         for pipe, drain in zip((self.proc.stdout, self.proc.stderr), self.drains, strict=True):
             if pipe is not None and not drain.is_alive():
                 pipe.close()  # a pipe still being read is left open to its reader

@@ -39,14 +39,8 @@ if TYPE_CHECKING:
     from typing import Final
 
 
-# Values, not dataclasses (start-up time: see dittohead.core.values).
 class FileItem(Value):
-    """One regular file as it was when scanned: a value, never to be changed.
-
-    Made for every file of every scan (tens of thousands per send), so it does not refuse
-    changes at run time as a frozen dataclass would (that makes each one about three times as
-    slow to create); mypy refuses them. Equal, and hashed alike, when all three fields are.
-    """
+    """One regular file as it was when scanned (a `Value`: one per file of every scan)."""
 
     __slots__ = ("mtime_ns", "path", "size")
     _FIELDS = ("path", "size", "mtime_ns")
@@ -62,7 +56,7 @@ class FileItem(Value):
 
 
 class Plan(Value):
-    """What a folder holds: files and folders, sorted so that parents come first (a value)."""
+    """What a folder holds: files and folders, sorted so that parents come first (a `Value`)."""
 
     __slots__ = ("dirs", "empty_dirs", "files", "root")
     _FIELDS = ("root", "files", "dirs", "empty_dirs")

@@ -27,10 +27,8 @@ _UPLOAD_RE = re.compile(
 _USE_CLIENT = "this server only accepts uploads from the dittohead client; use 'dittohead send'"
 
 
-# A Value, not a dataclass (start-up time: see dittohead.core.values).
 class UploadRequest(Value):
-    """``dittohead upload v1 <study> <source>`` (a value: mypy refuses changes; equal and
-    hashed alike when study and source are)."""
+    """``dittohead upload v1 <study> <source>`` (a `Value`)."""
 
     __slots__ = ("source", "study")
     _FIELDS = ("study", "source")

@@ -9,13 +9,9 @@ from dittohead.core.errors import TransferError
 from dittohead.core.values import Value
 
 
-# A Value, not a dataclass (start-up time: see dittohead.core.values).
 class Receipt(Value):
-    """What the server says it committed (a value: mypy refuses changes; equal and hashed
-    alike when every field is)."""
+    """What the server says it committed (a `Value`; its fields are the JSON's keys)."""
 
-    # to_json and from_json take their keys from here (sorted for ruff; the JSON's keys are
-    # sorted anyway)
     __slots__ = (
         "bytes",
         "files",
@@ -68,13 +64,13 @@ class Receipt(Value):
         self.received_at = received_at
 
     def to_json(self) -> str:
-        return json.dumps({key: getattr(self, key) for key in self.__slots__}, sort_keys=True)
+        return json.dumps({key: getattr(self, key) for key in self._FIELDS}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Receipt:
         try:
             doc: Any = json.loads(text)
-            return cls(**{k: doc[k] for k in cls.__slots__})
+            return cls(**{k: doc[k] for k in cls._FIELDS})
         except (ValueError, KeyError, TypeError) as exc:
             raise TransferError(
                 "the server's answer was not a dittohead receipt; is this a dittohead server?"

@@ -6,6 +6,10 @@ The short-lived commands' start-up is part of every send: `dataclasses` (which i
 writes its ``__slots__``, ``__init__`` and field annotations (``Final``, so that mypy refuses
 changes, as a frozen dataclass did) and names its fields in order in ``_FIELDS``; equality,
 hashing and ``repr`` come from here, as a frozen dataclass would have them.
+
+Changes are refused by mypy only, not at run time: a frozen dataclass's run-time refusal made
+each instance about three times as slow to create (~210 instead of ~70 ns), and some values
+are made once per file of a send.
 """
 
 from __future__ import annotations

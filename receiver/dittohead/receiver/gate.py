@@ -52,10 +52,8 @@ FSIZE_MARGIN = 1024 * 1024
 RUNTIME_BASE = Path("/run/user")
 
 
-# Values, not dataclasses (start-up time: see dittohead.core.values).
 class Options(Value):
-    """The command line (a value: mypy refuses changes; equal and hashed alike when both
-    fields are)."""
+    """The command line (a `Value`)."""
 
     __slots__ = ("config", "verbose")
     _FIELDS = ("config", "verbose")
@@ -69,8 +67,7 @@ class Options(Value):
 
 
 class Admission(Value):
-    """Everything the stage and the commit need about an admitted upload (a value: mypy
-    refuses changes; equal and hashed alike when every field is)."""
+    """Everything the stage and the commit need about an admitted upload (a `Value`)."""
 
     __slots__ = ("config", "inbox_fd", "request", "slot_fd", "user")
     _FIELDS = ("config", "request", "user", "inbox_fd", "slot_fd")

@@ -210,13 +210,12 @@ class StudyRun:
         self.staging_root = self._keep(_open_sub(meta, "staging", 0o700))
         self.inbox_dev = os.fstat(self.inbox).st_dev
         self.journal = Journal(config.state_dir, name)
+        summaries = config.state_dir / "ledgers"
         # As the journal's: a summary's temporary file left by a killed processor is garbage.
-        fsops.remove_leftover_temps(config.state_dir / "ledgers")
+        fsops.remove_leftover_temps(summaries)
         # The uploads a crash may have left part-recorded are exactly those with a journal.
         self.ledger = Ledger(
-            self.dest,
-            replay=self.journal.entries(),
-            summary=config.state_dir / "ledgers" / f"{name}.summary",
+            self.dest, replay=self.journal.entries(), summary=summaries / f"{name}.summary"
         )
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False

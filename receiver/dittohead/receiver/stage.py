@@ -96,10 +96,8 @@ def entry_name(source: str, now: float | None = None) -> str:
     return f"{source}-{when}-{os.urandom(8).hex()}"
 
 
-# A Value, not a dataclass (start-up time: see dittohead.core.values).
 class Staged(Value):
-    """What a completed, verified staging entry holds (a value: mypy refuses changes; equal
-    and hashed alike when every field is)."""
+    """What a completed, verified staging entry holds (a `Value`)."""
 
     __slots__ = ("bytes", "entry", "files", "manifest_sha256")
     _FIELDS = ("entry", "files", "bytes", "manifest_sha256")

@@ -20,6 +20,12 @@ asyncssh is told ``config=None``): what dittohead checks and where it connects m
 a file the collector may not know exists. No agent or X11 forwarding, no port forwarding, no
 TTY, no escape character, no multiplexing, no password or keyboard-interactive login.
 
+How it connects: on POSIX, ``ssh`` takes its TCP connection from dittohead's dialer
+(`dittohead.client.dialer`, as ``ProxyCommand`` with ``ProxyUseFdpass``), which connects with
+Nagle's algorithm off; ``ssh`` turns it off only once the session starts, and until then one of
+its login messages waits ~40 ms for the server's delayed acknowledgement. Where the dialer cannot
+run (Windows, a frozen build), ``ssh`` connects itself.
+
 ``DITTOHEAD_SSH`` chooses the program: unset, ``ssh`` from ``PATH``; a path, that program;
 ``builtin``, never OpenSSH (asyncssh for everything).
 """
@@ -34,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from dittohead.client import dialer
 from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
 from dittohead.client.state import user_known_hosts_file
 from dittohead.core import logs
@@ -134,10 +141,36 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _sh_quoted(text: str) -> str:
+    """`text` as one word for a POSIX shell (as `shlex.quote`, which would load `re` before
+    ssh starts)."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def dialer_command() -> str | None:
+    """The ``ProxyCommand`` that runs `dittohead.client.dialer` with this Python, or None where
+    ``ssh`` connects by itself: Windows (its OpenSSH has no ``ProxyUseFdpass``), a client that
+    is not a Python running this module's files (a frozen build), or a path no shell word or
+    ssh option can hold. ssh runs it with ``/bin/sh -c "exec …"`` (`Session` sets ``SHELL``)
+    after expanding ``%`` tokens, so each word is quoted for sh and every ``%`` doubled."""
+    if os.name != "posix" or getattr(sys, "frozen", False) or not sys.executable:
+        return None
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dialer.py")
+    words = (sys.executable, "-I", "-S", script)
+    if any(c in word for word in words for c in "\0\n\r") or not os.path.isfile(script):
+        return None
+    return " ".join(map(_sh_quoted, words)).replace("%", "%%")
+
+
 def ssh_argv(
-    program: str, server: Server, request: UploadRequest, known_hosts: StrPath
+    program: str,
+    server: Server,
+    request: UploadRequest,
+    known_hosts: StrPath,
+    dialing: str | None = None,
 ) -> list[str]:
-    """The ``ssh`` command line for one upload (no shell ever sees it)."""
+    """The ``ssh`` command line for one upload (no shell ever sees it); with `dialing`
+    (`dialer_command`), ssh takes its connection from the dialer."""
     argv = [
         program,
         "-F", "none",
@@ -169,6 +202,9 @@ def ssh_argv(
         "-o", "ServerAliveCountMax=3",
         "-o", "LogLevel=ERROR",
     ]  # fmt: skip
+    if dialing is not None:
+        # The dialer connects and hands the connection to ssh (`dittohead.client.dialer`).
+        argv += ["-o", "ProxyUseFdpass=yes", "-o", f"ProxyCommand={dialing}"]
     if server.identity is not None:
         # Only the key that was asked for, as with asyncssh (no agent, no ~/.ssh/id_* keys).
         # (As an option, not "-i": ssh looks a -i path up before expanding its %%.)
@@ -237,7 +273,19 @@ class Session:
         self.program = program
         self.server = server
         self.request = request
-        argv = ssh_argv(program, server, request, known)
+        dialing = dialer_command()
+        argv = ssh_argv(program, server, request, known, dialing)
+        env = None
+        if dialing is not None:
+            # Where the dialer connects, out of any shell's reach; and the shell ssh runs it
+            # with (ssh takes $SHELL, which may be one whose quoting differs).
+            env = {
+                **os.environ,
+                "SHELL": "/bin/sh",
+                dialer.HOST: server.host,
+                dialer.PORT: str(server.port),
+                dialer.TIMEOUT: str(CONNECT_TIMEOUT),
+            }
         log.debug("running %s", " ".join(argv))
         try:
             self.proc = subprocess.Popen(
@@ -246,6 +294,7 @@ class Session:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
+                env=env,
             )
         except OSError as exc:
             raise Unusable(f"cannot run {program}: {exc}") from exc
@@ -338,6 +387,9 @@ class Session:
             # ssh's own failure: an unknown or changed host key, no usable key, no connection.
             # The receiver did not get to say anything; asyncssh tries again and explains.
             lines = stderr.decode("utf-8", "replace").strip().splitlines()
+            # The dialer's line says why, ssh's last ("proxy dialer did not pass back…") only
+            # that it gave up.
+            lines = [line for line in lines if line.startswith("dialer: ")] or lines
             raise Unusable(lines[-1] if lines else f"{self.program} exited with status {status}")
         if status != 0 or sent is None:
             raise server_failure(status if status > 0 else None, stderr, host)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from dittohead.client import cli, job, openssh
 from dittohead.client.job import Server
 from dittohead.client.scan import Watch, scan
 from dittohead.client.state import user_known_hosts
+from dittohead.core.errors import TransferError
 from dittohead.core.grammar import UploadRequest
 from tests.integration.harness import require
 
@@ -176,6 +178,101 @@ def test_paths_with_spaces_and_percent_signs_reach_ssh_as_they_are(
 def test_a_path_ssh_would_expand_from_the_environment_is_not_given_to_it(tmp_path: Path) -> None:
     with pytest.raises(openssh.Unusable):
         openssh.ssh_argv("ssh", Server("h"), REQUEST, tmp_path / "${HOME}")
+
+
+# -- the dialer ------------------------------------------------------------------------------
+
+
+def test_ssh_takes_its_connection_from_the_dialer_when_there_is_one(tmp_path: Path) -> None:
+    command = openssh.dialer_command()
+    if os.name == "posix":
+        assert command is not None
+        assert command.endswith("dialer.py'") and "'-I' '-S'" in command
+    argv = openssh.ssh_argv("ssh", Server("h"), REQUEST, tmp_path / "kh", command)
+    proxy = ["ProxyUseFdpass=yes", f"ProxyCommand={command}"]
+    assert [a for a in argv if a.startswith("Proxy")] == (proxy if command else [])
+    plain = openssh.ssh_argv("ssh", Server("h"), REQUEST, tmp_path / "kh")
+    assert [a for a in plain if a.startswith("Proxy")] == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
+def test_no_dialer_where_ssh_could_not_run_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # a frozen build: no dialer.py
+    assert openssh.dialer_command() is None
+    monkeypatch.setattr(sys, "frozen", False)
+    monkeypatch.setattr(sys, "executable", r"/opt/py\thon")
+    assert openssh.dialer_command() is not None  # a backslash is just a character to sh
+    monkeypatch.setattr(sys, "executable", "/opt/py\nthon")
+    assert openssh.dialer_command() is None  # no shell word holds a newline for ssh
+    monkeypatch.setattr(sys, "executable", "")
+    assert openssh.dialer_command() is None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
+def test_the_dialer_is_told_where_to_connect_outside_any_shell(tmp_path: Path) -> None:
+    # Stands in for ssh: records what the dialer would find in its environment.
+    seen = tmp_path / "seen"
+    script = fake_ssh(
+        tmp_path,
+        f"""
+        printf '%s\\n' "$SHELL" "$DITTOHEAD_DIAL_HOST" "$DITTOHEAD_DIAL_PORT" > '{seen}.tmp'
+        mv '{seen}.tmp' '{seen}'
+        exit 255
+        """,
+    )
+    (tmp_path / "kh").write_text("")
+    server = Server("drop.example.org; touch pwned", 2222, known_hosts=tmp_path / "kh")
+    session = openssh.Session(str(script), server, REQUEST)
+    assert session.proc.wait(timeout=30) == openssh.SSH_FAILED
+    session.abandon()
+    assert seen.read_text().splitlines() == [
+        "/bin/sh",  # ssh runs the ProxyCommand with $SHELL -c: one whose quoting is known
+        "drop.example.org; touch pwned",
+        "2222",
+    ]
+    options = calls(tmp_path)[0].split(" -- ")[0]
+    assert "pwned" not in options  # the host is in no option, the ProxyCommand least of all
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
+def test_a_python_and_dialer_at_odd_paths_still_connect_through_ssh(
+    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # ssh expands %-tokens in the ProxyCommand, then /bin/sh reads it: quotes, spaces and %
+    # in either path must reach the shell as they are, or ssh gives up and asyncssh sends.
+    odd = tmp_path / 'it\'s a 100% "odd" $HOME folder'
+    odd.mkdir()
+    (odd / "python 3").symlink_to(sys.executable)
+    fake_module = odd / "openssh.py"
+    (odd / "dialer.py").write_bytes(Path(openssh.__file__).with_name("dialer.py").read_bytes())
+    monkeypatch.setattr(sys, "executable", str(odd / "python 3"))
+    monkeypatch.setattr(openssh, "__file__", str(fake_module))
+    command = openssh.dialer_command()
+    assert command is not None and "100%% " in command  # the odd folder's, for ssh to expand
+    assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
+    assert carried_by(key_server) == ["OpenSSH"]
+    assert [u.files for u in key_server.uploads] == [FILES]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
+def test_a_server_the_dialer_cannot_reach_is_named_and_asyncssh_explains(
+    key_server: FakeReceiver, folder: Path, identity: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    with socket.socket() as s:  # a port nobody listens on: take a free one and close it
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    argv = keyed(key_server, folder, identity, tmp_path, "-v")
+    argv[argv.index("--port") + 1] = port
+    assert cli.main(argv) == TransferError.exit_code
+    err = capsys.readouterr().err
+    assert (
+        f"OpenSSH did not send (dialer: cannot connect to 127.0.0.1 port {port}: "
+        "Connection refused)" in err
+    )
+    assert f"refused the connection on port {port}" in err.splitlines()[-1]
+    assert key_server.connections == []
 
 
 def test_the_known_hosts_file_is_the_pinned_one_else_dittoheads_own(tmp_path: Path) -> None:

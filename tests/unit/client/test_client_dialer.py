@@ -1,0 +1,114 @@
+"""The dialer ``ssh`` takes its connection from (`dittohead.client.dialer`).
+
+Each test runs the dialer as ``ssh`` does: a separate ``python -I -S`` process whose standard
+input and output are one end of a Unix socket pair, with where to connect in its environment,
+against a real TCP listener on 127.0.0.1. The other end of the pair is read as ``ssh`` reads it
+(one byte with a descriptor attached).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dittohead.client import dialer
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
+
+DIALER = Path(dialer.__file__)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
+
+
+def run_dialer(port: str, host: str = "127.0.0.1") -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the dialer as ssh does; its exit and the descriptor it passed (-1 if none)."""
+    ours, theirs = socket.socketpair()
+    env = {dialer.HOST: host, dialer.PORT: port, dialer.TIMEOUT: "5"}
+    with ours, theirs:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(DIALER)],
+            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
+            text=True, timeout=30, check=False,
+        )  # fmt: skip
+        theirs.close()
+        fds = array.array("i")
+        data, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds.frombytes(payload[: fds.itemsize])
+        assert data == (b"\0" if fds else b"")
+        return done, (fds[0] if fds else -1)
+
+
+def test_the_dialer_hands_over_a_connection_with_nagle_off(listener: socket.socket) -> None:
+    done, fd = run_dialer(str(listener.getsockname()[1]))
+    assert (done.returncode, done.stderr) == (0, "")
+    with socket.socket(fileno=fd) as conn:
+        assert conn.getpeername() == listener.getsockname()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+        assert conn.getblocking()  # as a socket ssh connected itself
+        accepted, _ = listener.accept()
+        with accepted:
+            conn.sendall(b"SSH-2.0-test\r\n")
+            assert accepted.recv(64) == b"SSH-2.0-test\r\n"
+
+
+def test_a_refused_connection_is_one_line_and_nothing_passed(listener: socket.socket) -> None:
+    port = str(listener.getsockname()[1])
+    listener.close()  # nothing listens there any more
+    done, fd = run_dialer(port)
+    assert (done.returncode, fd) == (1, -1)
+    assert done.stderr.splitlines() == [
+        f"dialer: cannot connect to 127.0.0.1 port {port}: Connection refused"
+    ]
+    # ssh passes this on; it must never read as the receiver's own "dittohead: …" line
+    assert not done.stderr.startswith("dittohead:")
+
+
+def test_a_port_that_is_no_number_is_one_line() -> None:
+    done, fd = run_dialer("ssh")
+    assert (done.returncode, fd) == (1, -1)
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("dialer: cannot connect to 127.0.0.1 port ssh: ")
+
+
+def imported(*command: str) -> set[str]:
+    """The modules a ``python -I -S -X importtime`` run of `command` imports."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", *command],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}  # [0] is the header
+
+
+def test_the_dialer_loads_no_more_than_it_needs() -> None:
+    # ~6 ms to start with -S; `socket` (enum, selectors) or site packages would add to every
+    # send's start.
+    assert imported(str(DIALER)) - imported("-c", "pass") == {"_socket"}
+
+
+def test_an_ssh_gone_before_the_hand_over_is_one_line(listener: socket.socket) -> None:
+    ours, theirs = socket.socketpair()
+    ours.close()  # ssh was stopped while the dialer connected
+    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(listener.getsockname()[1])}
+    with theirs:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(DIALER)],
+            stdin=theirs.fileno(), stdout=theirs.fileno(),
+            stderr=subprocess.PIPE, env=env, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["dialer: cannot hand the connection to ssh: Broken pipe"]

@@ -80,6 +80,8 @@ def main() -> int:
     except (OSError, ValueError) as exc:
         print(f"dialer: cannot connect to {host} port {port}: {_reason(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches ssh's whole process group: end as ssh does
+        return 130
     try:
         hand_over(sock)
     except OSError as exc:  # ssh is gone (stopped while this connected)

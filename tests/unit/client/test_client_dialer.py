@@ -9,10 +9,13 @@ against a real TCP listener on 127.0.0.1. The other end of the pair is read as `
 from __future__ import annotations
 
 import array
+import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,58 @@ def test_an_ssh_gone_before_the_hand_over_is_one_line(listener: socket.socket) -
         )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["dialer: cannot hand the connection to ssh: Broken pipe"]
+
+
+@pytest.fixture
+def unanswered() -> Iterator[int]:
+    """A port whose listener never answers: its accept queue is full, so the kernel drops
+    every further connection request and a connect waits until it times out."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        queued = []
+        try:
+            for _ in range(8):  # fill the queue (its length is the kernel's to round up)
+                client = socket.socket()
+                client.setblocking(False)
+                queued.append(client)
+                if client.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
+                    break
+            yield port
+        finally:
+            for client in queued:
+                client.close()
+
+
+def test_a_server_that_never_answers_times_out_in_one_line(unanswered: int) -> None:
+    ours, theirs = socket.socketpair()
+    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(unanswered), dialer.TIMEOUT: "0.5"}
+    with ours, theirs:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(DIALER)],
+            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
+            text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"dialer: cannot connect to 127.0.0.1 port {unanswered}: timed out"
+    ]
+
+
+def test_ctrl_c_while_connecting_ends_the_dialer_quietly(unanswered: int) -> None:
+    ours, theirs = socket.socketpair()
+    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(unanswered), dialer.TIMEOUT: "30"}
+    with ours, theirs:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(DIALER)],
+            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
+            text=True,
+        )  # fmt: skip
+        time.sleep(0.5)  # it is waiting in connect by now
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    assert (proc.returncode, stderr) == (130, "")

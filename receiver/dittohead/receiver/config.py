@@ -1,31 +1,40 @@
-"""The server's one YAML configuration file, as frozen dataclasses checked by pydantic.
+"""The server's one YAML configuration file, as plain value classes checked by pydantic.
 
 Unknown keys are errors, and every error names the file and the field, so that an admin who
 mistypes ``uploaders`` hears about it at once instead of wondering why nobody may upload.
 
-The classes are plain dataclasses and pydantic is imported only to check a YAML file: the
-receiver starts on every upload, and pydantic's import and schema building (~0.09 s here) was
-most of its start-up. When the admin runs ``dittohead-admin check`` (or ``init``), the checked
+The receiver starts on every upload, so what it loads counts. pydantic is imported only to
+check a YAML file: its import and schema building (~0.09 s here) were once most of the
+receiver's start-up. When the admin runs ``dittohead-admin check`` (or ``init``), the checked
 result is written next to the YAML as ``<name>.checked`` (JSON): it names the sha256 of the YAML
 it came from and of this module, and it is used only when both still match and it belongs to
 the YAML's owner and nobody else can write it. Otherwise the YAML is checked again, as before.
+
+The classes are `Value`s, not dataclasses: `dataclasses` (with `inspect`) and `typing` cost the
+receiver's start ~6 ms more. Each names what pydantic checks of its fields in ``_SCHEMA``;
+`_checked_class` makes the dataclass pydantic validates a YAML mapping against from that, the
+class's ``__init__`` defaults and its ``_check``, only when a file is checked.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
 
 from dittohead.core import logs
 from dittohead.core.errors import ConfigError
 from dittohead.core.grammar import SOURCE_RE, STUDY_RE
+from dittohead.core.values import Value
 from dittohead.receiver import fsops
+
+TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing on each upload
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar, Final, TypeAlias
 
 log = logs.getLogger(__name__)
 
@@ -86,21 +95,40 @@ def _source_ids(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """What pydantic checks for one field, kept as ``Annotated`` metadata.
+class Rule(Value):
+    """What pydantic checks for one field besides its type (see `Schema`).
 
-    pydantic reads it through ``__get_pydantic_core_schema__`` (its protocol for types it does
-    not know), so this module needs pydantic only when a file is checked.
+    pydantic reads it as ``Annotated`` metadata through ``__get_pydantic_core_schema__`` (its
+    protocol for types it does not know), so this module needs pydantic only when a file is
+    checked.
     """
 
-    before: Any = None
-    after: Any = None
-    ge: float | None = None
-    gt: float | None = None
-    min_length: int | None = None
+    __slots__ = _FIELDS = ("before", "after", "ge", "gt", "min_length")
+
+    before: Final[Callable[[Any], Any] | None]
+    after: Final[Callable[[Any], Any] | None]
+    ge: Final[float | None]
+    gt: Final[float | None]
+    min_length: Final[int | None]
+
+    def __init__(
+        self,
+        *,
+        before: Callable[[Any], Any] | None = None,
+        after: Callable[[Any], Any] | None = None,
+        ge: float | None = None,
+        gt: float | None = None,
+        min_length: int | None = None,
+    ) -> None:
+        self.before = before
+        self.after = after
+        self.ge = ge
+        self.gt = gt
+        self.min_length = min_length
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from typing import Annotated  # noqa: PLC0415 (only when checking)
+
         from pydantic import Field  # noqa: PLC0415 (only when checking)
         from pydantic_core import core_schema  # noqa: PLC0415 (only when checking)
 
@@ -113,71 +141,159 @@ class Rule:
         return schema
 
 
-Size = Annotated[int, Rule(before=_parse_size, ge=0)]
-AbsolutePath = Annotated[Path, Rule(after=_absolute)]
-#: pydantic's settings for every class here: an unknown key is an error
-_STRICT_KEYS: dict[str, Any] = {"extra": "forbid"}
+SIZE = Rule(before=_parse_size, ge=0)
+ABSOLUTE = Rule(after=_absolute)
+
+if TYPE_CHECKING:
+    #: each field's type as pydantic checks it, and its `Rule` (None: the type alone)
+    Schema: TypeAlias = dict[str, tuple[Any, Rule | None]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
+class Limits(Value):
     """Caps on what one upload may bring (the receiver enforces; the processor re-checks)."""
 
-    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+    __slots__ = _FIELDS = (
+        "max_upload_bytes",
+        "max_files",
+        "max_file_bytes",
+        "max_concurrent_uploads",
+        "stall_timeout",
+        "min_free_bytes",
+        "stale_after",
+    )
+    _SCHEMA: ClassVar[Schema] = {
+        "max_upload_bytes": (int, SIZE),
+        "max_files": (int, Rule(ge=1)),
+        "max_file_bytes": (int, SIZE),
+        "max_concurrent_uploads": (int, Rule(ge=1)),
+        "stall_timeout": (float, Rule(gt=0)),
+        "min_free_bytes": (int, SIZE),
+        "stale_after": (float, Rule(gt=0)),
+    }
 
-    max_upload_bytes: Size = 1024**4
-    max_files: Annotated[int, Rule(ge=1)] = 1_000_000
-    max_file_bytes: Size = 256 * 1024**3
-    max_concurrent_uploads: Annotated[int, Rule(ge=1)] = 4
+    max_upload_bytes: Final[int]
+    max_files: Final[int]
+    max_file_bytes: Final[int]
+    max_concurrent_uploads: Final[int]
     #: seconds without a byte from the client before the receiver gives up
-    stall_timeout: Annotated[float, Rule(gt=0)] = 300.0
+    stall_timeout: Final[float]
     #: keep this much free on the inbox's file system; refuse uploads that would eat it
-    min_free_bytes: Size = 1024**3
+    min_free_bytes: Final[int]
     #: seconds a staging entry may sit without any change before the janitor moves it aside
-    stale_after: Annotated[float, Rule(gt=0)] = 86400.0
+    stale_after: Final[float]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_upload_bytes: int = 1024**4,
+        max_files: int = 1_000_000,
+        max_file_bytes: int = 256 * 1024**3,
+        max_concurrent_uploads: int = 4,
+        stall_timeout: float = 300.0,
+        min_free_bytes: int = 1024**3,
+        stale_after: float = 86400.0,
+    ) -> None:
+        self.max_upload_bytes = max_upload_bytes
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.max_concurrent_uploads = max_concurrent_uploads
+        self.stall_timeout = stall_timeout
+        self.min_free_bytes = min_free_bytes
+        self.stale_after = stale_after
+        self._check(self)
+
+    @staticmethod
+    def _check(limits: Any) -> None:
         # A live upload is cut off by the receiver after stall_timeout of silence; only then
         # may the janitor call its staging entry abandoned.
-        if self.stale_after <= 2 * self.stall_timeout:
+        if limits.stale_after <= 2 * limits.stall_timeout:
             raise ValueError("stale_after must be more than twice stall_timeout")
 
 
-@dataclasses.dataclass(frozen=True)
-class Study:
-    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+class Study(Value):
+    __slots__ = _FIELDS = ("destination", "uploaders", "notify")
+    _SCHEMA: ClassVar[Schema] = {
+        "destination": (Path, ABSOLUTE),
+        "uploaders": (tuple[str, ...], Rule(min_length=1)),
+        "notify": (tuple[str, ...], None),
+    }
 
-    destination: AbsolutePath
-    uploaders: Annotated[tuple[str, ...], Rule(min_length=1)]
+    destination: Final[Path]
+    uploaders: Final[tuple[str, ...]]
     #: people told by mail about this study's uploads (used by the notifier)
-    notify: tuple[str, ...] = ()
+    notify: Final[tuple[str, ...]]
+
+    def __init__(
+        self, *, destination: Path, uploaders: tuple[str, ...], notify: tuple[str, ...] = ()
+    ) -> None:
+        self.destination = destination
+        self.uploaders = uploaders
+        self.notify = notify
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessorSettings:
-    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+class ProcessorSettings(Value):
+    __slots__ = _FIELDS = ("idle_timeout",)
+    _SCHEMA: ClassVar[Schema] = {"idle_timeout": (float, Rule(gt=0))}
 
     #: seconds the socket-activated processor waits for more work before it exits
-    idle_timeout: Annotated[float, Rule(gt=0)] = 60.0
+    idle_timeout: Final[float]
+
+    def __init__(self, *, idle_timeout: float = 60.0) -> None:
+        self.idle_timeout = idle_timeout
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+class Config(Value):
+    __slots__ = _FIELDS = (
+        "dropbox",
+        "socket",
+        "state_dir",
+        "user",
+        "sources",
+        "studies",
+        "limits",
+        "processor",
+    )
+    _SCHEMA: ClassVar[Schema] = {
+        "dropbox": (Path, ABSOLUTE),
+        "socket": (Path, ABSOLUTE),
+        "state_dir": (Path, ABSOLUTE),
+        "user": (str, None),
+        "sources": (dict[str, str], Rule(after=_source_ids)),
+        "studies": (dict[str, Study], Rule(after=_study_names)),
+        "limits": (Limits, None),
+        "processor": (ProcessorSettings, None),
+    }
 
-    dropbox: AbsolutePath
-    socket: AbsolutePath = Path("/run/dittohead/processor.sock")
-    state_dir: AbsolutePath = Path("/var/lib/dittohead")
+    dropbox: Final[Path]
+    socket: Final[Path]
+    state_dir: Final[Path]
     #: the account the processor runs as, owner of everything it stores
-    user: str = "dittohead"
-    sources: Annotated[dict[str, str], Rule(after=_source_ids)] = dataclasses.field(
-        default_factory=dict
-    )
-    studies: Annotated[dict[str, Study], Rule(after=_study_names)] = dataclasses.field(
-        default_factory=dict
-    )
-    limits: Limits = Limits()
-    processor: ProcessorSettings = ProcessorSettings()
+    user: Final[str]
+    sources: Final[dict[str, str]]
+    studies: Final[dict[str, Study]]
+    limits: Final[Limits]
+    processor: Final[ProcessorSettings]
+
+    def __init__(
+        self,
+        *,
+        dropbox: Path,
+        socket: Path = Path("/run/dittohead/processor.sock"),
+        state_dir: Path = Path("/var/lib/dittohead"),
+        user: str = "dittohead",
+        sources: dict[str, str] | None = None,
+        studies: dict[str, Study] | None = None,
+        limits: Limits | None = None,
+        processor: ProcessorSettings | None = None,
+    ) -> None:
+        self.dropbox = dropbox
+        self.socket = socket
+        self.state_dir = state_dir
+        self.user = user
+        self.sources = {} if sources is None else sources
+        self.studies = {} if studies is None else studies
+        self.limits = Limits() if limits is None else limits
+        self.processor = ProcessorSettings() if processor is None else processor
 
     def study(self, name: str) -> Study:
         try:
@@ -214,13 +330,73 @@ def parse_config(data: Any, origin: str) -> Config:
     from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415 (~0.09 s: only here)
 
     try:
-        return TypeAdapter(Config).validate_python(data)
+        checked: Any = TypeAdapter(_checked_class(Config)).validate_python(data)
     except ValidationError as exc:
         problems = [
             f"{origin}: {_field(err['loc'])}: {_WORDS.get(err['type'], err['msg'])}"
             for err in exc.errors()
         ]
         raise ConfigError("; ".join(problems)) from None
+    config = _from_checked(checked)
+    assert isinstance(config, Config)
+    return config
+
+
+#: the plain classes whose fields pydantic checks (each `_SCHEMA` names the others it holds)
+_CHECKED: tuple[type[Value], ...] = (Limits, Study, ProcessorSettings, Config)
+
+
+def _checked_class(cls: type[Value], made: dict[type, type] | None = None) -> type:
+    """The dataclass pydantic validates a YAML mapping against for plain class `cls`: its
+    fields, in order, with `cls._SCHEMA`'s types and rules (a class of `_CHECKED` within them
+    replaced by its own checked class), the defaults of `cls.__init__`, unknown keys refused,
+    and `cls._check` (where there is one) run on the result, as the class itself would."""
+    import dataclasses  # noqa: PLC0415 (only when checking)
+    import inspect  # noqa: PLC0415 (only when checking)
+    from types import GenericAlias  # noqa: PLC0415 (only when checking)
+    from typing import Annotated  # noqa: PLC0415 (only when checking)
+
+    made = {} if made is None else made
+    if cls in made:
+        return made[cls]
+
+    def checked_type(kind: Any) -> Any:
+        if kind in _CHECKED:
+            return _checked_class(kind, made)
+        if getattr(kind, "__origin__", None) is dict:  # dict[str, Study]
+            key, value = kind.__args__
+            return GenericAlias(dict, (key, checked_type(value)))
+        return kind
+
+    schema: Schema = getattr(cls, "_SCHEMA")  # noqa: B009 (only the classes of _CHECKED have one)
+    defaults = inspect.signature(cls.__init__).parameters
+    fields: list[Any] = []
+    for name in cls._FIELDS:
+        kind, rule = schema[name]
+        kind = checked_type(kind)
+        typed = kind if rule is None else Annotated[kind, rule]
+        default = defaults[name].default
+        if default is inspect.Parameter.empty:
+            fields.append((name, typed))
+        else:  # None (not checked by pydantic) stands for a fresh one: `cls.__init__` makes it
+            fields.append((name, typed, dataclasses.field(default=default)))
+    namespace: dict[str, Any] = {"__pydantic_config__": {"extra": "forbid"}, "_plain": cls}
+    check = getattr(cls, "_check", None)
+    if check is not None:
+        namespace["__post_init__"] = check
+    made[cls] = dataclasses.make_dataclass(cls.__name__, fields, frozen=True, namespace=namespace)
+    return made[cls]
+
+
+def _from_checked(value: Any) -> Any:
+    """The plain classes' instances for what pydantic returned (checked classes, and dicts of
+    them), field by field."""
+    plain = getattr(type(value), "_plain", None)
+    if plain is not None:
+        return plain(**{name: _from_checked(getattr(value, name)) for name in plain._FIELDS})
+    if isinstance(value, dict):
+        return {key: _from_checked(item) for key, item in value.items()}
+    return value
 
 
 def checked_path(path: Path) -> Path:
@@ -240,13 +416,22 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} into the checked copy")
 
 
+def _as_dict(value: Any) -> Any:
+    """`value` with every `Value` in it as a dict of its fields (as `dataclasses.asdict`)."""
+    if isinstance(value, Value):
+        return {name: _as_dict(getattr(value, name)) for name in value._FIELDS}
+    if isinstance(value, dict):
+        return {key: _as_dict(item) for key, item in value.items()}
+    return value
+
+
 def checked_copy(config: Config, yaml_bytes: bytes) -> bytes:
     """The checked copy of `config`, the result of checking the YAML file `yaml_bytes`."""
     doc = {
         "format": CHECKED_FORMAT,
         "yaml_sha256": hashlib.sha256(yaml_bytes).hexdigest(),
         "module_sha256": _module_sha256(),
-        "config": dataclasses.asdict(config),
+        "config": _as_dict(config),
     }
     return json.dumps(doc, default=_plain, sort_keys=True, indent=1).encode("utf-8") + b"\n"
 

@@ -125,13 +125,17 @@ def known_hosts_file(server: Server) -> StrPath:
     return server.known_hosts if server.known_hosts is not None else user_known_hosts_file()
 
 
+#: what no ``-o`` value can hold: ssh reads each as one line of its configuration
+_UNWRITABLE = "\0\n\r"
+
+
 def config_path(path: StrPath) -> str:
     """`path` as ssh reads it back from a file option: file options go through ``%`` token
     expansion (``%%`` is a ``%``); quote the result with `_quoted` (``-o`` values are split at
     spaces). Unusable for the rare path that cannot be written so (a ``${`` would be expanded
     from the environment)."""
     text = os.fspath(path)
-    if "${" in text or any(c in text for c in "\0\n\r"):
+    if "${" in text or any(c in text for c in _UNWRITABLE):
         raise Unusable(f"{text!r} cannot be given to ssh")
     return text.replace("%", "%%")
 
@@ -157,7 +161,7 @@ def dialer_command() -> str | None:
         return None
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dialer.py")
     words = (sys.executable, "-I", "-S", script)
-    if any(c in word for word in words for c in "\0\n\r") or not os.path.isfile(script):
+    if any(c in word for word in words for c in _UNWRITABLE) or not os.path.isfile(script):
         return None
     return " ".join(map(_sh_quoted, words)).replace("%", "%%")
 

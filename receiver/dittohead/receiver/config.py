@@ -13,7 +13,7 @@ the YAML's owner and nobody else can write it. Otherwise the YAML is checked aga
 The classes are `Value`s, not dataclasses: `dataclasses` (with `inspect`) and `typing` cost the
 receiver's start ~6 ms more. Each names what pydantic checks of its fields in ``_SCHEMA``;
 `_checked_class` makes the dataclass pydantic validates a YAML mapping against from that, the
-class's ``__init__`` defaults and its ``_check``, only when a file is checked.
+class's ``__init__`` defaults and its ``_check``, only when a file is checked (`Section`).
 """
 
 from __future__ import annotations
@@ -145,11 +145,25 @@ SIZE = Rule(before=_parse_size, ge=0)
 ABSOLUTE = Rule(after=_absolute)
 
 if TYPE_CHECKING:
-    #: each field's type as pydantic checks it, and its `Rule` (None: the type alone)
     Schema: TypeAlias = dict[str, tuple[Any, Rule | None]]
 
 
-class Limits(Value):
+class Section(Value):
+    """A part of the configuration that pydantic checks when a YAML file is checked
+    (`_checked_class` makes the dataclass it checks against)."""
+
+    __slots__ = ()
+
+    #: each field's type as pydantic checks it, and its `Rule` (None: the type alone)
+    _SCHEMA: ClassVar[Schema]
+
+    @staticmethod
+    def _check(section: Any) -> None:
+        """What no one field's rule can say: raise ValueError. Run by ``__init__``, and on
+        what pydantic made from a YAML file (so its words are pydantic's "Value error, …")."""
+
+
+class Limits(Section):
     """Caps on what one upload may bring (the receiver enforces; the processor re-checks)."""
 
     __slots__ = _FIELDS = (
@@ -210,7 +224,7 @@ class Limits(Value):
             raise ValueError("stale_after must be more than twice stall_timeout")
 
 
-class Study(Value):
+class Study(Section):
     __slots__ = _FIELDS = ("destination", "uploaders", "notify")
     _SCHEMA: ClassVar[Schema] = {
         "destination": (Path, ABSOLUTE),
@@ -231,7 +245,7 @@ class Study(Value):
         self.notify = notify
 
 
-class ProcessorSettings(Value):
+class ProcessorSettings(Section):
     __slots__ = _FIELDS = ("idle_timeout",)
     _SCHEMA: ClassVar[Schema] = {"idle_timeout": (float, Rule(gt=0))}
 
@@ -242,7 +256,7 @@ class ProcessorSettings(Value):
         self.idle_timeout = idle_timeout
 
 
-class Config(Value):
+class Config(Section):
     __slots__ = _FIELDS = (
         "dropbox",
         "socket",
@@ -342,37 +356,28 @@ def parse_config(data: Any, origin: str) -> Config:
     return config
 
 
-#: the plain classes whose fields pydantic checks (each `_SCHEMA` names the others it holds)
-_CHECKED: tuple[type[Value], ...] = (Limits, Study, ProcessorSettings, Config)
-
-
-def _checked_class(cls: type[Value], made: dict[type, type] | None = None) -> type:
-    """The dataclass pydantic validates a YAML mapping against for plain class `cls`: its
-    fields, in order, with `cls._SCHEMA`'s types and rules (a class of `_CHECKED` within them
-    replaced by its own checked class), the defaults of `cls.__init__`, unknown keys refused,
-    and `cls._check` (where there is one) run on the result, as the class itself would."""
+def _checked_class(cls: type[Section]) -> type:
+    """The dataclass pydantic validates a YAML mapping against for `cls`: its fields, in order,
+    with `cls._SCHEMA`'s types and rules (a `Section` within them replaced by its own checked
+    class), the defaults of `cls.__init__`, unknown keys refused, and `cls._check` run on the
+    result, as the class itself would."""
     import dataclasses  # noqa: PLC0415 (only when checking)
     import inspect  # noqa: PLC0415 (only when checking)
     from types import GenericAlias  # noqa: PLC0415 (only when checking)
     from typing import Annotated  # noqa: PLC0415 (only when checking)
 
-    made = {} if made is None else made
-    if cls in made:
-        return made[cls]
-
     def checked_type(kind: Any) -> Any:
-        if kind in _CHECKED:
-            return _checked_class(kind, made)
+        if isinstance(kind, type) and issubclass(kind, Section):
+            return _checked_class(kind)
         if getattr(kind, "__origin__", None) is dict:  # dict[str, Study]
             key, value = kind.__args__
             return GenericAlias(dict, (key, checked_type(value)))
         return kind
 
-    schema: Schema = getattr(cls, "_SCHEMA")  # noqa: B009 (only the classes of _CHECKED have one)
     defaults = inspect.signature(cls.__init__).parameters
     fields: list[Any] = []
     for name in cls._FIELDS:
-        kind, rule = schema[name]
+        kind, rule = cls._SCHEMA[name]
         kind = checked_type(kind)
         typed = kind if rule is None else Annotated[kind, rule]
         default = defaults[name].default
@@ -380,12 +385,12 @@ def _checked_class(cls: type[Value], made: dict[type, type] | None = None) -> ty
             fields.append((name, typed))
         else:  # None (not checked by pydantic) stands for a fresh one: `cls.__init__` makes it
             fields.append((name, typed, dataclasses.field(default=default)))
-    namespace: dict[str, Any] = {"__pydantic_config__": {"extra": "forbid"}, "_plain": cls}
-    check = getattr(cls, "_check", None)
-    if check is not None:
-        namespace["__post_init__"] = check
-    made[cls] = dataclasses.make_dataclass(cls.__name__, fields, frozen=True, namespace=namespace)
-    return made[cls]
+    namespace: dict[str, Any] = {
+        "__pydantic_config__": {"extra": "forbid"},
+        "__post_init__": cls._check,
+        "_plain": cls,  # for `_from_checked`
+    }
+    return dataclasses.make_dataclass(cls.__name__, fields, frozen=True, namespace=namespace)
 
 
 def _from_checked(value: Any) -> Any:

@@ -34,16 +34,23 @@ def listener() -> Iterator[socket.socket]:
         yield server
 
 
-def run_dialer(port: str, host: str = "127.0.0.1") -> tuple[subprocess.CompletedProcess[str], int]:
+def start_dialer(channel: socket.socket, port: object, timeout: str = "5") -> subprocess.Popen[str]:
+    """The dialer as ssh starts it: standard input and output `channel` (its end of the pair),
+    where to connect in its environment."""
+    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(port), dialer.TIMEOUT: timeout}
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(DIALER)],
+        stdin=channel.fileno(), stdout=channel.fileno(), stderr=subprocess.PIPE, env=env,
+        text=True,
+    )  # fmt: skip
+
+
+def run_dialer(port: object, timeout: str = "5") -> tuple[subprocess.CompletedProcess[str], int]:
     """Run the dialer as ssh does; its exit and the descriptor it passed (-1 if none)."""
     ours, theirs = socket.socketpair()
-    env = {dialer.HOST: host, dialer.PORT: port, dialer.TIMEOUT: "5"}
     with ours, theirs:
-        done = subprocess.run(
-            [sys.executable, "-I", "-S", str(DIALER)],
-            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
-            text=True, timeout=30, check=False,
-        )  # fmt: skip
+        proc = start_dialer(theirs, port, timeout)
+        _, stderr = proc.communicate(timeout=30)
         theirs.close()
         fds = array.array("i")
         data, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
@@ -51,11 +58,12 @@ def run_dialer(port: str, host: str = "127.0.0.1") -> tuple[subprocess.Completed
             if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
                 fds.frombytes(payload[: fds.itemsize])
         assert data == (b"\0" if fds else b"")
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
         return done, (fds[0] if fds else -1)
 
 
 def test_the_dialer_hands_over_a_connection_with_nagle_off(listener: socket.socket) -> None:
-    done, fd = run_dialer(str(listener.getsockname()[1]))
+    done, fd = run_dialer(listener.getsockname()[1])
     assert (done.returncode, done.stderr) == (0, "")
     with socket.socket(fileno=fd) as conn:
         assert conn.getpeername() == listener.getsockname()
@@ -106,13 +114,10 @@ def test_the_dialer_loads_no_more_than_it_needs() -> None:
 def test_an_ssh_gone_before_the_hand_over_is_one_line(listener: socket.socket) -> None:
     ours, theirs = socket.socketpair()
     ours.close()  # ssh was stopped while the dialer connected
-    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(listener.getsockname()[1])}
     with theirs:
-        done = subprocess.run(
-            [sys.executable, "-I", "-S", str(DIALER)],
-            stdin=theirs.fileno(), stdout=theirs.fileno(),
-            stderr=subprocess.PIPE, env=env, text=True, timeout=30, check=False,
-        )  # fmt: skip
+        proc = start_dialer(theirs, listener.getsockname()[1])
+        _, stderr = proc.communicate(timeout=30)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["dialer: cannot hand the connection to ssh: Broken pipe"]
 
@@ -140,15 +145,8 @@ def unanswered() -> Iterator[int]:
 
 
 def test_a_server_that_never_answers_times_out_in_one_line(unanswered: int) -> None:
-    ours, theirs = socket.socketpair()
-    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(unanswered), dialer.TIMEOUT: "0.5"}
-    with ours, theirs:
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-I", "-S", str(DIALER)],
-            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
-            text=True, timeout=30, check=False,
-        )  # fmt: skip
+    started = time.monotonic()
+    done, _ = run_dialer(unanswered, timeout="0.5")
     assert time.monotonic() - started < 10
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
@@ -158,13 +156,8 @@ def test_a_server_that_never_answers_times_out_in_one_line(unanswered: int) -> N
 
 def test_ctrl_c_while_connecting_ends_the_dialer_quietly(unanswered: int) -> None:
     ours, theirs = socket.socketpair()
-    env = {dialer.HOST: "127.0.0.1", dialer.PORT: str(unanswered), dialer.TIMEOUT: "30"}
     with ours, theirs:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(DIALER)],
-            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, env=env,
-            text=True,
-        )  # fmt: skip
+        proc = start_dialer(theirs, unanswered, timeout="30")
         time.sleep(0.5)  # it is waiting in connect by now
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)

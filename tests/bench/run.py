@@ -315,7 +315,7 @@ class Bench:
         dep = self.dep
         argv = [
             "setpriv", f"--reuid={dep.service}", f"--regid={dep.service}", "--init-groups",
-            str(dep.python), "-I", "-m", "dittohead.receiver.service", "--once",
+            str(dep.python), "-I", "-m", "dittohead.receiver.processor.service", "--once",
             "--config", str(dep.config_path),
         ]  # fmt: skip
         seconds, usage = timed(argv, rss=self.rss_dir / "processor.txt")

@@ -94,7 +94,7 @@ def reachable_python(base: Path) -> Path:
     venv = Path(sys.prefix)
     probe = run(
         "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        venv / "bin" / "python", "-I", "-c", "import dittohead.receiver.receive",
+        venv / "bin" / "python", "-I", "-c", "import dittohead.receiver.upload.receive",
         check=False,
     )  # fmt: skip
     if probe.returncode == 0:
@@ -109,7 +109,7 @@ def reachable_python(base: Path) -> Path:
     python = copy / "bin" / "python"
     again = run(
         "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        python, "-I", "-c", "import dittohead.receiver.receive", check=False,
+        python, "-I", "-c", "import dittohead.receiver.upload.receive", check=False,
     )  # fmt: skip
     require(
         again.returncode == 0,
@@ -162,7 +162,7 @@ class Deployment:
         """``dittohead-processor --once`` as the service account."""
         return run(
             "setpriv", f"--reuid={self.service}", f"--regid={self.service}", "--init-groups",
-            self.python, "-I", "-m", "dittohead.receiver.service", "--once",
+            self.python, "-I", "-m", "dittohead.receiver.processor.service", "--once",
             "--config", self.config_path, check=False,
         )  # fmt: skip
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from dittohead.receiver.localserver import LocalServer
-from dittohead.receiver.processor import run_once
+from dittohead.receiver.admin.localserver import LocalServer
+from dittohead.receiver.processor.finalize import run_once
 from tests.support.server import STUDY, Server, make_server
 
 CLIENT = "import sys; from dittohead.client.cli import main; sys.exit(main())"

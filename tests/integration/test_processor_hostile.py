@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from dittohead.receiver.ledger import read_ledger
+from dittohead.receiver.processor.ledger import read_ledger
 from tests.integration.harness import Deployment, deployment, require
 from tests.support.invariants import dropbox_problems, tree_files, tree_problems
 
@@ -177,7 +177,7 @@ def process(dep: Deployment) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "setpriv", f"--reuid={dep.service}", f"--regid={dep.service}", "--init-groups",
-            str(dep.python), "-I", "-m", "dittohead.receiver.service", "--once",
+            str(dep.python), "-I", "-m", "dittohead.receiver.processor.service", "--once",
             "--config", str(dep.config_path),
         ],
         check=False, text=True, capture_output=True, timeout=60,
@@ -382,7 +382,7 @@ def test_an_entry_made_unmovable_after_its_claim_costs_only_itself(dep: Deployme
     env = {**os.environ, "DITTOHEAD_TEST_CRASH_AT": "flushed:1"}
     killed = subprocess.run(
         ["setpriv", f"--reuid={dep.service}", f"--regid={dep.service}", "--init-groups",
-         str(dep.python), "-I", "-m", "dittohead.receiver.service", "--once",
+         str(dep.python), "-I", "-m", "dittohead.receiver.processor.service", "--once",
          "--config", str(dep.config_path)],
         check=False, text=True, capture_output=True, timeout=60, env=env,
     )  # fmt: skip

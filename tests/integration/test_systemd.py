@@ -37,7 +37,7 @@ import yaml
 
 from dittohead.receiver.admin import cli
 from dittohead.receiver.config import Config, load_config
-from dittohead.receiver.processor import _SYNC_AHEAD_FILES
+from dittohead.receiver.processor.finalize import _SYNC_AHEAD_FILES
 from tests.integration.harness import REPO, Accounts, deployment, require, run
 from tests.support.server import STUDY, Server, config_doc, make_server, write_config
 
@@ -252,7 +252,7 @@ def test_socket_activation_finalizes_and_reports(site: Site) -> None:
             activate, "-l", str(sock_path), "--fdname=processor",
             "-E", "NOTIFY_SOCKET", "-E", "WATCHDOG_USEC",
             "setpriv", f"--reuid={site.service}", f"--regid={site.service}", "--init-groups",
-            str(site.python), "-I", "-m", "dittohead.receiver.service",
+            str(site.python), "-I", "-m", "dittohead.receiver.processor.service",
             "--config", str(site.config_path), "-v",
         ],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -472,7 +472,8 @@ def test_sigterm_while_idle_stops_at_once(tmp_path: Path) -> None:
     sock_path = tmp_path / "p.sock"
     proc = subprocess.Popen(
         [activate, "-l", str(sock_path), "-E", "NOTIFY_SOCKET",
-         sys.executable, "-m", "dittohead.receiver.service", "--config", str(server.config_path)],
+         sys.executable, "-m", "dittohead.receiver.processor.service",
+         "--config", str(server.config_path)],
         env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

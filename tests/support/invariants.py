@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dittohead.receiver.ledger import check_chain, read_ledger
+from dittohead.receiver.processor.ledger import check_chain, read_ledger
 
 
 def ledger_of(destination: Path) -> list[dict[str, Any]]:

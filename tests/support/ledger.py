@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dittohead.receiver.ledger import Outcome, Record
+from dittohead.receiver.processor.ledger import Outcome, Record
 
 
 def make_record(

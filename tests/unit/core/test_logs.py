@@ -150,7 +150,7 @@ def test_the_commands_do_not_load_logging_to_start() -> None:
         """
         import sys
         import dittohead.client.cli, dittohead.client.openssh, dittohead.client.pack
-        import dittohead.receiver.receive
+        import dittohead.receiver.upload.receive
         print("logging" in sys.modules)
         """
     )
@@ -181,10 +181,10 @@ def test_the_receiver_tells_the_collector_nothing_unless_verbose(verbose: bool) 
     done = _run(
         f"""
         import os
-        from dittohead.receiver import receive
+        from dittohead.receiver.upload import receive
         from dittohead.core import logs
         receive._setup_logging({verbose})
-        logs.getLogger("dittohead.receiver.stage").warning("w")
+        logs.getLogger("dittohead.receiver.upload.stage").warning("w")
         print(os.getpid())
         """
     )

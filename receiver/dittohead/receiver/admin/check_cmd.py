@@ -26,7 +26,7 @@ from dittohead.receiver.config import Config
 PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
 #: what the receiver's ForceCommand runs (sshd-config prints the module form)
-RECEIVER_MARKERS = ("dittohead.receiver.receive", "dittohead-receive")
+RECEIVER_MARKERS = ("dittohead.receiver.upload.receive", "dittohead-receive")
 #: where systemd looks for system units, most important first
 UNIT_DIRS = tuple(
     Path(p)

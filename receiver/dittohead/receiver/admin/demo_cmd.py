@@ -26,10 +26,10 @@ import yaml
 
 from dittohead.receiver.admin.history_cmd import latest
 from dittohead.receiver.admin.init_cmd import init
+from dittohead.receiver.admin.localserver import LocalServer
 from dittohead.receiver.config import Config, check_config
-from dittohead.receiver.ledger import read_ledger
-from dittohead.receiver.localserver import LocalServer
-from dittohead.receiver.processor import run_once
+from dittohead.receiver.processor.finalize import run_once
+from dittohead.receiver.processor.ledger import read_ledger
 
 STUDY = "nccam3"
 SOURCE = "brogden-a"

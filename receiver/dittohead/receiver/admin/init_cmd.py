@@ -18,6 +18,7 @@ from pathlib import Path
 from dittohead.core.errors import ConfigError, DittoheadError
 from dittohead.receiver.accounts import group_name
 from dittohead.receiver.config import Config
+from dittohead.receiver.dropbox import STUDY_FOLDERS
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,7 @@ def layout(config: Config) -> list[Want]:
     wants = [Want(config.dropbox, 0o755, *root_ids), Want(config.state_dir, 0o700, uid, gid)]
     for name in config.studies:
         base = config.study_dir(name)
-        wants += [
-            Want(base, 0o755, uid, gid),
-            # anyone may create, nobody may list; setgid so entries get dittohead's group
-            Want(base / "inbox", 0o3773, uid, gid),
-            Want(base / "processing", 0o700, uid, gid),
-            Want(base / "done", 0o700, uid, gid),
-            Want(base / "quarantine", 0o700, uid, gid),
-            Want(base / "stale", 0o700, uid, gid),  # abandoned staging entries (janitor)
-        ]
+        wants += [Want(base / folder.name, folder.mode, uid, gid) for folder in STUDY_FOLDERS]
     return wants
 
 

@@ -48,7 +48,7 @@ def receiver_command(config_path: Path, python: str | None = None) -> str:
             "-X",
             "utf8",
             "-m",
-            "dittohead.receiver.receive",
+            "dittohead.receiver.upload.receive",
             "--config",
             str(config_path.absolute()),
         )

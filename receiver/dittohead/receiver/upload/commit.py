@@ -1,0 +1,108 @@
+"""The commit: make a verified staging entry durable, publish it in the inbox, tell the processor.
+
+Order matters, and is the whole point of this module:
+
+1. ``syncfs`` on the entry's file system: every file and folder of the entry reaches the disk
+   (one call instead of a fsync per file: PERF.md measured tens of seconds for 50,000 files);
+2. ``renameat2(.<entry> → <entry>, RENAME_NOREPLACE)``: the processor only ever looks at names
+   without the leading dot, so it never sees a half-written entry, and the rename cannot
+   replace anything;
+3. ``syncfs`` again, so that the rename itself is on disk before the receipt says so: a
+   receipt is a promise that nothing will be lost.
+
+Then the processor is poked on its socket. The poke is only a hint (the processor also rescans
+on a timer), so any failure there is logged and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+from dittohead.core import logs
+from dittohead.core.errors import ServerError
+from dittohead.core.receipt import Receipt
+from dittohead.receiver import fsops
+from dittohead.receiver.upload.gate import Admission
+from dittohead.receiver.upload.stage import Staged, Staging
+
+log = logs.getLogger(__name__)
+
+POKE = b"poke\n"
+POKE_TIMEOUT = 2.0
+
+
+def publish(staging: Staging) -> None:
+    """Sync, rename ``.<entry>`` to ``<entry>`` without replacing anything, sync again."""
+    assert staging.fd is not None
+    fsops.syncfs(staging.fd)
+    try:
+        fsops.renameat2(
+            staging.inbox_fd, staging.dot_entry, staging.inbox_fd, staging.entry, noreplace=True
+        )
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise ServerError(
+                f"an upload named {staging.entry} already exists; nothing was stored. Send again"
+            ) from None
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        # A file system without RENAME_NOREPLACE. A plain rename is still safe here: the name
+        # is unguessable, rename(2) never replaces a non-empty folder, and in the sticky inbox
+        # it may not replace another user's folder either; so at worst it replaces an empty
+        # folder of this same user, which cannot hold data.
+        os.rename(
+            staging.dot_entry, staging.entry, src_dir_fd=staging.inbox_fd,
+            dst_dir_fd=staging.inbox_fd,
+        )  # fmt: skip
+    staging.committed = True
+    # The entry fd still names the same folder after the rename: same file system.
+    fsops.syncfs(staging.fd)
+
+
+def poke(path: Path) -> None:
+    """Tell the processor that something may have arrived; never fails the upload."""
+    try:
+        # Inside the try: exists() raises (not False) when the socket's folder is not
+        # searchable by this collector, and the upload is already committed by now.
+        if not path.exists():
+            log.debug("no processor socket at %s; its next rescan finds the upload", path)
+            return
+        # The C module that `socket` wraps: loading `socket` itself (its enum classes) would
+        # cost ~2 ms of CPU at every upload, on the way to the receipt.
+        import _socket  # noqa: PLC0415
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(POKE_TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(POKE)
+        finally:
+            sock.close()
+    except OSError as exc:
+        log.debug("could not poke the processor at %s: %s", path, exc)
+
+
+def utc_now() -> str:
+    """The server's clock, ISO 8601 UTC (``2024-05-01T12:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def commit(admission: Admission, staging: Staging, staged: Staged) -> Receipt:
+    """Publish the staged entry, poke the processor and return the receipt to print."""
+    publish(staging)
+    received_at = utc_now()
+    log.debug("committed %s (%d files, %d bytes)", staged.entry, staged.files, staged.bytes)
+    poke(admission.config.socket)
+    return Receipt(
+        upload=staged.entry,
+        study=admission.request.study,
+        source=admission.request.source,
+        user=admission.user,
+        files=staged.files,
+        bytes=staged.bytes,
+        manifest_sha256=staged.manifest_sha256,
+        received_at=received_at,
+    )

@@ -1,0 +1,211 @@
+"""``dittohead-admin check`` on a temporary tree, and ``init``'s never-loosen rule.
+
+The accounts and the real sshd evaluation need real users and root: see
+tests/integration/test_systemd.py. Here the checks that only look at files and settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dittohead.receiver.admin.check_cmd import (
+    Probe,
+    _judge_sshd,
+    _parse_sshd,
+    check_destinations,
+    check_kernel,
+    check_layout,
+    check_socket,
+    check_units,
+)
+from dittohead.receiver.admin.init_cmd import init
+from tests.support.server import STUDY, Server
+
+REPO = Path(__file__).resolve().parents[4]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_fresh_init_passes_the_folder_checks(server: Server) -> None:
+    assert check_layout(server.config) == []
+    assert check_destinations(server.config) == []
+
+
+def test_a_loose_inbox_is_named_with_its_fix(server: Server) -> None:
+    server.inbox.chmod(0o777)
+    [problem] = check_layout(server.config)
+    assert problem.where == str(server.inbox)
+    assert "0777" in problem.what and problem.fix == f"chmod 3773 {server.inbox}"
+
+
+def test_a_missing_folder_is_named(server: Server) -> None:
+    done = server.config.study_dir(STUDY) / "done"
+    done.rmdir()
+    [problem] = check_layout(server.config)
+    assert problem.where == str(done) and "init" in problem.fix
+
+
+def test_a_file_where_a_folder_belongs_is_named(server: Server) -> None:
+    done = server.config.study_dir(STUDY) / "done"
+    done.rmdir()
+    done.write_text("")
+    [problem] = check_layout(server.config)
+    assert problem.where == str(done) and "not a folder" in problem.what
+
+
+@pytest.mark.parametrize("bad", [0o755, 0o750, 0o2755, 0o2700 & ~0o100])
+def test_a_destination_without_setgid_or_open_to_others_is_named(server: Server, bad: int) -> None:
+    server.destination.chmod(bad)
+    [problem] = check_destinations(server.config)
+    assert problem.where == str(server.destination) and "chmod 2750" in problem.fix
+
+
+def test_a_missing_destination_is_named(server: Server) -> None:
+    server.destination.rmdir()
+    [problem] = check_destinations(server.config)
+    assert "missing" in problem.what
+
+
+def test_init_keeps_a_stricter_mode_unless_forced(server: Server) -> None:
+    study = server.config.study_dir(STUDY)
+    study.chmod(0o750)  # stricter than the layout's 0755
+    notes = init(server.config)
+    assert mode(study) == 0o750
+    assert any("kept" in note and str(study) in note for note in notes)
+    # ... but check still reports it, and --force puts the layout back
+    assert [p.where for p in check_layout(server.config)] == [str(study)]
+    init(server.config, force=True)
+    assert mode(study) == 0o755
+    assert check_layout(server.config) == []
+
+
+def test_init_tightens_a_looser_mode(server: Server) -> None:
+    processing = server.config.study_dir(STUDY) / "processing"
+    processing.chmod(0o755)
+    init(server.config)
+    assert mode(processing) == 0o700
+
+
+def test_protected_hardlinks_off_is_named(tmp_path: Path) -> None:
+    proc = tmp_path / "protected_hardlinks"
+    proc.write_text("0\n")
+    [problem] = check_kernel(Probe(protected_hardlinks=proc))
+    assert problem.where == "fs.protected_hardlinks" and "sysctl" in problem.fix
+    proc.write_text("1\n")
+    assert check_kernel(Probe(protected_hardlinks=proc)) == []
+
+
+@pytest.fixture
+def bound(server: Server) -> Iterator[Path]:
+    path = server.config.socket
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)
+    try:
+        yield path
+    finally:
+        sock.close()
+
+
+def test_the_socket_is_checked(server: Server, bound: Path) -> None:
+    # The uploaders' group is the caller's primary group, which also owns the socket.
+    assert check_socket(server.config) == []
+    bound.chmod(0o666)
+    [problem] = check_socket(server.config)
+    assert problem.where == str(bound) and "SocketMode=0660" in problem.fix
+
+
+def test_a_missing_socket_is_named(server: Server) -> None:
+    [problem] = check_socket(server.config)
+    assert "dittohead-processor.socket" in problem.fix
+
+
+LOCKED = {
+    "forcecommand": "/usr/bin/python3 -I -X utf8 -m dittohead.receiver.upload.receive --config /e",
+    "disableforwarding": "yes",
+    "permittty": "no",
+    "permituserrc": "no",
+}
+
+
+def test_sshd_settings_from_the_generated_block_pass() -> None:
+    assert _judge_sshd("x", LOCKED) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("forcecommand", "none", "ForceCommand"),
+        ("disableforwarding", "no", "forwarding"),
+        ("permittty", "yes", "PermitTTY"),
+        ("permituserrc", "yes", "PermitUserRC"),
+    ],
+)
+def test_each_loose_sshd_setting_is_named(key: str, value: str, named: str) -> None:
+    [problem] = _judge_sshd("x", {**LOCKED, key: value})
+    assert named in problem.what and "sshd-config" in problem.fix
+
+
+def test_forwarding_may_also_be_off_one_by_one() -> None:
+    settings = {
+        **LOCKED,
+        "disableforwarding": "no",
+        "x11forwarding": "no",
+        "allowtcpforwarding": "no",
+        "allowagentforwarding": "no",
+        "allowstreamlocalforwarding": "no",
+    }
+    assert _judge_sshd("x", settings) == []
+
+
+def test_sshd_t_output_is_parsed_first_value_wins() -> None:
+    assert _parse_sshd("PermitTTY no\npermittty yes\nforcecommand a b c\n") == {
+        "permittty": "no",
+        "forcecommand": "a b c",
+    }
+
+
+def _units(tmp_path: Path, *drop_ins: str) -> Probe:
+    """The shipped processor and rescan units in a folder, with drop-ins for both."""
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in ("dittohead-processor.service", "dittohead-rescan.service"):
+        (units / name).write_text((REPO / "systemd" / name).read_text())
+    folder = units / "dittohead-.service.d"
+    folder.mkdir()
+    for i, text in enumerate(drop_ins):
+        (folder / f"{i:02}.conf").write_text(f"[Service]\n{text}\n")
+    return Probe(unit_dirs=(units,))
+
+
+def test_folders_outside_readwritepaths_are_named(server: Server, tmp_path: Path) -> None:
+    problems = check_units(server.config, _units(tmp_path))
+    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree.
+    named = {(p.where, p.what.split()[0]) for p in problems}
+    for path in (server.config.dropbox, server.config.state_dir, server.destination):
+        for unit in ("dittohead-processor.service", "dittohead-rescan.service"):
+            assert (str(path), unit) in named
+    assert all("dittohead-.service.d" in p.fix for p in problems)
+
+
+def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -> None:
+    probe = _units(tmp_path, f"ReadWritePaths={server.base}")
+    assert check_units(server.config, probe) == []
+
+
+def test_an_empty_readwritepaths_resets_the_list(server: Server, tmp_path: Path) -> None:
+    probe = _units(tmp_path, f"ReadWritePaths=-{server.base}", "ReadWritePaths=")
+    assert len(check_units(server.config, probe)) == 6
+
+
+def test_units_that_are_not_installed_are_not_checked(server: Server, tmp_path: Path) -> None:
+    assert check_units(server.config, Probe(unit_dirs=(tmp_path,))) == []

@@ -1,0 +1,104 @@
+"""A pass that fails while publishing: what it queued is written only once the tree is durable.
+
+The failure is injected (a RuntimeError from the n-th publish_file, standing in for any bug or
+unexpected error); syncfs is wrapped to watch its order against the ledger's writes, and in one
+test made to fail (EIO cannot be produced on demand here).
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dittohead.receiver import fsops
+from dittohead.receiver.processor import publish
+from dittohead.receiver.processor.finalize import run_once
+from dittohead.receiver.processor.ledger import Ledger
+from tests.support.invariants import ledger_of, tree_problems
+from tests.support.server import Server, make_server
+
+# Two uploads' worth of folders that exist already in the tree after the first: the second
+# upload's files are published one by one (no folder moves whole), so a failure comes mid-way.
+FIRST = {f"s{i}/a.txt": b"first" for i in range(4)}
+SECOND = {f"s{i}/b.txt": f"second {i}".encode() for i in range(4)}
+
+
+def _fail_at(monkeypatch: pytest.MonkeyPatch, nth: int, events: list[str]) -> None:
+    real = publish.publish_file
+    calls = 0
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            events.append("boom")
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("dittohead.receiver.processor.finalize.publish_file", failing)
+
+
+def _watch_writes(
+    monkeypatch: pytest.MonkeyPatch, events: list[str], *, syncfs_fails: bool
+) -> None:
+    real_syncfs, real_flush = fsops.syncfs, Ledger.flush
+
+    def syncfs(fd: int) -> None:
+        events.append("syncfs")
+        if syncfs_fails and "boom" in events:  # the disk fails after the injected error
+            raise OSError(errno.EIO, "Input/output error")
+        real_syncfs(fd)
+
+    def flush(self: Ledger) -> None:
+        if self.queued_bytes:
+            events.append("ledger write")
+        real_flush(self)
+
+    monkeypatch.setattr(fsops, "syncfs", syncfs)
+    monkeypatch.setattr(Ledger, "flush", flush)
+
+
+def _fail_mid_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, syncfs_fails: bool
+) -> tuple[Server, str, list[str]]:
+    """A pass whose third publish_file raises: (server, the failed upload, events seen)."""
+    server = make_server(tmp_path)
+    server.commit(FIRST)
+    run_once(server.config)
+    second = server.commit(SECOND)
+    events: list[str] = []
+    _fail_at(monkeypatch, 3, events)
+    _watch_writes(monkeypatch, events, syncfs_fails=syncfs_fails)
+    with pytest.raises(RuntimeError):
+        run_once(server.config)
+    monkeypatch.undo()
+    return server, second, events
+
+
+def test_records_queued_before_a_failure_are_written_after_the_tree_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, second, events = _fail_mid_publish(tmp_path, monkeypatch, syncfs_fails=False)
+    assert events[events.index("boom") + 1 :] == ["syncfs", "ledger write"]
+    assert [r["path"] for r in ledger_of(server.destination) if r["upload"] == second] == [
+        "s0/b.txt",
+        "s1/b.txt",
+    ]
+    run_once(server.config)  # the next run finishes the entry
+    assert tree_problems(server.destination) == []
+    assert len([r for r in ledger_of(server.destination) if r["upload"] == second]) == 4
+
+
+def test_when_the_tree_cannot_be_synced_the_queued_records_wait_for_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, second, events = _fail_mid_publish(tmp_path, monkeypatch, syncfs_fails=True)
+    assert "ledger write" not in events[events.index("boom") :]
+    assert [r for r in ledger_of(server.destination) if r["upload"] == second] == []
+    run_once(server.config)  # finds the two published files by inode, publishes the rest
+    assert tree_problems(server.destination) == []
+    records = [r for r in ledger_of(server.destination) if r["upload"] == second]
+    assert sorted(r["stored_as"] for r in records) == [f"s{i}/b.txt" for i in range(4)]

@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from dittohead.receiver.admin import cli
-from dittohead.receiver.config import Config, load_config
+from dittohead.receiver.config.model import Config, load_config
 from dittohead.receiver.processor.finalize import _SYNC_AHEAD_FILES
 from tests.integration.harness import REPO, Accounts, deployment, require, run
 from tests.support.server import STUDY, Server, config_doc, make_server, write_config

@@ -17,10 +17,16 @@ from typing import Any
 import yaml
 
 from dittohead.receiver.admin.init_cmd import init
-from dittohead.receiver.config import Config, check_config
+from dittohead.receiver.config.checked import UploadLimits, check_config
+from dittohead.receiver.config.model import Config, Limits
 from tests.support.invariants import dropbox_problems, sent_problems, tree_problems
 
 STUDY = "nccam3"
+
+
+def upload_limits(**changes: Any) -> UploadLimits:
+    """The receiver's limits of a configuration whose ``limits`` are the defaults but `changes`."""
+    return UploadLimits.from_limits(Limits(**changes))
 
 
 @dataclass

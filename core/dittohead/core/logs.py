@@ -48,7 +48,7 @@ def _logging(load: bool) -> ModuleType | None:
     if logging is None:
         if not load:
             return None
-        import logging  # noqa: PLC0415 (the point of this module)
+        import logging
     if _pending:
         _pending.pop()()
     return logging

@@ -4,12 +4,12 @@ Everything the receiver and the processor do to the disk goes through these few 
 that the rules are in one place: never follow a symlink, never overwrite, never resolve a path
 from the root when a held directory fd can be used instead. The Linux-only calls that Python
 does not wrap (``renameat2``, ``openat2``, ``syncfs``, ``sync_file_range``) are reached through
-ctypes, which is loaded at the first such call: the receiver's start-up is on the critical path
-of every upload, and it reads the stream before it needs any of them.
+ctypes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import functools
@@ -20,23 +20,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-TYPE_CHECKING = False  # as typing's, without importing typing for it
-if TYPE_CHECKING:
-    import ctypes
-
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
     """The C library the interpreter already has loaded: no ldconfig run (find_library would
     start one at every start of the receiver and the processor), nothing resolved from a path."""
-    import ctypes  # noqa: PLC0415 (start-up time, see the module's text)
-
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _errno() -> int:
-    import ctypes  # noqa: PLC0415 (loaded by _libc() already)
-
     return ctypes.get_errno()
 
 
@@ -88,7 +80,6 @@ def renameat2(src_dir: int, src: str, dst_dir: int, dst: str, *, noreplace: bool
 @functools.cache
 def _open_how() -> type[ctypes.Structure]:
     """``struct open_how`` of openat2(2)."""
-    import ctypes  # noqa: PLC0415 (see _libc)
 
     class OpenHow(ctypes.Structure):
         _fields_ = [
@@ -106,8 +97,6 @@ _kernel: dict[str, bool] = {}
 
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, *, resolve: int) -> int:
     """``openat2(2)``; raises OSError(ENOSYS) where the kernel lacks it."""
-    import ctypes  # noqa: PLC0415 (see _libc)
-
     how = _open_how()(flags, mode, resolve)
     fd = _libc().syscall(
         _SYS_OPENAT2,
@@ -298,8 +287,6 @@ SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 @functools.cache
 def _sync_file_range() -> ctypes._NamedFuncPointer | None:
-    import ctypes  # noqa: PLC0415 (see _libc)
-
     func = getattr(_libc(), "sync_file_range", None)
     if func is not None:
         func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

@@ -290,7 +290,7 @@ def test_no_known_hosts_file_yet_means_no_ssh_at_all(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ is Linux's")
 def test_the_pipe_into_ssh_holds_several_chunks(tmp_path: Path) -> None:
-    import fcntl  # noqa: PLC0415 (Linux only)
+    import fcntl
 
     script = fake_ssh(tmp_path, "cat > /dev/null\n")
     (tmp_path / "kh").write_text("")

@@ -322,7 +322,7 @@ def test_a_state_file_named_as_text_in_the_current_folder(
 def test_the_known_hosts_file_sits_in_the_state_folder(
     isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dittohead.client.state import user_known_hosts, user_known_hosts_file  # noqa: PLC0415
+    from dittohead.client.state import user_known_hosts, user_known_hosts_file
 
     for xdg in (str(isolated_home / "x"), None):
         if xdg is None:

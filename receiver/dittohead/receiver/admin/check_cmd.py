@@ -21,7 +21,7 @@ from dittohead.core.errors import ConfigError
 from dittohead.receiver.accounts import group_name, user_name
 from dittohead.receiver.admin.init_cmd import layout
 from dittohead.receiver.admin.sshd_cmd import uploader_groups
-from dittohead.receiver.config import Config
+from dittohead.receiver.config.model import Config
 
 PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from dittohead.core.errors import DittoheadError
 from dittohead.receiver.admin import check_cmd, demo_cmd, history_cmd, init_cmd, sshd_cmd
-from dittohead.receiver.config import DEFAULT_CONFIG, Config, check_config, load_config
+from dittohead.receiver.config import DEFAULT_CONFIG
+from dittohead.receiver.config.checked import check_config
+from dittohead.receiver.config.model import Config, load_config
 
 Handler = Callable[[Config, argparse.Namespace], int]
 

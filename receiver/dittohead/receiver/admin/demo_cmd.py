@@ -27,7 +27,8 @@ import yaml
 from dittohead.receiver.admin.history_cmd import latest
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.admin.localserver import LocalServer
-from dittohead.receiver.config import Config, check_config
+from dittohead.receiver.config.checked import check_config
+from dittohead.receiver.config.model import Config
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.ledger import read_ledger
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from dittohead.core.errors import DittoheadError
 from dittohead.receiver import fsops
-from dittohead.receiver.config import Config
+from dittohead.receiver.config.model import Config
 from dittohead.receiver.processor.ledger import LEDGER_DIR, check_chain, read_ledger
 
 

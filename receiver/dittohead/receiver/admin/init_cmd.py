@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dittohead.core.errors import ConfigError, DittoheadError
 from dittohead.receiver.accounts import group_name
-from dittohead.receiver.config import Config
+from dittohead.receiver.config.model import Config
 from dittohead.receiver.dropbox import STUDY_FOLDERS
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncssh
 
 from dittohead.core.errors import DittoheadError
-from dittohead.receiver.config import Config
+from dittohead.receiver.config.model import Config
 
 SSHD_OPTIONS = (
     "DisableForwarding yes",

@@ -25,7 +25,7 @@ from pathlib import Path
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
-from dittohead.receiver.config import Config, Study
+from dittohead.receiver.config.model import Config, Study
 from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
 from dittohead.receiver.processor import janitor
 from dittohead.receiver.processor.claim import (

@@ -30,7 +30,8 @@ from pathlib import Path
 from types import FrameType
 
 from dittohead.core.errors import DittoheadError
-from dittohead.receiver.config import DEFAULT_CONFIG, Config, load_config
+from dittohead.receiver.config import DEFAULT_CONFIG
+from dittohead.receiver.config.model import Config, load_config
 from dittohead.receiver.processor.finalize import Hooks, Stopped, Summary, check_kernel, run_once
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Notifier:
         if os.environ.get("NOTIFY_SOCKET"):
             try:
                 # Imported here: only the service needs it, and --once runs without it.
-                import sdnotify  # noqa: PLC0415
+                import sdnotify
 
                 self._notifier = sdnotify.SystemdNotifier()
             except ImportError:  # pragma: no cover - the receiver extra installs it

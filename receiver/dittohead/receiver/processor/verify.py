@@ -36,7 +36,7 @@ from dittohead.core.manifest import (
 )
 from dittohead.core.names import NameSet, check_path
 from dittohead.receiver import fsops
-from dittohead.receiver.config import Limits
+from dittohead.receiver.config.model import Limits
 from dittohead.receiver.processor.claim import EntryRejected
 
 _BUF = 1 << 20

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -70,17 +71,10 @@ def poke(path: Path) -> None:
         if not path.exists():
             log.debug("no processor socket at %s; its next rescan finds the upload", path)
             return
-        # The C module that `socket` wraps: loading `socket` itself (its enum classes) would
-        # cost ~2 ms of CPU at every upload, on the way to the receipt.
-        import _socket  # noqa: PLC0415
-
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(POKE_TIMEOUT)
             sock.connect(str(path))
             sock.sendall(POKE)
-        finally:
-            sock.close()
     except OSError as exc:
         log.debug("could not poke the processor at %s: %s", path, exc)
 
@@ -95,7 +89,7 @@ def commit(admission: Admission, staging: Staging, staged: Staged) -> Receipt:
     publish(staging)
     received_at = utc_now()
     log.debug("committed %s (%d files, %d bytes)", staged.entry, staged.files, staged.bytes)
-    poke(admission.config.socket)
+    poke(admission.settings.socket)
     return Receipt(
         upload=staged.entry,
         study=admission.request.study,

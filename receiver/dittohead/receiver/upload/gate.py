@@ -14,6 +14,7 @@ as UTF-8 explicitly: the collector may pick the locale through ``SendEnv LANG``)
 
 from __future__ import annotations
 
+import argparse
 import errno
 import fcntl
 import os
@@ -21,8 +22,9 @@ import resource
 import signal
 import stat
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import NoReturn
 
 from dittohead.core import logs
 from dittohead.core.errors import (
@@ -34,11 +36,11 @@ from dittohead.core.errors import (
     UsageError,
 )
 from dittohead.core.grammar import UploadRequest, parse_command
-from dittohead.core.values import Value
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import group_names, user_name
-from dittohead.receiver.config import DEFAULT_CONFIG, Config, Limits, Study, load_config
-from dittohead.receiver.dropbox import INBOX
+from dittohead.receiver.config import DEFAULT_CONFIG
+from dittohead.receiver.config.checked import UploadLimits, UploadSettings, load_settings
+from dittohead.receiver.dropbox import INBOX, study_dir
 from dittohead.receiver.upload.stage import manifest_cap, out_of_space
 
 log = logs.getLogger(__name__)
@@ -52,74 +54,39 @@ FSIZE_MARGIN = 1024 * 1024
 RUNTIME_BASE = Path("/run/user")
 
 
-class Options(Value):
-    """The command line (a `Value`)."""
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The command line."""
 
-    __slots__ = ("config", "verbose")
-    _FIELDS = ("config", "verbose")
-
-    config: Final[Path]
-    verbose: Final[bool]
-
-    def __init__(self, config: Path, verbose: bool) -> None:
-        self.config = config
-        self.verbose = verbose
+    config: Path
+    verbose: bool
 
 
-class Admission(Value):
-    """Everything the stage and the commit need about an admitted upload (a `Value`)."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Everything the stage and the commit need about an admitted upload."""
 
-    __slots__ = ("config", "inbox_fd", "request", "slot_fd", "user")
-    _FIELDS = ("config", "request", "user", "inbox_fd", "slot_fd")
+    settings: UploadSettings
+    request: UploadRequest
+    user: str
+    inbox_fd: int  # O_PATH fd of <dropbox>/<study>/inbox
+    slot_fd: int | None  # held lock of a concurrent-upload slot (None: no runtime folder)
 
-    config: Final[Config]
-    request: Final[UploadRequest]
-    user: Final[str]
-    inbox_fd: Final[int]  # O_PATH fd of <dropbox>/<study>/inbox
-    slot_fd: Final[int | None]  # held lock of a concurrent-upload slot (None: no runtime folder)
 
-    def __init__(
-        self,
-        config: Config,
-        request: UploadRequest,
-        user: str,
-        inbox_fd: int,
-        slot_fd: int | None,
-    ) -> None:
-        self.config = config
-        self.request = request
-        self.user = user
-        self.inbox_fd = inbox_fd
-        self.slot_fd = slot_fd
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print the usage and exit 2 itself; the collector gets one line.
+        raise UsageError(f"{message} (usage: dittohead-receive --config CFG [-v])")
 
 
 def parse_args(argv: Sequence[str]) -> Options:
-    args = list(argv)
-    # What sshd runs (`dittohead-admin sshd-config`: no options, or --config and a path) is read
-    # without argparse, whose import is ~2 ms of every upload's start; the answer is the same
-    # (a test holds the two to it). Anything else goes to argparse.
-    if not args:
-        return Options(config=DEFAULT_CONFIG, verbose=False)
-    if len(args) == 2 and args[0] == "--config" and args[1][:1] not in ("", "-"):
-        return Options(config=Path(args[1]), verbose=False)
-    return _parse_with_argparse(args)
-
-
-def _parse_with_argparse(args: list[str]) -> Options:
-    import argparse  # noqa: PLC0415 (see parse_args)
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            # argparse would print the usage and exit 2 itself; the collector gets one line.
-            raise UsageError(f"{message} (usage: dittohead-receive --config CFG [-v])")
-
-    parser = Parser(
+    parser = _Parser(
         prog="dittohead-receive",
         description="Receive one dittohead upload on standard input (run by sshd).",
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="server config")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
-    parsed = parser.parse_args(args)
+    parsed = parser.parse_args(list(argv))
     return Options(config=parsed.config, verbose=parsed.verbose)
 
 
@@ -135,14 +102,15 @@ def request_from_env(environ: Mapping[bytes, bytes]) -> UploadRequest:
     return parse_command(command)
 
 
-def find_study(config: Config, name: str) -> Study:
-    study = config.studies.get(name)
-    if study is None:
+def find_uploaders(settings: UploadSettings, name: str) -> tuple[str, ...]:
+    """The uploader groups of study `name`."""
+    uploaders = settings.uploaders.get(name)
+    if uploaders is None:
         raise UploadRejected(
             f"there is no study {name!r} on this server; check the study name with your "
             "study runner"
         )
-    return study
+    return uploaders
 
 
 def process_groups() -> set[str]:
@@ -150,11 +118,11 @@ def process_groups() -> set[str]:
     return group_names({*os.getgroups(), os.getgid()})
 
 
-def authorize(study_name: str, study: Study, user: str, groups: set[str]) -> None:
-    if groups.isdisjoint(study.uploaders):
+def authorize(study_name: str, uploaders: tuple[str, ...], user: str, groups: set[str]) -> None:
+    if groups.isdisjoint(uploaders):
         raise NotAuthorized(
             f"you ({user}) are not an uploader for study {study_name!r}; ask the server's "
-            f"admin to add you to one of its uploader groups ({', '.join(study.uploaders)})"
+            f"admin to add you to one of its uploader groups ({', '.join(uploaders)})"
         )
 
 
@@ -166,12 +134,12 @@ def _lower(which: int, value: int) -> None:
         resource.setrlimit(which, (value, hard))
 
 
-def set_resource_limits(limits: Limits) -> None:
+def set_resource_limits(limits: UploadLimits) -> None:
     """Cap file size and address space for this process (whole-process, irreversible)."""
     # A write beyond RLIMIT_FSIZE raises SIGXFSZ, which kills by default: get EFBIG instead,
     # so the catch site can clean up and explain.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    largest = max(limits.max_file_bytes, manifest_cap(limits))
+    largest = max(limits.max_file_bytes, manifest_cap(limits.max_files))
     _lower(resource.RLIMIT_FSIZE, largest + FSIZE_MARGIN)
     _lower(resource.RLIMIT_AS, ADDRESS_SPACE_BYTES)
 
@@ -214,10 +182,10 @@ def claim_slot(uid: int, limit: int, base: Path = RUNTIME_BASE) -> int | None:
     )
 
 
-def open_inbox(config: Config, study_name: str) -> int:
+def open_inbox(settings: UploadSettings, study_name: str) -> int:
     """An O_PATH fd of the study's inbox: enough to create, rename and remove entries in it
     (the collector has only write and search permission there, not read)."""
-    path = config.study_dir(study_name) / INBOX
+    path = study_dir(settings.dropbox, study_name) / INBOX
     try:
         return os.open(path, fsops.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -228,7 +196,7 @@ def open_inbox(config: Config, study_name: str) -> int:
         ) from None
 
 
-def check_space(inbox_fd: int, limits: Limits) -> None:
+def check_space(inbox_fd: int, limits: UploadLimits) -> None:
     if fsops.free_bytes(inbox_fd) < limits.min_free_bytes:
         raise out_of_space()
 
@@ -236,14 +204,14 @@ def check_space(inbox_fd: int, limits: Limits) -> None:
 def admit(options: Options, environ: Mapping[bytes, bytes]) -> Admission:
     """Run every check that needs no upload data; raise the first refusal."""
     request = request_from_env(environ)  # before the config: refuse sftp/scp/shell at once
-    config = load_config(options.config)
-    study = find_study(config, request.study)
+    settings = load_settings(options.config)
+    uploaders = find_uploaders(settings, request.study)
     uid = os.getuid()
     user = user_name(uid)
-    authorize(request.study, study, user, process_groups())
-    set_resource_limits(config.limits)
-    slot_fd = claim_slot(uid, config.limits.max_concurrent_uploads)
-    inbox_fd = open_inbox(config, request.study)
-    check_space(inbox_fd, config.limits)
+    authorize(request.study, uploaders, user, process_groups())
+    set_resource_limits(settings.limits)
+    slot_fd = claim_slot(uid, settings.limits.max_concurrent_uploads)
+    inbox_fd = open_inbox(settings, request.study)
+    check_space(inbox_fd, settings.limits)
     log.debug("admitted %s to study %s from %s", user, request.study, request.source)
-    return Admission(config, request, user, inbox_fd, slot_fd)
+    return Admission(settings, request, user, inbox_fd, slot_fd)

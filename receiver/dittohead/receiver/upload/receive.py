@@ -70,7 +70,7 @@ def _setup_logging(verbose: bool) -> None:
     when verbose."""
 
     def setup() -> None:
-        import logging  # noqa: PLC0415 (see above)
+        import logging
 
         root = logging.getLogger()
         for old in list(root.handlers):
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.verbose:
             _setup_logging(True)
         admission = gate.admit(options, os.environb)
-        staging = Staging(admission.inbox_fd, admission.request.source, admission.config.limits)
+        staging = Staging(admission.inbox_fd, admission.request.source, admission.settings.limits)
         staged = staging.receive(0)
         receipt = commit.commit(admission, staging, staged)
         _write_line(1, receipt.to_json())

@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import stat
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Final
+from dataclasses import dataclass
 
 from dittohead.core import logs
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
@@ -48,9 +49,8 @@ from dittohead.core.names import (
     check_path,
     fold,
 )
-from dittohead.core.values import Value
 from dittohead.receiver import fsops
-from dittohead.receiver.config import Limits
+from dittohead.receiver.config.checked import UploadLimits
 from dittohead.receiver.dropbox import entry_name, staging_name
 from dittohead.receiver.upload.tarread import BUFFER_BYTES, Member, Stream, TarReader
 
@@ -83,27 +83,19 @@ _RESERVED_KEY = fold(RESERVED_TOP)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def manifest_cap(limits: Limits) -> int:
+def manifest_cap(max_files: int) -> int:
     """The largest manifest accepted: room for `max_files` entries of maximal length."""
-    return min(4096 + limits.max_files * (MAX_PATH_BYTES + 160), 256 * 1024 * 1024)
+    return min(4096 + max_files * (MAX_PATH_BYTES + 160), 256 * 1024 * 1024)
 
 
-class Staged(Value):
-    """What a completed, verified staging entry holds (a `Value`)."""
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What a completed, verified staging entry holds."""
 
-    __slots__ = ("bytes", "entry", "files", "manifest_sha256")
-    _FIELDS = ("entry", "files", "bytes", "manifest_sha256")
-
-    entry: Final[str]
-    files: Final[int]
-    bytes: Final[int]
-    manifest_sha256: Final[str]
-
-    def __init__(self, entry: str, files: int, bytes: int, manifest_sha256: str) -> None:
-        self.entry = entry
-        self.files = files
-        self.bytes = bytes
-        self.manifest_sha256 = manifest_sha256
+    entry: str
+    files: int
+    bytes: int
+    manifest_sha256: str
 
 
 def out_of_space() -> OutOfSpace:
@@ -170,7 +162,7 @@ class _Dirs:
 class Staging:
     """One staging entry ``.<entry>`` in the inbox: created, filled, then committed or removed."""
 
-    def __init__(self, inbox_fd: int, source: str, limits: Limits) -> None:
+    def __init__(self, inbox_fd: int, source: str, limits: UploadLimits) -> None:
         self.inbox_fd = inbox_fd
         self.entry = entry_name(source)
         self.dot_entry = staging_name(self.entry)
@@ -240,9 +232,10 @@ class Staging:
                 self._folder(name)
                 continue
             if name == MANIFEST_PATH:
-                if member.size > manifest_cap(limits):
+                if member.size > manifest_cap(limits.max_files):
                     raise _limit(
-                        f"a manifest larger than {manifest_cap(limits)} bytes", "max_files"
+                        f"a manifest larger than {manifest_cap(limits.max_files)} bytes",
+                        "max_files",
                     )
                 # Every file came before it: what it must say is known, and it is compared as
                 # it arrives instead of being held (~140 bytes per file) and parsed.
@@ -437,8 +430,6 @@ class Staging:
         if self.committed or not self._created:
             return
         # fd-based and never follows a symlink: whatever the entry holds, only it goes.
-        import shutil  # noqa: PLC0415 (a refusal's path only: off every upload's start-up)
-
         with suppress(FileNotFoundError):
             shutil.rmtree(self.dot_entry, dir_fd=self.inbox_fd)
 

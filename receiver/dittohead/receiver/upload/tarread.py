@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import select
+import tarfile
 from collections.abc import Iterator
 from itertools import product
 from typing import NamedTuple
@@ -286,8 +287,6 @@ def header_size(block: bytes) -> int:
         return int(block[124:135], 8)
     # Anything else (base-256 numbers, odd spacing, a signed checksum, a sparse header) is
     # judged by tarfile itself.
-    import tarfile  # noqa: PLC0415 (odd headers only: see _FILE_TYPES)
-
     try:
         return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
     except (tarfile.TarError, ValueError, IndexError) as exc:

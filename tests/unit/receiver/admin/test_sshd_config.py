@@ -16,7 +16,7 @@ from dittohead.receiver.admin.sshd_cmd import (
     receiver_command,
     sshd_config,
 )
-from dittohead.receiver.config import parse_config
+from dittohead.receiver.config.model import parse_config
 
 CONFIG = parse_config(
     {

@@ -10,7 +10,7 @@ import pytest
 
 from dittohead.core.errors import ConfigError
 from dittohead.receiver import fsops
-from dittohead.receiver.config import parse_config
+from dittohead.receiver.config.model import parse_config
 from dittohead.receiver.dropbox import STALE
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.janitor import sweep

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dittohead.core.errors import ServerError
 from dittohead.receiver.admin.init_cmd import init
-from dittohead.receiver.config import load_config
+from dittohead.receiver.config.model import load_config
 from dittohead.receiver.processor import finalize as processor
 from dittohead.receiver.processor.claim import Candidate, fair_order
 from dittohead.receiver.processor.finalize import run_once
@@ -65,11 +65,10 @@ def chown_tree(path: Path, uid: int) -> None:
         os.chown(p, uid, -1, follow_symlinks=False)
 
 
+@pytest.mark.root
 def test_a_flood_does_not_starve_another_uploader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give entries to different uids")
     server: Server = make_server(tmp_path)
     # Two uploaders by uid alone (real accounts are the integration tier's business).
     monkeypatch.setattr(processor, "may_upload", lambda uid, groups: uid in (7001, 7002))

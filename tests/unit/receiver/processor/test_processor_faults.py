@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[4]
 PROCESS = (
     "import sys\n"
     "from dittohead.receiver.processor import finalize as processor\n"
-    "from dittohead.receiver.config import load_config\n"
+    "from dittohead.receiver.config.model import load_config\n"
     "if len(sys.argv) > 2:\n"
     "    processor._LEDGER_BATCH = int(sys.argv[2])\n"
     "processor.run_once(load_config(sys.argv[1]))\n"

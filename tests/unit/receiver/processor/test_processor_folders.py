@@ -160,13 +160,12 @@ def other_group() -> int:
     pytest.skip("no second group on this system")
 
 
+@pytest.mark.root
 def test_moved_folders_have_the_modes_and_group_publishing_file_by_file_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same upload twice: once with folders moved whole, once file by file (the moves
     turned off); every folder and file has the same mode (setgid included), owner and group."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the destination another group")
     gid = other_group()
     files = lab_files(per=1)
     trees = {}

@@ -15,9 +15,8 @@ from tests.support.invariants import tree_files
 from tests.support.server import STUDY, make_server
 
 
+@pytest.mark.root
 def test_a_mount_inside_an_entry_is_quarantined(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount")
     server = make_server(tmp_path)
     name = server.entry_name()
     staging = server.inbox / f".{name}"

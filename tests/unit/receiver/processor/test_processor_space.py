@@ -34,8 +34,6 @@ from tests.unit.receiver.conftest import is_staging
 @pytest.fixture
 def small_destination(server: Server) -> Iterator[Path]:
     """The study's destination on its own 1 MiB tmpfs: a really full disk, really ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
     dest = server.destination
     st = dest.stat()
     mounted = subprocess.run(
@@ -52,6 +50,7 @@ def small_destination(server: Server) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(dest)], check=False)
 
 
+@pytest.mark.root
 def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
     server: Server, small_destination: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -105,6 +104,7 @@ def disk_full_at(
     return tried
 
 
+@pytest.mark.root
 def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -133,6 +133,7 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     assert server.problems(sent) == []
 
 
+@pytest.mark.root
 def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -156,6 +157,7 @@ def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     assert server.problems({p: {d} for p, d in files.items()}) == []
 
 
+@pytest.mark.root
 def test_a_full_disk_after_folders_moved_whole_still_records_them(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +176,7 @@ def test_a_full_disk_after_folders_moved_whole_still_records_them(
     assert server.problems({p: {d} for p, d in files.items()}) == []
 
 
+@pytest.mark.root
 def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

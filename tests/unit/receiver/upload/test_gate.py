@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,11 @@ from dittohead.core.errors import (
     UsageError,
 )
 from dittohead.receiver import accounts
-from dittohead.receiver.config import DEFAULT_CONFIG, Limits, parse_config
+from dittohead.receiver.config import DEFAULT_CONFIG
+from dittohead.receiver.config.checked import UploadSettings
+from dittohead.receiver.config.model import parse_config
 from dittohead.receiver.upload import gate
+from tests.support.server import upload_limits
 
 CONFIG = parse_config(
     {
@@ -32,6 +34,7 @@ CONFIG = parse_config(
     },
     "test.yaml",
 )
+SETTINGS = UploadSettings.from_config(CONFIG)
 
 
 def test_arguments() -> None:
@@ -39,36 +42,6 @@ def test_arguments() -> None:
     assert gate.parse_args(["--config", "/x.yaml", "-v"]) == gate.Options(Path("/x.yaml"), True)
     with pytest.raises(UsageError, match=r"unrecognized arguments: --bogus.*usage: dittohead-"):
         gate.parse_args(["--bogus"])
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["--config", "/etc/dittohead/dittohead.yaml"],
-        ["--config", "relative.yaml"],
-        ["--config", "/x y/with space.yaml"],
-        ["--config", "/x.yaml", "-v"],
-        ["-v", "--config", "/x.yaml"],
-        ["--config=/x.yaml"],
-        ["--config", ""],
-        ["--config", "-v"],
-        ["--config", "--"],
-        ["--config"],
-        ["/x.yaml"],
-        ["--conf", "/x.yaml"],
-    ],
-)
-def test_the_fast_reading_of_sshds_arguments_is_argparses(argv: list[str]) -> None:
-    # parse_args reads the forms sshd runs without argparse; every answer (or refusal) must be
-    # what argparse gives.
-    def outcome(parse: Callable[[list[str]], gate.Options]) -> object:
-        try:
-            return parse(argv)
-        except UsageError as exc:
-            return ("refused", str(exc))
-
-    assert outcome(gate.parse_args) == outcome(gate._parse_with_argparse)
 
 
 def test_the_command_comes_from_ssh_original_command_as_utf8() -> None:
@@ -82,16 +55,16 @@ def test_the_command_comes_from_ssh_original_command_as_utf8() -> None:
 
 
 def test_unknown_study_is_named() -> None:
-    assert gate.find_study(CONFIG, "nccam3").uploaders == ("collectors", "lab")
+    assert gate.find_uploaders(SETTINGS, "nccam3") == ("collectors", "lab")
     with pytest.raises(UploadRejected, match="no study 'other' on this server; check the study"):
-        gate.find_study(CONFIG, "other")
+        gate.find_uploaders(SETTINGS, "other")
 
 
 def test_authorization_needs_one_uploader_group() -> None:
-    study = CONFIG.studies["nccam3"]
-    gate.authorize("nccam3", study, "alice", {"users", "lab"})
+    uploaders = SETTINGS.uploaders["nccam3"]
+    gate.authorize("nccam3", uploaders, "alice", {"users", "lab"})
     with pytest.raises(NotAuthorized) as info:
-        gate.authorize("nccam3", study, "alice", {"users", "nccam3"})
+        gate.authorize("nccam3", uploaders, "alice", {"users", "nccam3"})
     assert info.value.message == (
         "you (alice) are not an uploader for study 'nccam3'; ask the server's admin to add you "
         "to one of its uploader groups (collectors, lab)"
@@ -137,15 +110,15 @@ def test_upload_slots_need_a_private_runtime_folder(tmp_path: Path) -> None:
 
 def test_missing_inbox_is_a_server_problem() -> None:
     with pytest.raises(ServerError, match=r"inbox /nonexistent/dropbox/nccam3/inbox cannot be"):
-        gate.open_inbox(CONFIG, "nccam3")
+        gate.open_inbox(SETTINGS, "nccam3")
 
 
 def test_free_space_reserve(tmp_path: Path) -> None:
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        gate.check_space(fd, Limits(min_free_bytes=0))
+        gate.check_space(fd, upload_limits(min_free_bytes=0))
         with pytest.raises(OutOfSpace, match="out of space; nothing was stored"):
-            gate.check_space(fd, Limits(min_free_bytes=1 << 62))
+            gate.check_space(fd, upload_limits(min_free_bytes=1 << 62))
     finally:
         os.close(fd)
 

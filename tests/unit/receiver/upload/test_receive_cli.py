@@ -292,8 +292,6 @@ def test_isolated_interpreter_ignores_the_users_environment(
 
 # --- root only: real users, foreign inbox owner, a full file system ---------------------------
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (users, chown, mount)")
-
 
 def _sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
@@ -327,7 +325,7 @@ def collector() -> Iterator[tuple[str, str, str]]:
         subprocess.run(["groupdel", inbox_group], check=False, capture_output=True)
 
 
-@root_only
+@pytest.mark.root
 @pytest.mark.root
 def test_unprivileged_collector_uploads_into_a_foreign_3773_inbox(
     collector: tuple[str, str, str],
@@ -369,7 +367,7 @@ def test_unprivileged_collector_uploads_into_a_foreign_3773_inbox(
         shutil.rmtree(root)
 
 
-@root_only
+@pytest.mark.root
 @pytest.mark.root
 def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
     mnt = tmp_path / "small"

@@ -25,14 +25,15 @@ from dittohead.core.errors import (
     UploadRejected,
 )
 from dittohead.receiver import fsops
-from dittohead.receiver.config import Limits
+from dittohead.receiver.config.checked import UploadLimits
 from dittohead.receiver.dropbox import entry_name
 from dittohead.receiver.upload import stage as stage_mod
 from dittohead.receiver.upload.stage import Staged, Staging
 from dittohead.receiver.upload.tarread import BUFFER_BYTES
 from tests.hostile import streams as ts
+from tests.support.server import upload_limits
 
-LIMITS = Limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
+LIMITS = upload_limits(max_files=1000, max_file_bytes=16 << 20, max_upload_bytes=64 << 20)
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def receive(
     inbox_fd: int,
     data: bytes,
     *,
-    limits: Limits = LIMITS,
+    limits: UploadLimits = LIMITS,
     via: str = "pipe",
     chunk: int | None = None,
     bufsize: int = BUFFER_BYTES,
@@ -237,7 +238,7 @@ def test_refusals_remove_the_staging_entry(
     inbox: tuple[Path, int], body: bytes, error: type[DittoheadError], fragment: str
 ) -> None:
     path, fd = inbox
-    limits = Limits(max_files=3, max_file_bytes=64, max_upload_bytes=150)
+    limits = upload_limits(max_files=3, max_file_bytes=64, max_upload_bytes=150)
     with pytest.raises(error, match=fragment):
         receive(fd, ts.with_manifest(body, [("x.txt", b"x")]), limits=limits)
     assert os.listdir(path) == []
@@ -248,7 +249,7 @@ def test_size_cap_is_checked_before_any_data_is_read(inbox: tuple[Path, int]) ->
     path, fd = inbox
     read_fd, write_fd = os.pipe()
     os.write(write_fd, ts.header("big.bin", size=1 << 30))
-    st = Staging(fd, ts.SOURCE, Limits(max_file_bytes=1 << 20, stall_timeout=5))
+    st = Staging(fd, ts.SOURCE, upload_limits(max_file_bytes=1 << 20, stall_timeout=5))
     started = time.monotonic()
     try:
         with pytest.raises(LimitExceeded, match="max_file_bytes"):
@@ -265,7 +266,7 @@ def test_a_stalled_client_is_cut_off(inbox: tuple[Path, int]) -> None:
     path, fd = inbox
     read_fd, write_fd = os.pipe()
     os.write(write_fd, ts.member("a.txt", b"x" * 1000)[:700])
-    st = Staging(fd, ts.SOURCE, Limits(stall_timeout=0.3))
+    st = Staging(fd, ts.SOURCE, upload_limits(stall_timeout=0.3))
     try:
         with pytest.raises(TransferError, match=r"no data arrived for 0\.3 seconds"):
             st.receive(read_fd)
@@ -282,7 +283,7 @@ def test_free_space_is_watched_while_writing(
 ) -> None:
     path, fd = inbox
     monkeypatch.setattr(stage_mod, "SPACE_CHECK_BYTES", 1000)
-    limits = Limits(min_free_bytes=1 << 62)  # no file system has that much left
+    limits = upload_limits(min_free_bytes=1 << 62)  # no file system has that much left
     with pytest.raises(OutOfSpace, match="out of space"):
         receive(fd, ts.upload([("a", b"a" * 600), ("b", b"b" * 600)]), limits=limits)
     assert os.listdir(path) == []

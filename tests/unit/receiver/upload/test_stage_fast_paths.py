@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from dittohead.core.errors import NameRejected
 from dittohead.core.manifest import MANIFEST_DIR, MANIFEST_PATH
 from dittohead.core.names import MAX_DEPTH, RESERVED_TOP, check_path, fold
-from dittohead.receiver.config import Limits
 from dittohead.receiver.upload.stage import DIR_FD_CACHE, Staging, _Dirs
 from dittohead.receiver.upload.tarread import Member, Stream, TarReader, _text
 from tests.hostile import streams as ts
+from tests.support.server import upload_limits
 from tests.unit.core.test_names_fast_path import path
 from tests.unit.receiver.upload.test_stage import LIMITS, inbox, receive  # noqa: F401 (a fixture)
 
@@ -60,7 +60,7 @@ def _outcome(check: object, member: Member) -> tuple[str, str]:
 @example("\u212a.txt", False, "")
 @example("x" * 1025, False, "")
 def test_check_name_decides_like_the_rules(name: str, is_dir: bool, tail: str) -> None:
-    staging = Staging(-1, ts.SOURCE, Limits())
+    staging = Staging(-1, ts.SOURCE, upload_limits())
     member = Member(name + tail, is_dir, 0)
     assert _outcome(staging._check_name, member) == _outcome(check_name_by_rules, member)
 
@@ -82,7 +82,7 @@ related_name = st.tuples(st.sampled_from(_PARENTS), st.sampled_from(_PARTS)).map
 def test_check_name_decides_like_the_rules_after_any_names(ops: list[tuple[str, bool]]) -> None:
     # `_check_name` remembers the parents of plain names: whatever came before, each name is
     # decided as the rules decide it.
-    staging = Staging(-1, ts.SOURCE, Limits())
+    staging = Staging(-1, ts.SOURCE, upload_limits())
     for name, is_dir in ops:
         member = Member(name, is_dir, 0)
         assert _outcome(staging._check_name, member) == _outcome(check_name_by_rules, member)

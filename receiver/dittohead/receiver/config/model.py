@@ -1,0 +1,213 @@
+"""The server's one YAML configuration file, as frozen pydantic models.
+
+Unknown keys are errors, and every error names the file and the field, so that an admin who
+mistypes ``uploaders`` hears about it at once instead of wondering why nobody may upload.
+The keys and their meaning are documented for admins in docs/admins/README.md.
+
+pydantic is imported with this module, so the upload program (which starts on every upload)
+imports it only when it has to check the YAML itself: it normally reads the small copy of what
+it needs that ``dittohead-admin check`` writes (`dittohead.receiver.config.checked`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dittohead.core.errors import ConfigError
+from dittohead.core.grammar import SOURCE_RE, STUDY_RE
+from dittohead.receiver import dropbox
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept ``1073741824``, ``"1 GiB"`` or ``"500MB"`` for byte counts."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match[2].lower() not in _UNITS:
+            raise ValueError(f"{value!r} is not a size such as 500MB or 2GiB")
+        return int(float(match[1]) * _UNITS[match[2].lower()])
+    return value
+
+
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+#: a byte count, given as a number or as text such as "500MB" or "2 GiB"
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class _Model(BaseModel):
+    """Frozen, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_Model):
+    """Caps on what one upload may bring (the receiver enforces; the processor re-checks)."""
+
+    max_upload_bytes: Size = 1024**4
+    max_files: Annotated[int, Field(ge=1)] = 1_000_000
+    max_file_bytes: Size = 256 * 1024**3
+    max_concurrent_uploads: Annotated[int, Field(ge=1)] = 4
+    #: seconds without a byte from the client before the receiver gives up
+    stall_timeout: Annotated[float, Field(gt=0)] = 300.0
+    #: keep this much free on the inbox's file system; refuse uploads that would eat it
+    min_free_bytes: Size = 1024**3
+    #: seconds a staging entry may sit without any change before the janitor moves it aside
+    stale_after: Annotated[float, Field(gt=0)] = 86400.0
+
+    @model_validator(mode="after")
+    def _stale_after_outlasts_a_stall(self) -> Self:
+        # A live upload is cut off by the receiver after stall_timeout of silence; only then
+        # may the janitor call its staging entry abandoned.
+        if self.stale_after <= 2 * self.stall_timeout:
+            raise ValueError("stale_after must be more than twice stall_timeout")
+        return self
+
+
+class Study(_Model):
+    destination: AbsolutePath
+    #: Unix groups whose members may send to this study
+    uploaders: Annotated[tuple[str, ...], Field(min_length=1)]
+    #: people told by mail about this study's uploads (used by the notifier)
+    notify: tuple[str, ...] = ()
+
+
+class ProcessorSettings(_Model):
+    #: seconds the socket-activated processor waits for more work before it exits
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Config(_Model):
+    dropbox: AbsolutePath
+    socket: AbsolutePath = Path("/run/dittohead/processor.sock")
+    state_dir: AbsolutePath = Path("/var/lib/dittohead")
+    #: the account the processor runs as, owner of everything it stores
+    user: str = "dittohead"
+    #: station ids → display names
+    sources: dict[str, str] = {}
+    studies: dict[str, Study] = {}
+    limits: Limits = Limits()
+    processor: ProcessorSettings = ProcessorSettings()
+
+    @field_validator("sources")
+    @classmethod
+    def _source_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not SOURCE_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid station id")
+        return value
+
+    @field_validator("studies")
+    @classmethod
+    def _study_names(cls, value: dict[str, Study]) -> dict[str, Study]:
+        for name in value:
+            if not STUDY_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a valid study name (lower-case letters, digits, '-', '_')"
+                )
+        return value
+
+    def study(self, name: str) -> Study:
+        try:
+            return self.studies[name]
+        except KeyError:
+            raise ConfigError(f"there is no study {name!r} in the configuration") from None
+
+    def source_name(self, source: str) -> str:
+        return self.sources.get(source, source)
+
+    def study_dir(self, study: str) -> Path:
+        return dropbox.study_dir(self.dropbox, study)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+#: pydantic's error types, in the words an admin reads
+_WORDS = {
+    "extra_forbidden": "unknown key",
+    "missing": "required, but not given",
+}
+
+
+def parse_config(data: Any, origin: str) -> Config:
+    """Check `data` (the YAML file's content) in full; raise `ConfigError` naming every problem."""
+    if data is None:
+        raise ConfigError(f"{origin}: the file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{origin}: {_field(err['loc'])}: {_WORDS.get(err['type'], err['msg'])}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def read_config_file(path: Path) -> bytes:
+    """The YAML file's bytes; `ConfigError` when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from None
+
+
+def parse_config_file(path: Path, data: bytes) -> Config:
+    """Check the YAML file `path` whose bytes are `data`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the file is not UTF-8 text") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+    return parse_config(doc, str(path))
+
+
+def load_config(path: Path | str) -> Config:
+    """The configuration in the YAML file at `path`, checked in full; raise `ConfigError` naming
+    file and field."""
+    path = Path(path)
+    return parse_config_file(path, read_config_file(path))

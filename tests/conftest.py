@@ -1,0 +1,25 @@
+"""Test tiers by marker (see pyproject.toml): a test that needs root says so with
+``@pytest.mark.root`` (or ``sshd``) instead of skipping itself.
+
+Without root such tests are skipped with that reason; in CI (``CI`` set), which runs as root,
+they fail instead, so that a tier can never be skipped there and reported as passing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+_NEEDS_ROOT = ("root", "sshd")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if os.geteuid() == 0:
+        return
+    for name in _NEEDS_ROOT:
+        if item.get_closest_marker(name) is not None:
+            why = f"needs root (marked {name})"
+            if os.environ.get("CI"):
+                pytest.fail(f"{why}, and CI must run every tier: run it as root")
+            pytest.skip(why)

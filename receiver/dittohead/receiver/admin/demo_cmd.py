@@ -20,15 +20,15 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-
-import asyncssh
-import yaml
+from typing import TYPE_CHECKING
 
 from dittohead.receiver.admin.history_cmd import latest
 from dittohead.receiver.admin.init_cmd import init
-from dittohead.receiver.admin.localserver import LocalServer
 from dittohead.receiver.config.checked import check_config
 from dittohead.receiver.config.model import Config
+
+if TYPE_CHECKING:
+    from dittohead.receiver.admin.localserver import LocalServer
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.ledger import read_ledger
 
@@ -89,6 +89,8 @@ def _write_config(base: Path) -> Config:
         },
     }
     path = base / "dittohead.yaml"
+    import yaml
+
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return check_config(path)  # as `dittohead-admin init` would: writes the checked copy
 
@@ -155,6 +157,10 @@ def _report(config: Config) -> None:
 
 
 def demo(base: Path) -> None:
+    import asyncssh
+
+    from dittohead.receiver.admin.localserver import LocalServer
+
     print(f"dittohead demo: a throwaway server and collector PC under {base}")
     config = _write_config(base)
     print("\n$ dittohead-admin init")

@@ -14,8 +14,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import asyncssh
-
 from dittohead.core.errors import DittoheadError
 from dittohead.receiver.config.model import Config
 
@@ -82,6 +80,8 @@ def authorized_key(config_path: Path, pubkey_file: Path) -> str:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if len(lines) != 1:
         raise KeyFileError(f"{pubkey_file} must hold exactly one public key")
+    import asyncssh
+
     try:
         key = asyncssh.import_public_key(lines[0])
     except (asyncssh.KeyImportError, ValueError):

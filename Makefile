@@ -11,10 +11,22 @@ STAMP       := $(VENV)/.installed
 PYTHON      ?= $(shell for c in /usr/bin/python3 python3.13 python3.12 python3.11 python3; do \
                  command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
                  && { echo $$c; break; }; done)
+# The versions dittohead is tested with, hash-pinned (docs/development.md, "Dependencies"): pip
+# and the build backend; the runtime dependencies (what the server's venv holds); those plus the
+# development tools. A change to any of them rebuilds .venv.
+PINS        := requirements/build.txt requirements/server.txt requirements/dev.txt
+# `make pins` re-resolves them with pip-tools in a throwaway venv, keeping every pin that still
+# fits pyproject.toml; PINS_FLAGS=--upgrade-package NAME (or --upgrade) moves them on.
+PIP_TOOLS   := pip-tools==7.7.0
+PINS_VENV   := .pins-venv
+PINS_FLAGS  ?=
+COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile --quiet \
+                 --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+                 --no-emit-find-links --no-emit-trusted-host $(PINS_FLAGS)
 DEMO_DEBS   := python3-venv
 TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace
 
-.PHONY: demo test lint typecheck unit bench system-deps-demo system-deps-test clean
+.PHONY: demo test lint typecheck unit bench pins system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/dittohead-admin demo
@@ -32,12 +44,28 @@ typecheck: $(STAMP)
 bench: system-deps-test $(STAMP)
 	$(PY) tests/bench/run.py
 
-$(STAMP): pyproject.toml
+# Every dependency comes from the pins, checked against their hashes; dittohead itself is then
+# installed (editable) without dependencies and built by the pinned backend, and pip check
+# proves the pins complete.
+$(STAMP): pyproject.toml $(PINS)
 	@test -n "$(PYTHON)" || { echo "dittohead needs Python 3.11 or newer (python3-venv on Debian)"; exit 1; }
 	$(PYTHON) -m venv --clear $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/build.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements/server.txt -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
+
+pins:
+	@test -n "$(PYTHON)" || { echo "dittohead needs Python 3.11 or newer (python3-venv on Debian)"; exit 1; }
+	rm -rf $(PINS_VENV)
+	$(PYTHON) -m venv $(PINS_VENV)
+	$(PINS_VENV)/bin/pip install --quiet --require-hashes -r requirements/build.txt
+	$(PINS_VENV)/bin/pip install --quiet $(PIP_TOOLS)
+	$(COMPILE) -o requirements/build.txt requirements/build.in
+	$(COMPILE) --extra receiver -o requirements/server.txt pyproject.toml
+	$(COMPILE) --extra dev -c requirements/server.txt -o requirements/dev.txt pyproject.toml
+	rm -rf $(PINS_VENV)
 
 system-deps-demo:
 	@sh packaging/apt-install.sh $(DEMO_DEBS)
@@ -46,4 +74,4 @@ system-deps-test:
 	@sh packaging/apt-install.sh $(TEST_DEBS)
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PINS_VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -6,40 +6,32 @@ stdout holds exactly one JSON object. Errors are caught in one place: a `Dittohe
 prints its one line and exits with its code, anything else is an internal error (exit 70,
 traceback only with ``-v``).
 
-Keep the imports light and portable: this module must load on Windows and must not pull in
-anything from the server side; `deliver` and `pack` are imported only once there is something
-to send, and asyncssh (with `send`, `login`, `hostkeys`, which need it) only when OpenSSH's
-``ssh`` cannot carry the upload: a send with nothing new is mostly start-up time (see
-tests/unit/client/test_import_boundary.py).
+This module must load on Windows and must not pull in anything from the server side. The
+stream and the receipt (`deliver`, with `pack` and tarfile) are loaded once ``ssh`` has been
+started, while it connects, and asyncssh only when OpenSSH's ``ssh`` cannot carry the upload
+(see tests/unit/client/test_import_boundary.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from dittohead.client.job import (
-    DEFAULT_PORT,
-    EarlyStart,
-    Job,
-    Prompts,
-    Server,
-    login_name,
-    prepare,
-)
+from dittohead.client.job import Job, prepare
+from dittohead.client.openssh import EarlyStart
+from dittohead.client.transport import DEFAULT_PORT, Prompts, Server, login_name
 from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
+from dittohead.core.process import run_and_exit
 
-# Start-up time is the send's time (OpenSSH's ssh starts only after this module is loaded):
-# json is loaded when a result is printed, typing never.
-TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, TextIO
-
     from dittohead.core.receipt import Receipt
 
 log = logs.getLogger(__name__)
@@ -48,41 +40,7 @@ EX_SOFTWARE = 70
 EX_INTERRUPTED = 130
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's help, with the terminal's width looked up only when help is written.
-
-    argparse makes a formatter for every `add_argument` (to check its metavar), and the stock
-    one imports shutil for the width each time: ~2 ms (with bz2 and lzma) before ``ssh`` can
-    start, and every millisecond then is one of the send."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        self._asked = (max_help_position, width)
-        super().__init__(prog, indent_increment, max_help_position, 80 if width is None else width)
-
-    def format_help(self) -> str:
-        max_help_position, width = self._asked
-        if width is None:  # as argparse.HelpFormatter.__init__ sets them
-            import shutil  # noqa: PLC0415 (see above)
-
-            width = shutil.get_terminal_size().columns - 2
-            self._width = width
-            self._max_help_position = min(
-                max_help_position, max(width - 20, self._indent_increment * 2)
-            )
-        return super().format_help()
-
-
 class _ArgumentParser(argparse.ArgumentParser):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)  # the subcommands' parsers too
-        super().__init__(*args, **kwargs)
-
     # argparse prints and exits by itself; route its complaints through the one catch site.
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see 'dittohead send --help')")
@@ -93,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dittohead",
         description="Send study data to the lab's dittohead server.",
     )
-    # prog given: argparse would format (and measure the terminal for) "usage: dittohead".
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_ArgumentParser, prog=parser.prog
+        dest="command", metavar="COMMAND", parser_class=_ArgumentParser
     )
     send = commands.add_parser(
         "send",
@@ -134,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _path(text: str) -> str:
-    # Windows shells do not expand "~"; presets and help texts often use it. (Text, not a
-    # Path: pathlib is not loaded before ssh starts; see dittohead.client.state.)
+    # Windows shells do not expand "~"; presets and help texts often use it.
     return os.path.expanduser(text)
 
 
@@ -180,8 +136,6 @@ def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
 
 
 def _ask_secret(prompt: str) -> str | None:
-    import getpass  # noqa: PLC0415 (start-up time: only asked once connecting)
-
     try:
         return getpass.getpass(prompt, stream=sys.stderr)
     except EOFError:
@@ -225,9 +179,10 @@ class _ProgressLine:
 def run(
     job: Job, *, prompts: Prompts, progress: _ProgressLine | None, early: EarlyStart | None = None
 ) -> Receipt:
-    """Connect and send (`deliver.run`): loaded here, not when the CLI starts; asyncssh only
-    when OpenSSH cannot carry the upload."""
-    from dittohead.client.deliver import run as deliver  # noqa: PLC0415 (deliberately lazy)
+    """Connect and send (`deliver.run`)."""
+    # Imported only now, once ssh has been started (`EarlyStart`): the stream and the receipt
+    # (`pack`, tarfile, `reply`) are loaded while ssh connects, not before it starts.
+    from dittohead.client.deliver import run as deliver  # noqa: PLC0415
 
     return deliver(job, prompts=prompts, progress=progress, early=early)
 
@@ -247,8 +202,6 @@ def _server(args: argparse.Namespace) -> Server:
 
 def _emit(args: argparse.Namespace, doc: dict[str, object], human: str) -> None:
     if args.json:
-        import json  # noqa: PLC0415 (start-up time)
-
         print(json.dumps(doc, ensure_ascii=False))
     else:
         print(human)
@@ -257,8 +210,6 @@ def _emit(args: argparse.Namespace, doc: dict[str, object], human: str) -> None:
 def _dry_run(args: argparse.Namespace, job: Job) -> int:
     files = job.selected.files
     if args.json:
-        import json  # noqa: PLC0415 (start-up time)
-
         doc = {"dry_run": True, "files": [f.path for f in files], "bytes": job.selected.total_bytes}
         print(json.dumps(doc, ensure_ascii=False))
         return 0
@@ -336,8 +287,6 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
     finally:
         if progress is not None:
             progress.finish()
-    import json  # noqa: PLC0415 (start-up time)
-
     doc: dict[str, object] = json.loads(receipt.to_json())
     _emit(args, doc, _receipt_text(receipt))
     return 0
@@ -401,8 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> NoReturn:
     """The ``dittohead`` command: `main`, then the process ends at once (see
     `dittohead.core.process`: by then the result is printed and the state file synced)."""
-    from dittohead.core.process import run_and_exit  # noqa: PLC0415 (only the command needs it)
-
     run_and_exit(main)
 
 

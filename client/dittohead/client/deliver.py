@@ -1,31 +1,35 @@
 """Deliver: carry a prepared job to the server and record what the server confirmed.
 
-Two SSH clients can carry the upload; the stream, the receipt and the checks are the same:
+The one place that chooses a transport. Two can carry the upload (each a `transport.Transport`;
+the stream, the receipt and its checks are the same whichever it was):
 
 * OpenSSH's ``ssh`` (`openssh`), when it is installed and can finish without asking anything
   (a host key already trusted, a key that logs in): a quarter of asyncssh's CPU per byte, and
   asyncssh is then never even imported;
-* asyncssh (`send`) for everything else, and whenever ``ssh`` gave up before the receiver ran:
-  it asks the collector (trust this server? password?), or refuses in dittohead's words.
+* asyncssh (`asyncssh_transport`) for everything else, and whenever ``ssh`` gave up before the
+  receiver ran (`transport.Unusable`): it asks the collector (trust this server? password?), or
+  refuses in dittohead's words.
 
-A refusal by the server itself (``dittohead: …`` and its exit status) is final whichever client
-carried it: it is never retried the other way.
+A refusal by the server itself (``dittohead: …`` and its exit status) is final whichever
+transport carried it: it is never retried the other way. Either way the answer is judged once,
+by `reply.receipt`.
 
-`job.EarlyStart` starts ``ssh`` (`openssh.start`) the moment the folder scan meets the first file
-the server has not confirmed, so that connecting, logging in and the receiver's start-up
-(~0.2 s on a LAN) overlap with the rest of the scan. A send with nothing new still connects to
-nothing.
+`openssh.EarlyStart` starts ``ssh`` the moment the folder scan meets the first file the server
+has not confirmed, so that connecting, logging in and the receiver's start-up overlap with the
+rest of the scan; `run` takes that ``ssh`` over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from dittohead.client import openssh
-from dittohead.client.job import EarlyStart, Job, Prompts
+from dittohead.client import openssh, reply
+from dittohead.client.job import Job
+from dittohead.client.openssh import EarlyStart
 from dittohead.client.pack import Pack
-from dittohead.client.reply import Progress
+from dittohead.client.reply import Sent
 from dittohead.client.state import Staged
+from dittohead.client.transport import Progress, Prompts, Transport, Unusable
 from dittohead.core import logs
 from dittohead.core.errors import LocalFileError
 from dittohead.core.receipt import Receipt
@@ -101,15 +105,32 @@ def _carry(
     session = early.take() if early is not None else openssh.start(job.server, job.request)
     if session is not None:
         try:
-            return session.upload(Pack(job.selected), progress=progress, streamed=streamed)
-        except openssh.Unusable as exc:
+            confirmed = _through(session, job, progress, streamed)
+        except Unusable as exc:
             log.info("OpenSSH did not send (%s); sending with dittohead's own SSH client", exc)
-    # asyncio and asyncssh only when needed: OpenSSH carries most uploads.
-    import asyncio  # noqa: PLC0415
+        else:
+            log.info("sent through OpenSSH (%s)", session.program)
+            return confirmed
+    # Imported only now: asyncssh takes longer to load than the rest of a send's start-up, and
+    # OpenSSH carries most uploads.
+    from dittohead.client.asyncssh_transport import AsyncsshTransport  # noqa: PLC0415
 
-    from dittohead.client.send import upload  # noqa: PLC0415
+    return _through(AsyncsshTransport(job.server, job.request, prompts), job, progress, streamed)
 
+
+def _through(
+    transport: Transport, job: Job, progress: Progress | None, streamed: Callable[[], None]
+) -> Receipt:
+    """Stream the job's files through `transport` and check the receipt in its answer."""
     pack = Pack(job.selected)
-    return asyncio.run(
-        upload(job.server, job.request, pack, prompts=prompts, progress=progress, streamed=streamed)
-    )
+    sent: Sent | None = None
+
+    def complete() -> None:
+        # The client's own work before the receipt, done while the receiver checks: what the
+        # receipt must confirm (hashing the manifest), then the state file (`_Record.stage`).
+        nonlocal sent
+        sent = Sent.of(pack)
+        streamed()
+
+    answer = transport.carry(pack, progress=progress, streamed=complete)
+    return reply.receipt(answer, sent, job.request, job.server.host)

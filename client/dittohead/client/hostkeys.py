@@ -24,8 +24,8 @@ from pathlib import Path
 import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
-from dittohead.client.job import DEFAULT_PORT, TrustPrompt
 from dittohead.client.state import server_id, user_known_hosts
+from dittohead.client.transport import DEFAULT_PORT, TrustPrompt
 from dittohead.core import logs
 from dittohead.core.errors import HostKeyError, UsageError, describe_os_error
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncssh
 
 from dittohead.client.hostkeys import HostKeyPolicy
-from dittohead.client.job import SecretPrompt
+from dittohead.client.transport import SecretPrompt
 from dittohead.core import logs
 from dittohead.core.errors import (
     DittoheadError,

@@ -1,19 +1,20 @@
-"""OpenSSH: carry an upload through the system's ``ssh`` program when it can do it unasked.
+"""OpenSSH: the transport that carries an upload through the system's ``ssh`` when it can unasked.
 
 Why: on the collector's PC, asyncssh frames and encrypts every 32 KiB packet in Python; OpenSSH's
 ``ssh`` does the same in C for about a quarter of the CPU. Measured over the same sshd on a
 2-core machine: 20,000 small files 1.65 s → 1.33 s to the receipt, 1 GiB 3.3 s → 3.0 s
-(docs/performance.md). The stream, the receipt and every check on them stay the same: this
-module only replaces the pipe.
+(docs/performance.md). The stream, the receipt and every check on them stay the same: `Session`
+is a `transport.Transport`, and this module only replaces the pipe.
 
 When: only where ``ssh`` can finish the whole upload without asking anybody anything, because
 dittohead's own questions (is this the server's key? which password?) are asked by asyncssh
-(`send`), in dittohead's words. So ``ssh`` runs with ``BatchMode=yes`` against exactly one
-known-hosts file (the pinned ``--known-hosts`` file, else dittohead's own trust-on-first-use
-file) with ``StrictHostKeyChecking=yes``: an unknown or changed host key, a key that needs a
-passphrase, a server that wants a password — ``ssh`` gives up with status 255 before the
-receiver has run, and `Unusable` sends the caller to asyncssh, which asks, refuses or explains
-exactly as it always did. Nothing is ever sent to a server whose key is not already trusted.
+(`asyncssh_transport`), in dittohead's words. So ``ssh`` runs with ``BatchMode=yes`` against
+exactly one known-hosts file (the pinned ``--known-hosts`` file, else dittohead's own
+trust-on-first-use file) with ``StrictHostKeyChecking=yes``: an unknown or changed host key, a
+key that needs a passphrase, a server that wants a password — ``ssh`` gives up with status 255
+before the receiver has run, and `transport.Unusable` sends `deliver` to asyncssh, which asks,
+refuses or explains exactly as it always did. Nothing is ever sent to a server whose key is not
+already trusted.
 
 What it does not read: ``-F none`` leaves out ``~/.ssh/config`` and the system-wide file (as
 asyncssh is told ``config=None``): what dittohead checks and where it connects must not depend on
@@ -26,6 +27,10 @@ Nagle's algorithm off; ``ssh`` turns it off only once the session starts, and un
 its login messages waits ~40 ms for the server's delayed acknowledgement. Where the dialer cannot
 run (Windows, a frozen build), ``ssh`` connects itself.
 
+When: as soon as the folder scan meets the first file the server has not confirmed
+(`EarlyStart`), so that connecting, logging in and the receiver's start-up (~0.2 s on a LAN)
+overlap with the rest of the scan; a send with nothing new still connects to nothing.
+
 ``DITTOHEAD_SSH`` chooses the program: unset, ``ssh`` from ``PATH``; a path, that program;
 ``builtin``, never OpenSSH (asyncssh for everything).
 """
@@ -34,26 +39,33 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dittohead.client import dialer
-from dittohead.client.job import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, Server, login_name
-from dittohead.client.state import user_known_hosts_file
+from dittohead.client.state import StrPath, user_known_hosts_file
+from dittohead.client.transport import (
+    CONNECT_TIMEOUT,
+    KEEPALIVE_INTERVAL,
+    Answer,
+    Progress,
+    Server,
+    Unusable,
+    login_name,
+    server_words,
+)
 from dittohead.core import logs
 from dittohead.core.grammar import UploadRequest
 
-# Starting ssh needs none of these: they are loaded when the stream begins, while ssh connects
-# (every millisecond before ssh starts is one of the send; see `start`).
-TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
 if TYPE_CHECKING:
+    # Only for its type: the stream (and tarfile with it) is loaded by `deliver`, while ssh
+    # connects, not before ssh starts.
     from dittohead.client.pack import Pack
-    from dittohead.client.reply import Progress
-    from dittohead.client.state import StrPath
-    from dittohead.core.receipt import Receipt
 
 log = logs.getLogger(__name__)
 
@@ -72,10 +84,6 @@ CIPHERS = (
 _KEEP = 64 << 10
 
 
-class Unusable(Exception):
-    """OpenSSH could not carry this upload; asyncssh should (the reason is for the log)."""
-
-
 def program() -> str | None:
     """The ``ssh`` program to try, or None (not installed, or ``DITTOHEAD_SSH=builtin``)."""
     chosen = os.environ.get(ENV, "").strip()
@@ -87,13 +95,11 @@ def program() -> str | None:
 
 
 def _which(name: str) -> str | None:
-    """`shutil.which` for a bare program name. On POSIX by hand: shutil (with bz2 and lzma,
-    ~2 ms) would be loaded before ``ssh`` starts, and every millisecond then is one of the
-    send. An empty ``PATH`` entry (the current folder) is never searched."""
+    """`shutil.which` for a bare program name, except that on POSIX an empty ``PATH`` entry
+    (which shutil reads as the current folder) is never searched: the ``ssh`` that is given
+    the collector's key must not be one a folder being sent can hold."""
     if os.name == "nt":
-        import shutil  # noqa: PLC0415 (Windows: PATHEXT and its other rules)
-
-        return shutil.which(name)
+        return shutil.which(name)  # PATHEXT and Windows' other rules
     for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
         if not folder:
             continue
@@ -106,9 +112,7 @@ def _which(name: str) -> str | None:
 def start(server: Server, request: UploadRequest) -> Session | None:
     """OpenSSH's ssh running the upload's exec request, or None when it cannot be used.
 
-    Called by `job.EarlyStart` as soon as the scan meets a file the server has not confirmed:
-    connecting, logging in and the receiver's start-up (~0.2 s) then overlap with the rest of
-    the scan, so this module loads only what starting ssh needs.
+    Called by `EarlyStart` as soon as the scan meets a file the server has not confirmed.
     """
     chosen = program()
     if chosen is None:
@@ -146,8 +150,7 @@ def _quoted(text: str) -> str:
 
 
 def _sh_quoted(text: str) -> str:
-    """`text` as one word for a POSIX shell (as `shlex.quote`, which would load `re` before
-    ssh starts)."""
+    """`text` as one word for a POSIX shell, always in quotes."""
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
@@ -264,9 +267,10 @@ def _widen_pipe(fd: int) -> None:
 
 
 class Session:
-    """One running ``ssh`` with the upload's exec request, waiting for the stream on its stdin.
+    """One running ``ssh`` with the upload's exec request, waiting for the stream on its stdin
+    (a `transport.Transport`).
 
-    Started as soon as there is something to send (see `deliver`), so that connecting, logging
+    Started as soon as there is something to send (`EarlyStart`), so that connecting, logging
     in and the receiver's own start-up overlap with the rest of the folder scan.
     """
 
@@ -340,31 +344,15 @@ class Session:
                 pipe.close()  # a pipe still being read is left open to its reader
         return status
 
-    def upload(
-        self,
-        pack: Pack,
-        *,
-        progress: Progress | None = None,
-        streamed: Callable[[], None] | None = None,
-    ) -> Receipt:
-        """Send `pack` and return the server's checked receipt.
+    def carry(
+        self, pack: Pack, *, progress: Progress | None, streamed: Callable[[], None]
+    ) -> Answer:
+        """Send `pack` and return the server's answer (see `transport.Transport.carry`).
 
-        `streamed` is called once the whole stream is in ssh's hands, while the receiver checks
-        it (the client's own work that may come before the receipt: see `deliver`).
-
-        Raises `Unusable` when ssh could not carry the upload (the caller then uses asyncssh),
-        the server's refusal in its own words, or `LocalFileError` when a file changed while it
-        was read (ssh is stopped first, so the receiver sees a stream without its manifest and
-        stores nothing).
+        Raises `Unusable` when ssh itself gave up before the receiver said anything (`deliver`
+        then uses asyncssh), or `LocalFileError` when a file changed while it was read (ssh is
+        stopped first, so the receiver sees a stream without its manifest and stores nothing).
         """
-        from dittohead.client.reply import (  # noqa: PLC0415 (see the imports above)
-            Sent,
-            check_receipt,
-            parse_receipt,
-            server_failure,
-            server_words,
-        )
-
         assert self.proc.stdin is not None
         try:
             complete = _stream(self.proc.stdin.fileno(), pack, progress)
@@ -374,19 +362,14 @@ class Session:
             # the rest, so that the receiver sees an incomplete upload and stores nothing.
             self.abandon()
             raise
-        sent = None
         if complete:
             try:
-                # The client's own work before the receipt, done while the receiver checks.
-                sent = Sent.of(pack)
-                if streamed is not None:
-                    streamed()
+                streamed()
             except BaseException:
                 self.abandon()  # Ctrl-C before the receipt: no ssh is left behind
                 raise
         status = self._finish()
         stdout, stderr = bytes(self.drains[0].data), bytes(self.drains[1].data)
-        host = self.server.host
         if status == SSH_FAILED and not server_words(stderr):
             # ssh's own failure: an unknown or changed host key, no usable key, no connection.
             # The receiver did not get to say anything; asyncssh tries again and explains.
@@ -395,12 +378,7 @@ class Session:
             # that it gave up.
             lines = [line for line in lines if line.startswith("dialer: ")] or lines
             raise Unusable(lines[-1] if lines else f"{self.program} exited with status {status}")
-        if status != 0 or sent is None:
-            raise server_failure(status if status > 0 else None, stderr, host)
-        receipt = parse_receipt(stdout)
-        check_receipt(receipt, sent, self.request, host)
-        log.info("sent through OpenSSH (%s)", self.program)
-        return receipt
+        return Answer(stdout, stderr, status)
 
 
 def _stream(fd: int, pack: Pack, progress: Progress | None) -> bool:
@@ -442,3 +420,43 @@ def _stream(fd: int, pack: Pack, progress: Progress | None) -> bool:
         if progress is not None:
             progress(pack.bytes_done, pack.total_bytes)
     return True
+
+
+#: An ssh started early is used only if the stream begins within this many seconds; after a
+#: long scan it is replaced by a fresh one, far from the receiver's stall_timeout.
+EARLY_MAX_AGE = 10.0
+
+
+class EarlyStart:
+    """Starts ``ssh`` for one upload when called (`job.prepare`'s `on_new`, at the scan's first
+    new file), so that connecting, logging in and the receiver's start-up overlap with the rest
+    of the scan; `deliver.run` takes it over."""
+
+    def __init__(self, server: Server, request: UploadRequest) -> None:
+        self.server = server
+        self.request = request
+        self.session: Session | None = None
+        self.tried = False
+
+    def __call__(self) -> None:
+        self.tried = True
+        self.session = start(self.server, self.request)
+
+    def take(self) -> Session | None:
+        """The ssh for the upload: the one started early, or a new one when none was tried
+        yet or it waited too long (then it is stopped); None when OpenSSH cannot be used."""
+        session: Session | None
+        session, self.session = self.session, None
+        if session is not None and session.age() > EARLY_MAX_AGE:
+            session.abandon()
+            session, self.tried = None, False
+        if session is None and not self.tried:
+            self()
+            session, self.session = self.session, None
+        return session
+
+    def close(self) -> None:
+        """Stop an ssh that was started but not used (the scan failed, say)."""
+        if self.session is not None:
+            self.session.abandon()
+            self.session = None

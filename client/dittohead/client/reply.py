@@ -1,17 +1,17 @@
-"""Reply: what the server answered to an upload, whichever SSH client carried it.
+"""Reply: what the server's answer to an upload means, whichever transport carried it.
 
 The receiver prints one JSON receipt on stdout and exits 0, or prints one ``dittohead: …`` line
-on stderr and exits with a sysexits.h status (DESIGN.md, "The wire protocol"). These functions
-turn that into a checked `Receipt` or into the error a collector reads. They need no SSH library,
-so the OpenSSH transport (`openssh`) uses them without loading asyncssh.
+on stderr and exits with a sysexits.h status (DESIGN.md, "The wire protocol"). `receipt` turns a
+transport's `Answer` into a checked `Receipt` or into the error a collector reads; it is the one
+place the receipt is checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dittohead.client.pack import Pack
+from dittohead.client.transport import Answer, server_words
 from dittohead.core.errors import (
     ConfigError,
     DittoheadError,
@@ -24,9 +24,6 @@ from dittohead.core.errors import (
 )
 from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
-
-#: Told about progress: (file bytes read so far, total file bytes).
-Progress = Callable[[int, int], None]
 
 
 class ServerRefused(DittoheadError):
@@ -47,15 +44,6 @@ _BY_STATUS: dict[int, type[DittoheadError]] = {
     77: NotAuthorized,
     78: ConfigError,
 }
-
-
-def server_words(stderr: bytes) -> list[str]:
-    """The receiver's ``dittohead: …`` lines in `stderr`, without the prefix.
-
-    The receiver promises one line; a login script's noise may come before it.
-    """
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    return [line.removeprefix("dittohead: ") for line in lines if line.startswith("dittohead: ")]
 
 
 def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
@@ -90,12 +78,12 @@ def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadErr
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sent:
     """What a receipt must confirm, taken from a pack whose stream is complete.
 
-    The transports take it while the receiver checks the upload: hashing the manifest (~2 ms
-    for 20,000 files) is then off the time between the receipt and the end of the send.
+    `deliver` takes it while the receiver checks the upload: hashing the manifest is then off
+    the time between the receipt and the end of the send.
     """
 
     files: int
@@ -134,3 +122,16 @@ def parse_receipt(stdout: bytes) -> Receipt:
     # The receipt is one line; anything a login script printed comes before it.
     lines = [line for line in stdout.decode("utf-8", "replace").splitlines() if line.strip()]
     return Receipt.from_json(lines[-1] if lines else "")
+
+
+def receipt(answer: Answer, sent: Sent | None, request: UploadRequest, host: str) -> Receipt:
+    """The checked receipt in `answer`, or the error that says why there is none.
+
+    `sent` is None when the stream did not reach its end (the server stopped reading first):
+    whatever the server answered, nothing can be confirmed then.
+    """
+    if answer.status != 0 or sent is None:
+        raise server_failure(answer.status, answer.stderr, host)
+    checked = parse_receipt(answer.stdout)
+    check_receipt(checked, sent, request, host)
+    return checked

@@ -20,25 +20,22 @@ modification time; here a file the server never confirmed is sent whatever its a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan
 from dittohead.core import logs
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
 
-# pathlib (~4 ms with urllib.parse and ipaddress) is not loaded before ``ssh`` starts: what
-# runs before it (the options, the state file's name, reading it, the known-hosts file's name)
-# works on text; the functions that return a `Path` load it when called.
-TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
-if TYPE_CHECKING:
-    from pathlib import Path
-    from typing import TypeAlias
-
-    #: a file's path as text or as a `Path`
-    StrPath: TypeAlias = str | os.PathLike[str]
+#: a file's path as text or as a `Path`
+StrPath: TypeAlias = str | os.PathLike[str]
 
 log = logs.getLogger(__name__)
 
@@ -60,7 +57,7 @@ def state_folder() -> str:
 
 
 def _home() -> str:
-    # What Path.home() is (it calls os.path.expanduser too), without loading pathlib.
+    # `Path.home` as text (it calls os.path.expanduser too).
     home = os.path.expanduser("~")
     if home == "~":
         raise RuntimeError("Could not determine home directory.")  # as Path.home() does
@@ -74,8 +71,6 @@ def user_known_hosts_file() -> str:
 
 def user_known_hosts() -> Path:
     """`user_known_hosts_file` as a `Path`."""
-    from pathlib import Path  # noqa: PLC0415 (see the imports above)
-
     return Path(user_known_hosts_file())
 
 
@@ -92,30 +87,13 @@ def default_state_file(host: str, port: int, study: str, source: str) -> str:
     """
     key = f"{server_id(host, port)}\n{study}\n{source}"
     readable = _UNSAFE.sub("_", f"{host}_{port}_{study}_{source}").strip("._")[:150]
-    digest = _sha256_hex(key.encode("utf-8"))[:10]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
     return os.path.join(state_folder(), f"sent-{readable}-{digest}.json")
 
 
-def _sha256_hex(data: bytes) -> str:
-    """SHA-256 without loading OpenSSL yet: this runs before ``ssh`` can start (the state says
-    what is new), and ``import hashlib`` costs ~2.5 ms there, ``_sha256`` (CPython's own
-    implementation, built in; ``_sha2`` from 3.12) ~0.1 ms. The digest is the same."""
-    for name in ("_sha2", "_sha256"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        digest: str = module.sha256(data).hexdigest()
-        return digest
-    import hashlib  # noqa: PLC0415
-
-    return hashlib.sha256(data).hexdigest()
-
-
 class State:
-    """The files the server has confirmed for one server, study and source.
-
-    (Not a dataclass: see `dittohead.client.job.Prompts`.)"""
+    """The files the server has confirmed for one server, study and source (replaced by the
+    new confirmations once a send's receipt checked out: `Staged.commit`)."""
 
     def __init__(
         self,
@@ -152,8 +130,6 @@ class State:
             "source": self.source,
             "files": self.files,
         }
-        import json  # noqa: PLC0415 (start-up time)
-
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def stage(self, sent: Iterable[FileItem]) -> Staged:
@@ -277,8 +253,6 @@ def _signature(path: StrPath) -> tuple[int, int, int] | None:
 
 def _parse(data: bytes) -> tuple[dict[str, object], dict[str, tuple[int, int]]]:
     """The document and its files as ``path → (size, mtime_ns)``; ValueError if malformed."""
-    import json  # noqa: PLC0415 (start-up time: the first send has no state to read)
-
     doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
         raise ValueError("not a version 1 state file")
@@ -351,10 +325,6 @@ def write_atomic(path: StrPath, data: bytes) -> None:
 
 def _write_temp(path: StrPath, data: bytes) -> str:
     """A synced temporary file holding `data` in `path`'s folder (so a rename is atomic)."""
-    # Imported here: only a send that went through writes the state, and tempfile costs a few
-    # milliseconds of start-up that a send with nothing new would pay for nothing.
-    import tempfile  # noqa: PLC0415
-
     folder = _folder_of(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)  # as Path.mkdir(parents=True, …)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")

@@ -9,14 +9,10 @@ is refused with a line telling the person to use the dittohead client.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from dittohead.core import PROTOCOL_VERSION
 from dittohead.core.errors import ProtocolError
-from dittohead.core.values import Value
-
-TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
-if TYPE_CHECKING:
-    from typing import Final
 
 STUDY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 SOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -27,18 +23,12 @@ _UPLOAD_RE = re.compile(
 _USE_CLIENT = "this server only accepts uploads from the dittohead client; use 'dittohead send'"
 
 
-class UploadRequest(Value):
-    """``dittohead upload v1 <study> <source>`` (a `Value`)."""
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    """``dittohead upload v1 <study> <source>``."""
 
-    __slots__ = ("source", "study")
-    _FIELDS = ("study", "source")
-
-    study: Final[str]
-    source: Final[str]
-
-    def __init__(self, study: str, source: str) -> None:
-        self.study = study
-        self.source = source
+    study: str
+    source: str
 
     def command(self) -> str:
         return f"dittohead upload {PROTOCOL_VERSION} {self.study} {self.source}"

@@ -2,8 +2,8 @@
 
 The short-lived commands (``dittohead send``, ``dittohead-receive``) log rarely: a warning now
 and then, debug lines only when asked for. Loading `logging` (with traceback, string,
-threading and weakref) is ~5 ms of CPU, and on both sides it came before the first byte could
-move: before ``ssh`` starts on the client, before the receiver reads. `getLogger` returns a
+threading and weakref) would come before the first byte could move on both sides: before
+``ssh`` starts on the client, before the receiver reads. `getLogger` returns a
 `Logger` that behaves as ``logging.getLogger(name)`` would:
 
 - while `logging` is not loaded, nobody can have configured it, so its defaults hold: DEBUG and
@@ -19,12 +19,9 @@ else before the first record goes through it, so a command that never logs never
 from __future__ import annotations
 
 import sys
-
-TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: ~2 ms
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import ModuleType
-    from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 #: the setup `configure` was given while `logging` was not loaded yet (at most one)
 _pending: list[Callable[[], None]] = []

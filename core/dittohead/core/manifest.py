@@ -11,32 +11,25 @@ import json
 import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any, Final
+from typing import Any
 
 from dittohead.core.errors import NameRejected, UploadRejected
 from dittohead.core.names import NameSet, check_path
-from dittohead.core.values import Value
 
 MANIFEST_PATH = ".dittohead/manifest.json"
 MANIFEST_DIR = ".dittohead"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class ManifestEntry(Value):
-    """One listed file (a `Value`: one per file of an upload)."""
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One listed file."""
 
-    __slots__ = ("path", "sha256", "size")
-    _FIELDS = ("path", "size", "sha256")
-
-    path: Final[str]
-    size: Final[int]
-    sha256: Final[str]
-
-    def __init__(self, path: str, size: int, sha256: str) -> None:
-        self.path = path
-        self.size = size
-        self.sha256 = sha256
+    path: str
+    size: int
+    sha256: str
 
 
 class Manifest:

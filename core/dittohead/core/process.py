@@ -13,11 +13,8 @@ from __future__ import annotations
 import gc
 import os
 import sys
-
-TYPE_CHECKING = False  # as typing's, without loading typing (~2 ms before ssh starts)
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 def run_and_exit(main: Callable[[], int]) -> NoReturn:

@@ -1,4 +1,6 @@
-"""The collector's command loads nothing from the server side and nothing Linux-only of its own.
+"""The collector's command loads nothing from the server side and nothing Linux-only of its own,
+and nothing it does not need before ``ssh`` starts: asyncssh only when OpenSSH cannot carry the
+upload, the stream (tarfile) only once ``ssh`` is running.
 
 Checked in a fresh ``python -I`` so that nothing imported by the test run itself can hide a
 stray import.
@@ -13,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 # POSIX-only standard modules: the client must run on Windows, where they do not exist.
 POSIX_ONLY = ("fcntl", "pwd", "grp", "termios", "resource", "posix")
@@ -59,19 +63,13 @@ def test_cli_import_loads_no_receiver_and_no_server_dependencies() -> None:
         assert server_only not in modules, f"{server_only} is loaded by the client"
 
 
-def test_cli_import_loads_neither_dataclasses_nor_typing() -> None:
-    # Every send imports the CLI before anything else happens (and before ssh starts).
-    modules = _probe()["modules"]
-    assert [m for m in ("dataclasses", "inspect", "typing") if m in modules] == []
-
-
 def test_client_code_imports_no_posix_only_module() -> None:
     assert _probe()["ours"] == []
 
 
 # Runs the real command on a folder whose every file the state already confirms (and with
-# --dry-run): nothing is to be sent, so asyncssh (~0.1 s to import) and the modules that need
-# it must not have been loaded.
+# --dry-run): nothing is to be sent, so asyncssh and the modules that send must not have been
+# loaded.
 NOTHING_NEW = textwrap.dedent(
     """
     import contextlib, io, json, sys
@@ -98,9 +96,9 @@ NOTHING_NEW = textwrap.dedent(
     """
 )
 
-ONLY_TO_SEND = ("asyncssh", "dittohead.client.send", "dittohead.client.login",
+ONLY_TO_SEND = ("asyncssh", "dittohead.client.asyncssh_transport", "dittohead.client.login",
                 "dittohead.client.hostkeys", "dittohead.client.pack", "dittohead.client.deliver",
-                "dittohead.client.openssh", "dittohead.client.reply")  # fmt: skip
+                "dittohead.client.reply", "dittohead.client.api")  # fmt: skip
 
 
 def _nothing_new(tmp_path: Path, mode: str) -> dict[str, Any]:
@@ -135,54 +133,55 @@ def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
     assert [m for m in ONLY_TO_SEND if m in result["modules"]] == []
 
 
-# What loading `openssh` (to start ssh, at the scan's first new file) may cost: everything
-# before ssh starts is on a send's critical path, so the stream's modules (pack, tarfile,
-# hashlib's OpenSSL), the receipt's and asyncio come later, while ssh connects.
-# `dataclasses` (with `inspect`, ~4 ms, and ~0.4 ms per class it builds) is not among them: the
-# values made before ssh starts (Server, UploadRequest, FileItem, Plan) are plain classes.
-NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "hashlib", "typing", "dataclasses",
-                    "inspect", "shutil", "pathlib", "dittohead.client.pack",
-                    "dittohead.client.reply", "dittohead.client.deliver",
-                    "dittohead.core.receipt", "dittohead.core.manifest")  # fmt: skip
+# What is loaded before ssh starts is on a send's critical path: the stream's modules (pack,
+# tarfile), the receipt's and asyncio come later, while ssh connects; asyncssh only when OpenSSH
+# cannot carry the upload; nothing of the server side ever.
+NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "yaml", "pydantic",
+                    "dittohead.client.pack", "dittohead.client.reply", "dittohead.client.deliver",
+                    "dittohead.client.asyncssh_transport", "dittohead.client.login",
+                    "dittohead.client.hostkeys", "dittohead.core.receipt",
+                    "dittohead.core.manifest")  # fmt: skip
 
-# What runs before ssh starts: the options, the state (given or the default file), the ssh
-# program and its command line (the known-hosts file given or dittohead's own).
-START_SSH = textwrap.dedent(
-    """
-    import json, os, sys
-    from dittohead.client.cli import build_parser
-    from dittohead.client import openssh
-    from dittohead.client.job import Server
-    from dittohead.client.state import load_state
-    from dittohead.core.grammar import UploadRequest
-
-    state_file = sys.argv[1]
-    args = build_parser().parse_args([
-        "send", "--host", "h", "--identity", "~/key", "--known-hosts", "kh", "--state",
-        state_file, "--study", "nccam3", "--source", "brogden-a", "--json", "folder", "thing"])
-    for state in (args.state, None):
-        load_state(state, host="drop.example.org", port=22, study="nccam3", source="brogden-a")
-    openssh.program()
-    for server in (Server("h", identity=args.identity, known_hosts=args.known_hosts),
-                   Server("h", user="u")):
-        known = openssh.known_hosts_file(server)
-        os.path.isfile(known)
-        openssh.ssh_argv("ssh", server, UploadRequest("nccam3", "brogden-a"), known)
-    print(json.dumps(sorted(sys.modules)))
-    """
-)
+# A stand-in for ssh that marks, in the file the client's ``-X importtime`` lines go to, the
+# moment it started, and then gives up as ssh does (the client then falls back to asyncssh,
+# which cannot connect to port 1).
+STAND_IN = """#!/bin/sh
+printf 'SSH STARTED\\n' >> "$DITTOHEAD_TEST_IMPORTS"
+echo "stand-in: gave up" >&2
+exit 255
+"""
 
 
-def test_starting_ssh_loads_only_what_it_needs(tmp_path: Path) -> None:
-    state = tmp_path / "state.json"
-    state.write_text(
-        '{"version":1,"server":"drop.example.org:22","study":"nccam3","source":"brogden-a",'
-        '"files":{"a.txt":[1,2]}}'
-    )
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "XDG_STATE_HOME": ""}
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", START_SSH, str(state)], capture_output=True, text=True,
-        check=True, timeout=60, env=env,
-    )  # fmt: skip
-    modules = json.loads(done.stdout)
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in for ssh is a shell script")
+def test_the_command_loads_only_the_client_until_ssh_starts(tmp_path: Path) -> None:
+    folder = tmp_path / "pc"
+    (folder / "eprime").mkdir(parents=True)
+    (folder / "eprime" / "s01.txt").write_bytes(b"subject 1\n")
+    (tmp_path / "kh").write_text("")
+    ssh = tmp_path / "ssh"
+    ssh.write_text(STAND_IN)
+    ssh.chmod(0o755)
+    imports = tmp_path / "imports.txt"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "DITTOHEAD_SSH": str(ssh),
+           "DITTOHEAD_TEST_IMPORTS": str(imports)}  # fmt: skip
+    argv = [sys.executable, "-I", "-X", "importtime", "-m", "dittohead.client.cli", "send",
+            "--host", "127.0.0.1", "--port", "1", "--user", "u", "--known-hosts",
+            str(tmp_path / "kh"), "--state", str(tmp_path / "st.json"), "--study", "nccam3",
+            "--source", "brogden-a", str(folder)]  # fmt: skip
+    # Appended to by both: each line lands in the order it was written.
+    with open(imports, "a") as stderr:
+        done = subprocess.run(
+            argv, stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=120, check=False
+        )
+    assert done.returncode == 69  # the fallback could not connect either: TransferError
+    lines = imports.read_text().splitlines()
+    assert "SSH STARTED" in lines, lines[-5:]
+    before = lines[: lines.index("SSH STARTED")]
+    # "import time: self [us] | cumulative | imported package" lines, the name last
+    modules = {line.rsplit("|", 1)[-1].strip() for line in before if line.startswith("import")}
+    assert "dittohead.client.openssh" in modules
     assert [m for m in NOT_TO_START_SSH if m in modules] == []
+    assert [m for m in modules if m.startswith("dittohead.receiver")] == []
+    # and after ssh gave up, the fallback did load asyncssh: the marker is where it should be
+    after = {line.rsplit("|", 1)[-1].strip() for line in lines[len(before) :]}
+    assert "asyncssh" in after

@@ -1,6 +1,6 @@
-"""Receipt and ManifestEntry are values (plain classes, not dataclasses: start-up time): equal,
-hashed and shown by their fields as the frozen dataclasses they replace were, and the receipt's
-JSON is byte for byte what ``json.dumps(dataclasses.asdict(receipt), sort_keys=True)`` wrote."""
+"""Receipt and ManifestEntry are records (frozen dataclasses): equal, hashed and shown by their
+fields, and the receipt's JSON is byte for byte what the receiver has always written
+(``json.dumps(dataclasses.asdict(receipt), sort_keys=True)``)."""
 
 from __future__ import annotations
 
@@ -64,5 +64,6 @@ def test_manifest_entry_is_a_value() -> None:
     assert hash(entry) == hash(ManifestEntry("a/b.txt", 3, "0" * 64))
     assert entry != ManifestEntry("a/b.txt", 4, "0" * 64)
     assert entry != ManifestEntry("a/b.txt", 3, "1" * 64)
-    assert entry != ("a/b.txt", 3, "0" * 64)
+    as_tuple: object = ("a/b.txt", 3, "0" * 64)
+    assert entry != as_tuple
     assert repr(entry) == f"ManifestEntry(path='a/b.txt', size=3, sha256='{'0' * 64}')"

@@ -1,5 +1,4 @@
-"""FileItem and Plan are values (plain classes, not dataclasses: start-up time): equal, hashed
-and shown by their fields, as the frozen dataclasses they replace were."""
+"""FileItem and Plan are records (frozen dataclasses): equal, hashed and shown by their fields."""
 
 from __future__ import annotations
 
@@ -20,7 +19,8 @@ def test_file_item_is_a_value() -> None:
         FileItem("eprime/s01.txt", 10, 1),
     ):
         assert item != other
-    assert item != ("eprime/s01.txt", 10, 1_700_000_000_123_456_789)
+    as_tuple: object = ("eprime/s01.txt", 10, 1_700_000_000_123_456_789)
+    assert item != as_tuple
     assert repr(item) == ("FileItem(path='eprime/s01.txt', size=10, mtime_ns=1700000000123456789)")
     assert not hasattr(item, "__dict__")  # slots: no per-instance dict
 

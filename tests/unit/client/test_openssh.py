@@ -1,7 +1,7 @@
 """The OpenSSH transport: when ``ssh`` carries an upload, how it is told to, and the fallback.
 
 The server is the in-process asyncssh receiver from conftest; ``ssh`` is the real OpenSSH client
-of this machine (tests/unit/client/test_client_send.py runs every send scenario through it as
+of this machine (tests/unit/client/test_deliver.py runs every send scenario through it as
 well). Where a test needs ``ssh`` to misbehave, ``DITTOHEAD_SSH`` names a small script that
 stands in for it, and says so.
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from dittohead.client import cli, job, openssh
-from dittohead.client.job import Server
+from dittohead.client import cli, openssh
 from dittohead.client.scan import Watch, scan
 from dittohead.client.state import user_known_hosts
+from dittohead.client.transport import Server, Unusable
 from dittohead.core.errors import TransferError
 from dittohead.core.grammar import UploadRequest
 from tests.integration.harness import require
@@ -176,7 +176,7 @@ def test_paths_with_spaces_and_percent_signs_reach_ssh_as_they_are(
 
 
 def test_a_path_ssh_would_expand_from_the_environment_is_not_given_to_it(tmp_path: Path) -> None:
-    with pytest.raises(openssh.Unusable):
+    with pytest.raises(Unusable):
         openssh.ssh_argv("ssh", Server("h"), REQUEST, tmp_path / "${HOME}")
 
 
@@ -283,7 +283,7 @@ def test_the_known_hosts_file_is_the_pinned_one_else_dittoheads_own(tmp_path: Pa
 
 def test_no_known_hosts_file_yet_means_no_ssh_at_all(tmp_path: Path) -> None:
     script = fake_ssh(tmp_path, "exit 0\n")
-    with pytest.raises(openssh.Unusable, match="no known-hosts file"):
+    with pytest.raises(Unusable, match="no known-hosts file"):
         openssh.Session(str(script), Server("h", known_hosts=tmp_path / "absent"), REQUEST)
     assert calls(tmp_path) == []  # trust on first use is asyncssh's, in dittohead's words
 
@@ -492,7 +492,7 @@ def test_an_early_ssh_that_waited_too_long_is_replaced(
     started: list[openssh.Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(job, "EARLY_MAX_AGE", 0.0)
+    monkeypatch.setattr(openssh, "EARLY_MAX_AGE", 0.0)
     assert cli.main(keyed(key_server, folder, identity, tmp_path)) == 0
     assert len(started) == 2
     assert started[0].proc.returncode is not None

@@ -1,4 +1,4 @@
-"""send, end to end: the real CLI against a real (in-process) SSH server.
+"""Delivering a send, end to end: the real CLI against a real (in-process) SSH server.
 
 Each test runs ``dittohead send`` the way a collector does (``cli.main`` in this process, with
 stdin and the password prompt replaced) against the fake receiver from conftest, which parses
@@ -23,20 +23,14 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import cli, deliver, login, send
+from dittohead.client import api, cli, deliver, login
 from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
 from dittohead.client.state import default_state_file, user_known_hosts
 from dittohead.core.errors import (
-    DittoheadError,
     HostKeyError,
-    NotAuthorized,
-    OutOfSpace,
-    ServerError,
     TransferError,
-    UploadRejected,
 )
-from dittohead.core.grammar import UploadRequest
 from dittohead.core.manifest import MANIFEST_PATH
 from dittohead.core.receipt import Receipt
 from tests.integration.harness import require
@@ -221,12 +215,12 @@ def test_send_folder_is_the_library_entry_point(
         "folder": folder,
         "things": ["eprime"],
     }
-    receipt = send.send_folder(key_server.host, user=USER, **options)  # type: ignore[arg-type]
+    receipt = api.send_folder(key_server.host, user=USER, **options)  # type: ignore[arg-type]
     assert receipt is not None
     assert receipt.files == 2 and receipt.study == STUDY
     assert (tmp_path / "state.json").exists()
     # the same again: nothing new, no connection, no receipt
-    assert send.send_folder(key_server.host, **options) is None  # type: ignore[arg-type]
+    assert api.send_folder(key_server.host, **options) is None  # type: ignore[arg-type]
     assert len(key_server.connections) == 1
 
 
@@ -429,7 +423,7 @@ def test_library_callers_cannot_trust_an_unknown_server_silently(
     key_server: FakeReceiver, folder: Path, identity: Path
 ) -> None:
     with pytest.raises(HostKeyError, match="not known yet"):
-        send.send_folder(
+        api.send_folder(
             key_server.host,
             port=key_server.port,
             identity=identity,
@@ -657,71 +651,3 @@ def test_manifest_is_the_last_member_on_the_wire(key_server: FakeReceiver, argv:
     names = [name for name, _ in upload.members]
     assert MANIFEST_PATH not in names  # the fake receiver takes it out, and fails if it is not last
     assert json.loads(upload.manifest)["files"] == len(FILES)
-
-
-# -- the pure parts of send -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [(77, NotAuthorized), (73, OutOfSpace), (65, UploadRejected), (70, ServerError), (42, None)],
-)
-def test_server_failure_keeps_the_servers_words_and_status(
-    status: int, expected: type[DittoheadError] | None
-) -> None:
-    err = send.server_failure(status, b"motd noise\ndittohead: you may not; ask your admin\n", "h")
-    assert err.message == "you may not; ask your admin"
-    assert err.exit_code == status
-    if expected is not None:
-        assert isinstance(err, expected)
-
-
-def test_server_failure_without_an_exit_status_still_shows_the_servers_words() -> None:
-    err = send.server_failure(None, b"dittohead: there is no study 'x' on this server\n", "h")
-    assert isinstance(err, TransferError)
-    assert err.message == "there is no study 'x' on this server"
-
-
-def test_server_failure_without_a_dittohead_line() -> None:
-    err = send.server_failure(127, b"bash: dittohead-receive: command not found\n", "h")
-    assert err.exit_code == 127
-    assert "command not found" in err.message and "tell your admin" in err.message
-    lost = send.server_failure(None, b"", "h")
-    assert isinstance(lost, TransferError) and "send again" in lost.message
-
-
-def test_a_receipt_must_be_json_and_must_match(tmp_path: Path) -> None:
-    with pytest.raises(TransferError, match="not a dittohead receipt"):
-        send.parse_receipt(b"hello\n")
-    with pytest.raises(TransferError):
-        send.parse_receipt(b"")
-    root = write_tree(tmp_path / "d", {"a": b"abc"})
-    pack = Pack(scan(root))
-    b"".join(pack)
-
-    def receipt(**changed: Any) -> Receipt:
-        fields = {"upload": "up", "study": STUDY, "source": SOURCE, "user": USER, "files": 1,
-                  "bytes": 3, "manifest_sha256": pack.manifest_sha256,
-                  "received_at": "2026-01-01T00:00:00Z"}  # fmt: skip
-        return Receipt(**{**fields, **changed})
-
-    good = receipt()
-    request = UploadRequest(STUDY, SOURCE)
-    send.check_receipt(good, pack, request, "h")
-    for bad in (
-        receipt(files=2),
-        receipt(bytes=4),
-        receipt(manifest_sha256="0" * 64),
-        receipt(study="other"),
-        receipt(source="other"),
-        receipt(upload=""),
-    ):
-        with pytest.raises(TransferError, match="does not match what was sent"):
-            send.check_receipt(bad, pack, request, "h")
-
-
-def test_cipher_preference_puts_aes_gcm_first() -> None:
-    algs = send.cipher_preference()
-    assert algs[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
-    assert len(algs) == len(set(algs))
-    assert "chacha20-poly1305@openssh.com" in algs

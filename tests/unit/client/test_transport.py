@@ -1,11 +1,11 @@
-"""Server and UploadRequest are values (plain classes, not dataclasses: start-up time): equal,
-hashed and shown by their fields, as the frozen dataclasses they replace were."""
+"""The transport module's records: Server (and the UploadRequest it travels with) are equal,
+hashed and shown by their fields."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dittohead.client.job import DEFAULT_PORT, Server
+from dittohead.client.transport import DEFAULT_PORT, Server, server_words
 from dittohead.core.grammar import UploadRequest
 
 
@@ -22,7 +22,8 @@ def test_server_defaults_and_value_semantics() -> None:
     assert full == same and hash(full) == hash(same)
     assert full != Server("h", 2222, "jdoe", "~/key", Path("other"))
     assert full != Server("h", 2222, "jdoe", "~/key")
-    assert server != "drop.example.org"
+    name: object = "drop.example.org"
+    assert server != name
     assert repr(full) == (
         f"Server(host='h', port=2222, user='jdoe', identity='~/key', known_hosts={Path('kh')!r})"
     )
@@ -36,3 +37,9 @@ def test_upload_request_value_semantics() -> None:
     assert request != UploadRequest("brogden-a", "nccam3")
     assert repr(request) == "UploadRequest(study='nccam3', source='brogden-a')"
     assert {request: 1}[UploadRequest("nccam3", "brogden-a")] == 1
+
+
+def test_server_words_are_the_receivers_lines_without_the_prefix() -> None:
+    stderr = b"motd noise\ndittohead: first\n  dittohead: second  \nnot dittohead: third\n"
+    assert server_words(stderr) == ["first", "second"]
+    assert server_words(b"") == []

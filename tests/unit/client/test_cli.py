@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gc
 import io
 import json
@@ -15,7 +14,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import cli, openssh, send
+from dittohead.client import api, cli, openssh
 from dittohead.client.cli import human_bytes, main
 from dittohead.core.errors import LocalFileError, NameRejected, ProtocolError, UsageError
 
@@ -172,22 +171,6 @@ def test_usage_errors_are_one_line_exit_2(
     assert err.startswith("dittohead: ") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("columns", ["50", "100", "160"])
-def test_help_is_argparse_s_own(
-    columns: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The formatter that looks the width up only when help is written writes the same help.
-    monkeypatch.setenv("COLUMNS", columns)
-    helps = []
-    for formatter in (cli._HelpFormatter, argparse.HelpFormatter):
-        monkeypatch.setattr(cli, "_HelpFormatter", formatter)
-        assert main(["--help"]) == 0
-        assert main(["send", "--help"]) == 0
-        helps.append(capsys.readouterr().out)
-    assert helps[0] == helps[1]
-    assert "--known-hosts FILE" in helps[0]
-
-
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["send", "--help"]) == 0
     out = capsys.readouterr().out
@@ -288,9 +271,9 @@ def test_human_bytes() -> None:
     assert human_bytes(3 * 1024**5) == "3072.0 TiB"
 
 
-def test_send_module_exposes_the_library_api() -> None:
+def test_api_module_exposes_the_library_api() -> None:
     # what integration tests and the demo call
-    assert callable(send.send_folder) and callable(send.prepare) and callable(send.run)
+    assert callable(api.send_folder) and callable(api.prepare) and callable(api.run)
 
 
 @pytest.mark.parametrize("case", ["dry-run", "usage-error"])

@@ -1,0 +1,13 @@
+"""The asyncssh transport's own choices (its sends run in test_deliver.py, over the in-process
+asyncssh server)."""
+
+from __future__ import annotations
+
+from dittohead.client import asyncssh_transport
+
+
+def test_cipher_preference_puts_aes_gcm_first() -> None:
+    algs = asyncssh_transport.cipher_preference()
+    assert algs[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    assert len(algs) == len(set(algs))
+    assert "chacha20-poly1305@openssh.com" in algs

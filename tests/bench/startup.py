@@ -111,7 +111,8 @@ def client_once(python: Path, base: Path) -> float:
     known = base / "known_hosts"
     known.write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJx0\n")
     stamp.unlink(missing_ok=True)
-    argv = [python, "-I", "-m", "dittohead.client.cli", "send", "--host", "127.0.0.1"]
+    argv: list[str | Path] = [python, "-I", "-m", "dittohead.client.cli", "send"]
+    argv += ["--host", "127.0.0.1"]
     argv += ["--port", "2222", "--user", "nobody", "--identity", str(fake)]
     argv += ["--known-hosts", str(known), "--state", str(base / "state.json")]
     argv += ["--study", "nccam3", "--source", "brogden-a", str(folder)]

@@ -182,7 +182,7 @@ def run(
     """Connect and send (`deliver.run`)."""
     # Imported only now, once ssh has been started (`EarlyStart`): the stream and the receipt
     # (`pack`, tarfile, `reply`) are loaded while ssh connects, not before it starts.
-    from dittohead.client.deliver import run as deliver  # noqa: PLC0415
+    from dittohead.client.deliver import run as deliver
 
     return deliver(job, prompts=prompts, progress=progress, early=early)
 
@@ -301,7 +301,7 @@ def _setup_logging(verbose: int) -> None:
     with -v."""
 
     def setup() -> None:
-        import logging  # noqa: PLC0415 (see above)
+        import logging
 
         class Formatter(logging.Formatter):
             def format(self, record: logging.LogRecord) -> str:

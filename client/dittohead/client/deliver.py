@@ -113,7 +113,7 @@ def _carry(
             return confirmed
     # Imported only now: asyncssh takes longer to load than the rest of a send's start-up, and
     # OpenSSH carries most uploads.
-    from dittohead.client.asyncssh_transport import AsyncsshTransport  # noqa: PLC0415
+    from dittohead.client.asyncssh_transport import AsyncsshTransport
 
     return _through(AsyncsshTransport(job.server, job.request, prompts), job, progress, streamed)
 

@@ -260,7 +260,7 @@ def _widen_pipe(fd: int) -> None:
     """
     if sys.platform != "linux":
         return
-    import fcntl  # noqa: PLC0415 (Linux only: the client runs on Windows too)
+    import fcntl
 
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)

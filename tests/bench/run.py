@@ -6,7 +6,7 @@ shell user (in no uploader group, so sshd does not force the receiver on them) f
 
 Everything that is written lives on a journaled ext4 image mounted through a loop device,
 because this kind of machine's root disk is ext4 without a journal, where re-creating a tree
-that was just deleted runs 8-15x slower (PERF.md, "More measured facts").
+that was just deleted runs 8-15x slower (docs/design.md, "Performance by design").
 
 What is measured, per dataset, tools alternating within each run, medians over the runs:
 

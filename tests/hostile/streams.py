@@ -1,9 +1,9 @@
 """Hostile uploads for the receiver: a checked-in generator of named streams.
 
-Every row of THREATS.md's receiver table and every case of the command grammar has at least
-one stream here, with the fragment its ``dittohead: ...`` error line must contain. The tar
-pieces are built by hand (most of these are things `tarfile` refuses to write), so this module
-also serves the unit tests as a small tar *writer* for odd headers.
+Every row of docs/design.md's "Tar header fields" table and every case of the command grammar
+has at least one stream here, with the fragment its ``dittohead: ...`` error line must contain.
+The tar pieces are built by hand (most of these are things `tarfile` refuses to write), so this
+module also serves the unit tests as a small tar *writer* for odd headers.
 
 Run it to write the streams out for use against a real server::
 
@@ -157,7 +157,7 @@ class Hostile:
     name: str
     stream: bytes
     expect: str  # fragment of the one error line
-    row: str  # the THREATS.md row (or grammar case) this stands for
+    row: str  # the docs/design.md "Tar header fields" row (or grammar case) this stands for
     command: str | None = COMMAND
 
 

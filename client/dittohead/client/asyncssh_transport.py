@@ -8,8 +8,9 @@ only ones that import asyncssh, and `deliver` imports this one only when it is n
 that OpenSSH carries never loads asyncssh.
 
 The whole upload is a single ``dittohead upload v1 <study> <source>`` exec request whose stdin
-is the tar stream from `pack` (per-file round trips are ruinous, PERF.md); the answer goes back
-to `deliver` as it came (`transport.Answer`), and `reply` judges it.
+is the tar stream from `pack` (per-file round trips are ruinous: docs/design.md, "Performance
+by design"); the answer goes back to `deliver` as it came (`transport.Answer`), and `reply`
+judges it.
 
 Connection settings, and why:
 

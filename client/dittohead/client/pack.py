@@ -1,14 +1,15 @@
 """Pack: turn a plan into the upload's tar stream, hashing every byte on the way.
 
-The stream is what the protocol (DESIGN.md, "The wire protocol") asks for: a POSIX pax tar of
+The stream is what the protocol (docs/protocol.md) asks for: a POSIX pax tar of
 folders and regular files with relative names, whose **last** member is
 ``.dittohead/manifest.json`` listing every file with its size and sha256, then the two zero
 blocks that end an archive. The receiver checks every file it wrote against the manifest, so a
 stream cut short can never pass for a complete (shorter) upload.
 
-Speed matters here (PERF.md): headers are the bytes `tarfile.TarInfo.tobuf` writes with an
-integer mtime and no user/group names (a float mtime costs an extra pax header per member,
-name look-ups cost a system call each), built from a template for short ASCII names; each file
+Speed matters here (docs/design.md, "Performance by design"): headers are the bytes
+`tarfile.TarInfo.tobuf` writes with an integer mtime and no user/group names (a float mtime
+costs an extra pax header per member, name look-ups cost a system call each), built from a
+template for short ASCII names; each file
 is read into one reusable 1 MiB buffer and hashed in the same pass (or, if small, read and
 hashed ahead while ssh was not yet taking the stream, `Pack.hash_ahead`: then it is not hashed
 again unless it changed since); small members

@@ -1,7 +1,7 @@
 """Reply: what the server's answer to an upload means, whichever transport carried it.
 
 The receiver prints one JSON receipt on stdout and exits 0, or prints one ``dittohead: …`` line
-on stderr and exits with a sysexits.h status (DESIGN.md, "The wire protocol"). `receipt` turns a
+on stderr and exits with a sysexits.h status (docs/protocol.md). `receipt` turns a
 transport's `Answer` into a checked `Receipt` or into the error a collector reads; it is the one
 place the receipt is checked.
 """

@@ -125,7 +125,8 @@ def test_gnu_tar_lists_the_same_members(tmp_path: Path, tree: dict[str, bytes]) 
 
 
 def test_short_ascii_names_cost_no_pax_headers(tmp_path: Path) -> None:
-    # PERF.md: an integer mtime and no user names keep each member to one header block.
+    # docs/design.md, "Performance by design": an integer mtime and no user names keep each
+    # member to one header block.
     files = {f"d{i}/f{j}.txt": os.urandom(i * 100 + j) for i in range(3) for j in range(4)}
     write_tree(tmp_path / "d", files)
     pack = iter_stream(scan(tmp_path / "d"))

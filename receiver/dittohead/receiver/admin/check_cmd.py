@@ -1,4 +1,4 @@
-"""``dittohead-admin check``: is this server set up the way DESIGN.md says?
+"""``dittohead-admin check``: is this server set up the way docs/design.md says?
 
 Read-only. Each finding names the path (or account, or setting) that is wrong and the command
 that fixes it; the exit status is 0 only when there is nothing to report. The folder table is

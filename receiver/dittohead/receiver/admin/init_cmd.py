@@ -1,9 +1,10 @@
 """``dittohead-admin init``: create the dropbox folders and missing destinations.
 
-Owners and modes are those of DESIGN.md ("Server layout and permissions"). Idempotent: run it
-again after adding a study. When run as root it also sets owners and groups; run by anyone else
-(the demo, the tests) it creates the same folders owned by the caller. It never loosens an
-existing folder's mode that is stricter than the layout's unless given ``--force``.
+Owners and modes are those of the dropbox contract (`dittohead.receiver.dropbox`,
+docs/design.md). Idempotent: run it again after adding a study. When run as root it also sets
+owners and groups; run by anyone else (the demo, the tests) it creates the same folders owned
+by the caller. It never loosens an existing folder's mode that is stricter than the layout's
+unless given ``--force``.
 """
 
 from __future__ import annotations

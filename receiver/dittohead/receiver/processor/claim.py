@@ -83,7 +83,7 @@ def fair_order(cands: list[Candidate]) -> list[Candidate]:
 
     Each uploader's own entries keep their commit order (so version numbers follow arrival
     for what one person sends), but a collector who commits a thousand entries only gets every
-    other turn against a colleague who commits one (THREATS.md, "Denial of service"). Uploaders
+    other turn against a colleague who commits one (docs/design.md, "Denial of service"). Uploaders
     take their turns in the order of their oldest waiting commit.
     """
     queues: dict[int, list[Candidate]] = {}

@@ -3,7 +3,7 @@
 ``claim → verify → publish → ledger → done``, one entry at a time, under a lock so only one
 processor works at once. Each uploader's entries are finalized in commit order, taking turns
 round-robin with the other uploaders' (`claim.fair_order`), so one flood cannot starve the rest.
-This is dittohead's security boundary (DESIGN.md, "Trust boundaries"): it runs as the dittohead
+This is dittohead's security boundary (docs/design.md, "Trust boundaries"): it runs as the dittohead
 user and trusts nothing in the inbox but the kernel. It is also the one place where acknowledged
 data could be lost, so every step is journaled and idempotent (see `journal`).
 """

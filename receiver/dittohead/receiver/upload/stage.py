@@ -323,7 +323,7 @@ class Staging:
         sink: Callable[[memoryview], None] | None = None,
     ) -> bytes:
         """Create `name` (O_EXCL, never following a link) and stream the member's data into it,
-        hashing in the same pass (PERF.md: never a second pass); `sink` sees the data too.
+        hashing in the same pass (docs/design.md: never a second pass); `sink` sees the data too.
         Returns the sha256."""
         assert self._dirs is not None
         parent, _, base = name.rpartition("/")

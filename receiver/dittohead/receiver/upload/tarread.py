@@ -2,11 +2,13 @@
 
 The receiver parses tar itself instead of using `tarfile`'s reader, for two reasons:
 
-* speed (PERF.md): one reusable buffer filled with ``readinto`` and data handed out as
-  `memoryview` slices beats `tarfile`'s per-member file objects by 2x on large files;
-* control (THREATS.md): every extension that can change a member's name or size (ustar prefix,
-  pax ``x``/``g`` records, GNU ``L`` long names) is applied *here*, strictly, before the name
-  policy in `stage` sees the final name. Anything odd is refused rather than guessed at.
+* speed (docs/design.md, "Performance by design"): one reusable buffer filled with
+  ``readinto`` and data handed out as `memoryview` slices beats `tarfile`'s per-member file
+  objects by 2x on large files;
+* control (docs/design.md, "Tar header fields"): every extension that can change a member's
+  name or size (ustar prefix, pax ``x``/``g`` records, GNU ``L`` long names) is applied
+  *here*, strictly, before the name policy in `stage` sees the final name. Anything odd is
+  refused rather than guessed at.
 
 Each 512-byte header's checksum and number fields are checked exactly as
 `tarfile.TarInfo.frombuf` checks them: a header whose numbers are all in the plain fixed-width

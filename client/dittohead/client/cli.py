@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from dittohead.client.job import Job, prepare
-from dittohead.client.openssh import EarlyStart
 from dittohead.client.transport import DEFAULT_PORT, Prompts, Server, login_name
+from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study

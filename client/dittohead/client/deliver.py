@@ -6,7 +6,7 @@ the stream, the receipt and its checks are the same whichever it was):
 * OpenSSH's ``ssh`` (`openssh`), when it is installed and can finish without asking anything
   (a host key already trusted, a key that logs in): a quarter of asyncssh's CPU per byte, and
   asyncssh is then never even imported;
-* asyncssh (`asyncssh_transport`) for everything else, and whenever ``ssh`` gave up before the
+* asyncssh (`builtin`) for everything else, and whenever ``ssh`` gave up before the
   receiver ran (`transport.Unusable`): it asks the collector (trust this server? password?), or
   refuses in dittohead's words.
 
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dittohead.client import openssh, reply
+from dittohead.client import reply
 from dittohead.client.job import Job
-from dittohead.client.openssh import EarlyStart
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Sent
 from dittohead.client.state import Staged
-from dittohead.client.transport import Progress, Prompts, Transport, Unusable
+from dittohead.client.transport import Progress, Prompts, Transport, Unusable, openssh
+from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core import logs
 from dittohead.core.errors import LocalFileError
 from dittohead.core.receipt import Receipt
@@ -113,7 +113,7 @@ def _carry(
             return confirmed
     # Imported only now: asyncssh takes longer to load than the rest of a send's start-up, and
     # OpenSSH carries most uploads.
-    from dittohead.client.asyncssh_transport import AsyncsshTransport
+    from dittohead.client.transport.builtin import AsyncsshTransport
 
     return _through(AsyncsshTransport(job.server, job.request, prompts), job, progress, streamed)
 

@@ -3,7 +3,7 @@
 `prepare` checks the request, scans the folder and loads the state; the `Job` it returns says
 what the server has not confirmed yet. When that is nothing, ``dittohead send`` ends without
 connecting, so this module and everything it imports stay free of asyncssh and of the modules
-that need it (`hostkeys`, `login`, `asyncssh_transport`): those are loaded only when OpenSSH
+that need it (`hostkeys`, `login`, `builtin`): those are loaded only when OpenSSH
 cannot carry the upload (tests/unit/client/test_import_boundary.py checks this).
 """
 

@@ -14,8 +14,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import api, cli, openssh
+from dittohead.client import api, cli
 from dittohead.client.cli import human_bytes, main
+from dittohead.client.transport import openssh
 from dittohead.core.errors import LocalFileError, NameRejected, ProtocolError, UsageError
 
 from .conftest import USER, MakeServer, write_tree

@@ -23,10 +23,11 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import api, cli, deliver, login
+from dittohead.client import api, cli, deliver
 from dittohead.client.pack import Pack
 from dittohead.client.scan import scan
 from dittohead.client.state import default_state_file, user_known_hosts
+from dittohead.client.transport import login
 from dittohead.core.errors import (
     HostKeyError,
     TransferError,

@@ -96,9 +96,16 @@ NOTHING_NEW = textwrap.dedent(
     """
 )
 
-ONLY_TO_SEND = ("asyncssh", "dittohead.client.asyncssh_transport", "dittohead.client.login",
-                "dittohead.client.hostkeys", "dittohead.client.pack", "dittohead.client.deliver",
-                "dittohead.client.reply", "dittohead.client.api")  # fmt: skip
+ONLY_TO_SEND = (
+    "asyncssh",
+    "dittohead.client.transport.builtin",
+    "dittohead.client.transport.login",
+    "dittohead.client.transport.hostkeys",
+    "dittohead.client.pack",
+    "dittohead.client.deliver",
+    "dittohead.client.reply",
+    "dittohead.client.api",
+)
 
 
 def _nothing_new(tmp_path: Path, mode: str) -> dict[str, Any]:
@@ -138,8 +145,8 @@ def test_dry_run_does_not_load_asyncssh(tmp_path: Path) -> None:
 # cannot carry the upload; nothing of the server side ever.
 NOT_TO_START_SSH = ("asyncio", "asyncssh", "tarfile", "yaml", "pydantic",
                     "dittohead.client.pack", "dittohead.client.reply", "dittohead.client.deliver",
-                    "dittohead.client.asyncssh_transport", "dittohead.client.login",
-                    "dittohead.client.hostkeys", "dittohead.core.receipt",
+                    "dittohead.client.transport.builtin", "dittohead.client.transport.login",
+                    "dittohead.client.transport.hostkeys", "dittohead.core.receipt",
                     "dittohead.core.manifest")  # fmt: skip
 
 # A stand-in for ssh that marks, in the file the client's ``-X importtime`` lines go to, the
@@ -179,7 +186,7 @@ def test_the_command_loads_only_the_client_until_ssh_starts(tmp_path: Path) -> N
     before = lines[: lines.index("SSH STARTED")]
     # "import time: self [us] | cumulative | imported package" lines, the name last
     modules = {line.rsplit("|", 1)[-1].strip() for line in before if line.startswith("import")}
-    assert "dittohead.client.openssh" in modules
+    assert "dittohead.client.transport.openssh" in modules
     assert [m for m in NOT_TO_START_SSH if m in modules] == []
     assert [m for m in modules if m.startswith("dittohead.receiver")] == []
     # and after ssh gave up, the fallback did load asyncssh: the marker is where it should be

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dittohead.client import openssh
 from dittohead.client import pack as pack_module
 from dittohead.client.pack import CHUNK_SIZE, Pack, iter_stream
 from dittohead.client.scan import scan
+from dittohead.client.transport import openssh
 
 from .conftest import write_tree
 

@@ -149,7 +149,7 @@ def test_the_commands_do_not_load_logging_to_start() -> None:
     done = _run(
         """
         import sys
-        import dittohead.client.cli, dittohead.client.openssh, dittohead.client.pack
+        import dittohead.client.cli, dittohead.client.transport.openssh, dittohead.client.pack
         import dittohead.receiver.upload.receive
         print("logging" in sys.modules)
         """

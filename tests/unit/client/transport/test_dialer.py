@@ -1,4 +1,4 @@
-"""The dialer ``ssh`` takes its connection from (`dittohead.client.dialer`).
+"""The dialer ``ssh`` takes its connection from (`dittohead.client.transport.dialer`).
 
 Each test runs the dialer as ``ssh`` does: a separate ``python -I -S`` process whose standard
 input and output are one end of a Unix socket pair, with where to connect in its environment,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dittohead.client import dialer
+from dittohead.client.transport import dialer
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="ssh takes a dialer's socket on POSIX")
 

@@ -10,11 +10,11 @@ any network). ``ssh`` takes a ready connection from a ``ProxyCommand`` when
 turn, as ``ssh`` does), with Nagle's algorithm off and TCP keep-alives on (as ``ssh`` has them on
 its own connections), passes the socket to ``ssh`` over its standard output, and ends.
 
-`dittohead.client.openssh` runs it as ``python -I -S dialer.py`` (no site packages: a ~6 ms
-start). Where to connect comes from the environment (`HOST`, `PORT`, `TIMEOUT`), never from a
+`dittohead.client.transport.openssh` runs it as ``python -I -S dialer.py`` (no site packages: a ~6
+ms start). Where to connect comes from the environment (`HOST`, `PORT`, `TIMEOUT`), never from a
 command line a shell would read. It loads nothing but `_socket` (``socket`` would add enum and
-selectors, ``os`` another millisecond). When it cannot connect it says why in one line on
-standard error, which ``ssh`` passes on, and exits 1: ``ssh`` then gives up as it would after
+selectors, ``os`` another millisecond). When it cannot connect it says why in one line on standard
+error, which ``ssh`` passes on, and exits 1: ``ssh`` then gives up as it would after
 its own failed connection, and dittohead's own SSH client takes over.
 """
 

@@ -35,8 +35,6 @@ from typing import Any
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
-from dittohead.client.hostkeys import HostKeyPolicy
-from dittohead.client.login import LoginClient, connect_failure, load_identity
 from dittohead.client.pack import Pack
 from dittohead.client.transport import (
     CONNECT_TIMEOUT,
@@ -47,6 +45,8 @@ from dittohead.client.transport import (
     Server,
     login_name,
 )
+from dittohead.client.transport.hostkeys import HostKeyPolicy
+from dittohead.client.transport.login import LoginClient, connect_failure, load_identity
 from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, TransferError
 from dittohead.core.grammar import UploadRequest

@@ -23,15 +23,14 @@ from typing import Any
 
 import pytest
 
-from dittohead.client import cli, openssh
+from dittohead.client import cli
 from dittohead.client.scan import Watch, scan
 from dittohead.client.state import user_known_hosts
-from dittohead.client.transport import Server, Unusable
+from dittohead.client.transport import Server, Unusable, openssh
 from dittohead.core.errors import TransferError
 from dittohead.core.grammar import UploadRequest
 from tests.integration.harness import require
-
-from .conftest import (
+from tests.unit.client.conftest import (
     FILES,
     SOURCE,
     STUDY,

@@ -8,7 +8,7 @@ is a `transport.Transport`, and this module only replaces the pipe.
 
 When: only where ``ssh`` can finish the whole upload without asking anybody anything, because
 dittohead's own questions (is this the server's key? which password?) are asked by asyncssh
-(`asyncssh_transport`), in dittohead's words. So ``ssh`` runs with ``BatchMode=yes`` against
+(`builtin`), in dittohead's words. So ``ssh`` runs with ``BatchMode=yes`` against
 exactly one known-hosts file (the pinned ``--known-hosts`` file, else dittohead's own
 trust-on-first-use file) with ``StrictHostKeyChecking=yes``: an unknown or changed host key, a
 key that needs a passphrase, a server that wants a password — ``ssh`` gives up with status 255
@@ -22,10 +22,10 @@ a file the collector may not know exists. No agent or X11 forwarding, no port fo
 TTY, no escape character, no multiplexing, no password or keyboard-interactive login.
 
 How it connects: on POSIX, ``ssh`` takes its TCP connection from dittohead's dialer
-(`dittohead.client.dialer`, as ``ProxyCommand`` with ``ProxyUseFdpass``), which connects with
-Nagle's algorithm off; ``ssh`` turns it off only once the session starts, and until then one of
-its login messages waits ~40 ms for the server's delayed acknowledgement. Where the dialer cannot
-run (Windows, a frozen build), ``ssh`` connects itself.
+(`dittohead.client.transport.dialer`, as ``ProxyCommand`` with ``ProxyUseFdpass``), which connects
+with Nagle's algorithm off; ``ssh`` turns it off only once the session starts, and until then one
+of its login messages waits ~40 ms for the server's delayed acknowledgement. Where the dialer
+cannot run (Windows, a frozen build), ``ssh`` connects itself.
 
 When: as soon as the folder scan meets the first file the server has not confirmed
 (`EarlyStart`), so that connecting, logging in and the receiver's start-up (~0.2 s on a LAN)
@@ -47,7 +47,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dittohead.client import dialer
 from dittohead.client.state import StrPath, user_known_hosts_file
 from dittohead.client.transport import (
     CONNECT_TIMEOUT,
@@ -56,6 +55,7 @@ from dittohead.client.transport import (
     Progress,
     Server,
     Unusable,
+    dialer,
     login_name,
     server_words,
 )
@@ -155,8 +155,8 @@ def _sh_quoted(text: str) -> str:
 
 
 def dialer_command() -> str | None:
-    """The ``ProxyCommand`` that runs `dittohead.client.dialer` with this Python, or None where
-    ``ssh`` connects by itself: Windows (its OpenSSH has no ``ProxyUseFdpass``), a client that
+    """The ``ProxyCommand`` that runs `dittohead.client.transport.dialer` with this Python, or None
+    where ``ssh`` connects by itself: Windows (its OpenSSH has no ``ProxyUseFdpass``), a client that
     is not a Python running this module's files (a frozen build), or a path no shell word or
     ssh option can hold. ssh runs it with ``/bin/sh -c "exec …"`` (`Session` sets ``SHELL``)
     after expanding ``%`` tokens, so each word is quoted for sh and every ``%`` doubled."""
@@ -210,7 +210,7 @@ def ssh_argv(
         "-o", "LogLevel=ERROR",
     ]  # fmt: skip
     if dialing is not None:
-        # The dialer connects and hands the connection to ssh (`dittohead.client.dialer`).
+        # The dialer connects and hands the connection to ssh (`dittohead.client.transport.dialer`).
         argv += ["-o", "ProxyUseFdpass=yes", "-o", f"ProxyCommand={dialing}"]
     if server.identity is not None:
         # Only the key that was asked for, as with asyncssh (no agent, no ~/.ssh/id_* keys).

@@ -1,6 +1,6 @@
 """Transport: the one small interface an upload's stream travels through, and what it needs.
 
-Two SSH clients can carry an upload (`openssh`, the system's ``ssh``; `asyncssh_transport`,
+Two SSH clients can carry an upload (`openssh`, the system's ``ssh``; `builtin`,
 dittohead's own). Each is a `Transport`: its one method writes the pack's stream into the
 upload's exec request and returns the server's raw `Answer` (stdout, stderr, exit status). What
 the answer means (a checked receipt, or the server's refusal in its words) is decided once, in

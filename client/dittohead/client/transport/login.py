@@ -20,8 +20,8 @@ from pathlib import Path
 
 import asyncssh
 
-from dittohead.client.hostkeys import HostKeyPolicy
 from dittohead.client.transport import SecretPrompt
+from dittohead.client.transport.hostkeys import HostKeyPolicy
 from dittohead.core import logs
 from dittohead.core.errors import (
     DittoheadError,

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from dittohead.client.hostkeys import HostKeyPolicy
-from dittohead.client.login import LoginClient, connect_failure, load_identity
+from dittohead.client.transport.hostkeys import HostKeyPolicy
+from dittohead.client.transport.login import LoginClient, connect_failure, load_identity
 from dittohead.core.errors import HostKeyError, TransferError, UsageError
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from dittohead.client.hostkeys import HostKeyPolicy, host_pattern
 from dittohead.client.state import user_known_hosts
+from dittohead.client.transport.hostkeys import HostKeyPolicy, host_pattern
 from dittohead.core.errors import HostKeyError, UsageError
 
 HOST = "drop.example.org"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 from dittohead.client.job import Job, prepare
 from dittohead.client.transport import DEFAULT_PORT, Prompts, Server, login_name
 from dittohead.client.transport.openssh import EarlyStart
-from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 from dittohead.core.process import run_and_exit
@@ -34,7 +34,7 @@ from dittohead.core.process import run_and_exit
 if TYPE_CHECKING:
     from dittohead.core.receipt import Receipt
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EX_SOFTWARE = 70
 EX_INTERRUPTED = 130
@@ -295,31 +295,24 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
 # -- entry point ------------------------------------------------------------------------------
 
 
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"dittohead: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def _setup_logging(verbose: int) -> None:
-    """Warnings (and with -v everything) as ``dittohead: <level>: <message>`` on stderr.
-    `logging` itself is loaded only for the first record (see `dittohead.core.logs`), or now
-    with -v."""
-
-    def setup() -> None:
-        import logging
-
-        class Formatter(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                text = f"dittohead: {record.levelname.lower()}: {record.getMessage()}"
-                if record.exc_info:
-                    text += "\n" + self.formatException(record.exc_info)
-                return text
-
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(Formatter())
-        ours = logging.getLogger("dittohead")
-        ours.handlers[:] = [handler]
-        ours.setLevel(logging.DEBUG if verbose else logging.WARNING)
-        ours.propagate = False
-        # asyncssh logs every connection step at INFO; only -vv wants that.
-        logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
-
-    logs.configure(setup, now=verbose > 0)  # -v: debug records go out from the start
+    """Warnings (and with -v everything) as ``dittohead: <level>: <message>`` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    ours = logging.getLogger("dittohead")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    ours.propagate = False
+    # asyncssh logs every connection step at INFO; only -vv wants that.
+    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ rest of the scan; `run` takes that ``ssh`` over.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from dittohead.client import reply
@@ -30,11 +31,10 @@ from dittohead.client.reply import Sent
 from dittohead.client.state import Staged
 from dittohead.client.transport import Progress, Prompts, Transport, Unusable, openssh
 from dittohead.client.transport.openssh import EarlyStart
-from dittohead.core import logs
 from dittohead.core.errors import LocalFileError
 from dittohead.core.receipt import Receipt
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class _Record:

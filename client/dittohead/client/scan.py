@@ -18,16 +18,16 @@ something from outside FOLDER (or loop forever).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from dittohead.core import logs
 from dittohead.core.errors import LocalFileError, NameRejected, describe_os_error
 from dittohead.core.names import NameSet, check_path, parents
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: How many bad names the one-line error spells out before it says "and N more".
 SHOWN_PROBLEMS = 20

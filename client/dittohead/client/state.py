@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -31,13 +32,12 @@ from pathlib import Path
 from typing import TypeAlias
 
 from dittohead.client.scan import FileItem, Plan
-from dittohead.core import logs
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
 
 #: a file's path as text or as a `Path`
 StrPath: TypeAlias = str | os.PathLike[str]
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

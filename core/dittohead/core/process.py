@@ -11,6 +11,7 @@ the send, which the other side waits for: the process ends without it.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -22,9 +23,7 @@ def run_and_exit(main: Callable[[], int]) -> NoReturn:
     status (Python's own 120 when buffered output could not be written)."""
     gc.disable()
     code = main()
-    logging = sys.modules.get("logging")  # flushed if the command loaded it, not loaded for it
-    if logging is not None:
-        logging.shutdown()
+    logging.shutdown()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

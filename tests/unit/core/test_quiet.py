@@ -61,11 +61,11 @@ def test_in_a_command_asyncssh_is_quiet_and_dittohead_is_heard() -> None:
     code = """
         import warnings
         import dittohead.core
-        from dittohead.core import logs
+        import logging
         import asyncssh
         warnings.warn("our own warning", UserWarning)
         warnings.warn("our own notice that something is deprecated", UserWarning)
-        logs.getLogger("dittohead.x").warning("our own log warning")
+        logging.getLogger("dittohead.x").warning("our own log warning")
     """
     done = subprocess.run(
         [sys.executable, "-I", "-c", textwrap.dedent(code)],

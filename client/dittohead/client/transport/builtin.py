@@ -28,6 +28,7 @@ Only the CLI prints: prompts go through the callables in `transport.Prompts`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,10 @@ from dittohead.client.transport import (
 )
 from dittohead.client.transport.hostkeys import HostKeyPolicy
 from dittohead.client.transport.login import LoginClient, connect_failure, load_identity
-from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, TransferError
 from dittohead.core.grammar import UploadRequest
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 

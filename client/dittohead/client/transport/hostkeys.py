@@ -17,6 +17,7 @@ Two modes:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +27,9 @@ from asyncssh.public_key import get_default_public_key_algs
 
 from dittohead.client.state import server_id, user_known_hosts
 from dittohead.client.transport import DEFAULT_PORT, TrustPrompt
-from dittohead.core import logs
 from dittohead.core.errors import HostKeyError, UsageError, describe_os_error
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _INTERCEPT = (
     "someone may be intercepting the connection, or the server was reinstalled: "

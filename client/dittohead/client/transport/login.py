@@ -14,6 +14,7 @@ asyncssh or the operating system raised while connecting into words for a collec
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,6 @@ import asyncssh
 
 from dittohead.client.transport import SecretPrompt
 from dittohead.client.transport.hostkeys import HostKeyPolicy
-from dittohead.core import logs
 from dittohead.core.errors import (
     DittoheadError,
     HostKeyError,
@@ -31,7 +31,7 @@ from dittohead.core.errors import (
     describe_os_error,
 )
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MAX_PASSWORD_TRIES = 3
 

@@ -38,6 +38,7 @@ overlap with the rest of the scan; a send with nothing new still connects to not
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -59,7 +60,6 @@ from dittohead.client.transport import (
     login_name,
     server_words,
 )
-from dittohead.core import logs
 from dittohead.core.grammar import UploadRequest
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     # connects, not before ssh starts.
     from dittohead.client.pack import Pack
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ENV = "DITTOHEAD_SSH"
 BUILTIN = "builtin"

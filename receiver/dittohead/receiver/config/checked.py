@@ -15,20 +15,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dittohead.core import logs
 from dittohead.core.errors import ConfigError
 from dittohead.receiver import fsops
 
 if TYPE_CHECKING:
     from dittohead.receiver.config.model import Config, Limits
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: the copy of ``dittohead.yaml`` is ``dittohead.yaml.checked``
 CHECKED_SUFFIX = ".checked"

@@ -18,19 +18,19 @@ on a timer), so any failure there is logged and otherwise ignored.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 
-from dittohead.core import logs
 from dittohead.core.errors import ServerError
 from dittohead.core.receipt import Receipt
 from dittohead.receiver import fsops
 from dittohead.receiver.upload.gate import Admission
 from dittohead.receiver.upload.stage import Staged, Staging
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 POKE = b"poke\n"
 POKE_TIMEOUT = 2.0

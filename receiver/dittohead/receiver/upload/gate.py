@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import logging
 import os
 import resource
 import signal
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from dittohead.core import logs
 from dittohead.core.errors import (
     LimitExceeded,
     NotAuthorized,
@@ -43,7 +43,7 @@ from dittohead.receiver.config.checked import UploadLimits, UploadSettings, load
 from dittohead.receiver.dropbox import INBOX, study_dir
 from dittohead.receiver.upload.stage import manifest_cap, out_of_space
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: address-space cap: generous for a 4 MiB buffer and a large manifest, but finite, so a
 #: hostile manifest or name list fails with MemoryError instead of starving the server

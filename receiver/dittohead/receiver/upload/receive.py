@@ -16,6 +16,7 @@ closed pipe at interpreter exit can add a second line.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import sys
@@ -24,7 +25,6 @@ from contextlib import suppress
 from types import FrameType
 from typing import NoReturn
 
-from dittohead.core import logs
 from dittohead.core.errors import (
     DittoheadError,
     LimitExceeded,
@@ -37,7 +37,7 @@ from dittohead.receiver import fsops
 from dittohead.receiver.upload import commit, gate
 from dittohead.receiver.upload.stage import Staging, out_of_space
 
-log = logs.getLogger("dittohead.receiver")
+log = logging.getLogger("dittohead.receiver")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
@@ -65,26 +65,18 @@ def _ignore_stop_signals() -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Debug lines on stderr when asked for, else no log record reaches the collector.
-    `logging` itself is loaded only for the first record (see `dittohead.core.logs`), or now
-    when verbose."""
-
-    def setup() -> None:
-        import logging
-
-        root = logging.getLogger()
-        for old in list(root.handlers):
-            root.removeHandler(old)
-        if verbose:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("dittohead-receive[%(process)d] %(message)s"))
-            root.addHandler(handler)
-            root.setLevel(logging.DEBUG)
-        else:
-            # A handler must exist, or logging's last resort prints warnings to the collector.
-            root.addHandler(logging.NullHandler())
-
-    logs.configure(setup, now=verbose)
+    """Debug lines on stderr when asked for, else no log record reaches the collector."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dittohead-receive[%(process)d] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+    else:
+        # A handler must exist, or logging's last resort prints warnings to the collector.
+        root.addHandler(logging.NullHandler())
 
 
 def _write_line(fd: int, text: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import stat
@@ -29,7 +30,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from dittohead.core import logs
 from dittohead.core.errors import LimitExceeded, NameRejected, OutOfSpace, UploadRejected
 from dittohead.core.manifest import (
     MANIFEST_DIR,
@@ -54,7 +54,7 @@ from dittohead.receiver.config.checked import UploadLimits
 from dittohead.receiver.dropbox import entry_name, staging_name
 from dittohead.receiver.upload.tarread import BUFFER_BYTES, Member, Stream, TarReader
 
-log = logs.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o640
 DIR_MODE = 0o2770

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -14,6 +15,7 @@ from dittohead.client import presets
 from dittohead.client.cli import main
 from dittohead.core.errors import ConfigError
 from tests.unit.client import test_cli
+from tests.unit.client.conftest import pin
 
 no_network = test_cli.no_network  # the fixture that fails any connection
 
@@ -218,3 +220,25 @@ def test_a_bad_file_fails_the_presets_command_in_one_line(
     err = capsys.readouterr().err
     known = "host, known_hosts, port, station"
     assert err == f"dittohead: {machine}: [server] unknown key 'hots'; the known keys are {known}\n"
+
+
+def test_a_preset_send_remembers_the_login_given_with_user(
+    key_server: Any, identity: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    (folder / "eprime").mkdir(parents=True)
+    (folder / "eprime" / "a.txt").write_text("a")
+    known = pin(key_server, tmp_path)
+    mine = Path(presets.user_file())
+    mine.parent.mkdir(parents=True)
+    mine.write_text(
+        f'[server]\nhost = "{key_server.host}"\nport = {key_server.port}\n'
+        f'known_hosts = "{known}"\nstation = "brogden-a"\n\n'
+        f'[[preset]]\nname = "p"\nstudy = "nccam3"\nfolder = "{folder}"\n'
+        f'identity = "{identity}"\n'
+    )
+    assert main(["send", "--preset", "p", "--user", "alice", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["files"], doc["study"], doc["source"]) == (1, "nccam3", "brogden-a")
+    assert presets.load().preset("p").user == "alice"
+    assert "password" not in mine.read_text()

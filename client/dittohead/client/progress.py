@@ -119,22 +119,35 @@ def describe(reading: Reading) -> str:
     return text
 
 
-class TerminalLine:
-    """A self-overwriting progress line on a terminal, at most a few updates a second."""
+class _Display:
+    """What both displays share: a stream, and at most a few updates a second (the last
+    reading of a batch always shows)."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.clock = clock
         self.last = -1.0
+
+    def due(self, reading: Reading) -> bool:
+        now = self.clock()
+        final = reading.bytes_done >= reading.bytes_total
+        if now - self.last < 1 / UPDATES_PER_SECOND and not final:
+            return False
+        self.last = now
+        return True
+
+
+class TerminalLine(_Display):
+    """A self-overwriting progress line on a terminal."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(stream, clock)
         self.width = 0
         self.shown = False
 
     def show(self, reading: Reading) -> None:
-        now = self.clock()
-        final = reading.bytes_done >= reading.bytes_total
-        if now - self.last < 1 / UPDATES_PER_SECOND and not final:
+        if not self.due(reading):
             return
-        self.last = now
         text = describe(reading)
         # Pad over a longer previous line (the rate's digits vary).
         self.stream.write("\r" + text.ljust(self.width))
@@ -149,20 +162,12 @@ class TerminalLine:
             self.shown = False
 
 
-class JsonLines:
+class JsonLines(_Display):
     """``--progress=json``: one JSON object per line, ``{"progress": {...Reading...}}``."""
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream
-        self.clock = clock
-        self.last = -1.0
-
     def show(self, reading: Reading) -> None:
-        now = self.clock()
-        final = reading.bytes_done >= reading.bytes_total
-        if now - self.last < 1 / UPDATES_PER_SECOND and not final:
+        if not self.due(reading):
             return
-        self.last = now
         doc = asdict(reading)
         for key in ("rate", "seconds_left", "elapsed"):
             if doc[key] is not None:

@@ -30,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -72,6 +73,10 @@ def _open_folder(study_fd: int, uid: int) -> int:
         os.mkdir(OUTCOMES, 0o711, dir_fd=study_fd)
     top = os.open(OUTCOMES, fsops.DIR_FLAGS, dir_fd=study_fd)
     try:
+        # The unit's UMask=0027 takes the others' search bit off mkdir's 0711, and collectors
+        # are "others": without it they could not reach their own folder.
+        if stat.S_IMODE(os.fstat(top).st_mode) != 0o711:
+            os.fchmod(top, 0o711)
         name = str(uid)
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=top)

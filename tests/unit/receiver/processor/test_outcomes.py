@@ -33,6 +33,14 @@ def test_acl_format() -> None:
 
 
 def test_finalized_and_quarantined_outcomes(server: Server) -> None:
+    old_umask = os.umask(0o027)  # the processor unit's UMask=
+    try:
+        _finalized_and_quarantined(server)
+    finally:
+        os.umask(old_umask)
+
+
+def _finalized_and_quarantined(server: Server) -> None:
     good = server.commit({"eprime/s01.txt": b"one", "x.txt": b"same"})
     again = server.commit({"x.txt": b"same"})
     bad = server.commit({"a.txt": b"x"}, manifest={"files": 1, "bytes": 1, "entries": []})

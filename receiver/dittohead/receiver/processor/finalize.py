@@ -39,7 +39,7 @@ from dittohead.receiver.processor.claim import (
     may_upload,
 )
 from dittohead.receiver.processor.journal import Journal, JournalEntry
-from dittohead.receiver.processor.ledger import LEDGER_DIR, Ledger, Record
+from dittohead.receiver.processor.ledger import LEDGER_DIR, Ledger
 from dittohead.receiver.processor.publish import (
     MovedFolders,
     TreeDirs,
@@ -416,7 +416,7 @@ class StudyRun:
         todo, item.files = item.files, []
         todo.reverse()
         total = len(todo)
-        published: list[Record] = []  # for the uploader's outcome
+        published: list[tuple[str, str, str]] = []  # for the uploader's outcome
         moved = MovedFolders()
         # The history of just this entry's paths, in one read of the ledger.
         self.ledger.prepare(staged.path for staged in todo)
@@ -451,7 +451,7 @@ class StudyRun:
                         raise Stopped()
                     staged = todo.pop()
                     record = publish_file(tree, staging, self.ledger, up, staged, moved=moved)
-                    published.append(record)
+                    published.append((record.path, record.outcome, record.stored_as))
                     if record.outcome == "stored":
                         summary.stored += 1
                         # The record is only queued: on disk, the file is in the tree

@@ -150,13 +150,15 @@ def waiting(study_fd: int, uid: int, entry: str, received_at: str) -> None:
 
 
 def finalized(
-    study_fd: int, uid: int, entry: str, received_at: str, records: Iterable[Any]
+    study_fd: int, uid: int, entry: str, received_at: str, files: Iterable[tuple[str, str, str]]
 ) -> None:
-    """Every file of the entry is in the tree and the ledger; `records` are its ledger
-    records (``path``, ``outcome``, ``stored_as``)."""
+    """Every file of the entry is in the tree and the ledger; `files` are (path, outcome,
+    stored_as) from its ledger records (three strings a file, not the records: an entry
+    may hold many thousands)."""
     doc = _base(entry, received_at, "finalized")
     doc["files"] = [
-        {"path": r.path, "outcome": r.outcome, "stored_as": r.stored_as} for r in records
+        {"path": path, "outcome": outcome, "stored_as": stored_as}
+        for path, outcome, stored_as in files
     ]
     _record(study_fd, uid, entry, doc, sync=True)
 

@@ -426,7 +426,8 @@ def one_run(
         receipt, client_cpu, _ = send("dh_send_builtin", n_files, with_state=builtin_state,
                                       ssh="builtin")  # fmt: skip
         cpu["client_send_builtin"].append(client_cpu)
-        shutil.rmtree(b.dep.inbox / receipt["upload"])
+        for upload in receipt.get("uploads", [receipt["upload"]]):  # one per batch
+            shutil.rmtree(b.dep.inbox / upload)
         builtin_state.unlink()
 
     def tar() -> None:

@@ -20,18 +20,21 @@ import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
+from dittohead.client import presets_cmd, status_cmd
 from dittohead.client.job import Job, prepare
-from dittohead.client.transport import DEFAULT_PORT, Prompts, Server, login_name
+from dittohead.client.presets_cmd import Settled, remember, settle
+from dittohead.client.progress import JsonLines, Reading, TerminalLine, human_bytes
+from dittohead.client.transport import Prompts
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import DittoheadError, UsageError
-from dittohead.core.grammar import UploadRequest, check_source, check_study
+from dittohead.core.grammar import UploadRequest
 from dittohead.core.process import run_and_exit
 
 if TYPE_CHECKING:
+    from dittohead.client.batches import Limits
     from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Files the server has already confirmed are not sent again."
         ),
     )
-    send.add_argument("--host", help="the server (default: $DITTOHEAD_HOST)")
-    send.add_argument("--port", type=_port, default=DEFAULT_PORT, help="SSH port (default 22)")
+    send.add_argument(
+        "--preset", metavar="NAME", help="send a preset of client.toml (see 'dittohead presets')"
+    )
+    presets_cmd.add_config_option(send)
+    send.add_argument("--host", help="the server (default: client.toml, else $DITTOHEAD_HOST)")
+    send.add_argument("--port", type=_port, help="SSH port (default: client.toml, else 22)")
     send.add_argument("--user", help="your user name on the server (default: your login name)")
     send.add_argument("--identity", type=_path, metavar="KEY", help="SSH private key to log in")
     send.add_argument(
@@ -78,16 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to remember what the server confirmed (default: a per-user file)",
     )
-    send.add_argument("--study", required=True, help="the study the data belongs to")
-    send.add_argument("--source", required=True, metavar="ID", help="this station's id")
+    send.add_argument("--study", help="the study the data belongs to (default: the preset's)")
+    send.add_argument(
+        "--source", metavar="ID", help="this station's id (default: station in client.toml)"
+    )
     send.add_argument("--json", action="store_true", help="print the result as one JSON object")
     send.add_argument(
         "--dry-run", action="store_true", help="only list what would be sent; connect to nothing"
     )
+    send.add_argument(
+        "--progress",
+        choices=("auto", "json", "none"),
+        default="auto",
+        help="auto: a progress line on a terminal; json: one JSON object per line on stderr",
+    )
+    # Batch limits, for tests and tuning (docs/collectors/README.md, "Batches").
+    send.add_argument("--batch-files", type=_positive, help=argparse.SUPPRESS)
+    send.add_argument("--batch-bytes", type=_positive, help=argparse.SUPPRESS)
     send.add_argument("-v", "--verbose", action="count", default=0, help="say more")
-    send.add_argument("folder", metavar="FOLDER", help="the folder to send")
+    send.add_argument(
+        "folder", metavar="FOLDER", nargs="?", help="the folder to send (default: the preset's)"
+    )
     send.add_argument("things", metavar="THING", nargs="*", help="only these subfolders")
+    presets_cmd.add_parser(commands)
+    status_cmd.add_parser(commands)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def _path(text: str) -> str:
@@ -103,16 +135,6 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
     return port
-
-
-def human_bytes(n: int) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _plural(n: int, word: str) -> str:
@@ -147,57 +169,23 @@ def terminal_prompts() -> Prompts:
     return Prompts(trust=_ask_trust, password=_ask_secret, passphrase=_ask_secret)
 
 
-class _ProgressLine:
-    """A self-overwriting progress line on a terminal, at most a few updates a second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2 and done < total:
-            return
-        self.last = now
-        percent = 100 * done // total if total else 100
-        self.stream.write(
-            f"\rsending: {percent:3d}%  {human_bytes(done)} of {human_bytes(total)}  "
-        )
-        self.stream.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # -- the send command -------------------------------------------------------------------------
 
 
 def run(
-    job: Job, *, prompts: Prompts, progress: _ProgressLine | None, early: EarlyStart | None = None
-) -> Receipt:
-    """Connect and send (`deliver.run`)."""
+    job: Job,
+    *,
+    limits: Limits,
+    prompts: Prompts,
+    show: Callable[[Reading], None] | None,
+    early: EarlyStart | None = None,
+) -> list[Receipt]:
+    """Connect and send, batch by batch (`batches.send_all`); the receipts in order."""
     # Imported only now, once ssh has been started (`EarlyStart`): the stream and the receipt
     # (`pack`, tarfile, `reply`) are loaded while ssh connects, not before it starts.
-    from dittohead.client.deliver import run as deliver
+    from dittohead.client.batches import send_all
 
-    return deliver(job, prompts=prompts, progress=progress, early=early)
-
-
-def _server(args: argparse.Namespace) -> Server:
-    host = args.host or os.environ.get("DITTOHEAD_HOST")
-    if not host:
-        raise UsageError("no server given: use --host (or set DITTOHEAD_HOST)")
-    return Server(
-        host=host,
-        port=args.port,
-        user=args.user or login_name(),
-        identity=args.identity,
-        known_hosts=args.known_hosts,
-    )
+    return send_all(job, limits=limits, prompts=prompts, show=show, early=early)
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, object], human: str) -> None:
@@ -223,38 +211,70 @@ def _dry_run(args: argparse.Namespace, job: Job) -> int:
     return 0
 
 
-def _receipt_text(receipt: Receipt) -> str:
+def _receipts_text(receipts: Sequence[Receipt]) -> str:
+    last = receipts[-1]
+    files = sum(r.files for r in receipts)
+    size = sum(r.bytes for r in receipts)
+    ids = "\n            ".join(r.upload for r in receipts)
+    label = "upload:  " if len(receipts) == 1 else "uploads: "
     return (
         f"Sent and confirmed by the server.\n"
-        f"  upload:   {receipt.upload}\n"
-        f"  files:    {receipt.files} ({human_bytes(receipt.bytes)})\n"
-        f"  study:    {receipt.study}\n"
-        f"  station:  {receipt.source}\n"
-        f"  received: {receipt.received_at}"
+        f"  {label} {ids}\n"
+        f"  files:    {files} ({human_bytes(size)})\n"
+        f"  study:    {last.study}\n"
+        f"  station:  {last.source}\n"
+        f"  received: {last.received_at}\n"
+        "See what became of it later with 'dittohead status'."
     )
 
 
+def result_doc(receipts: Sequence[Receipt]) -> dict[str, object]:
+    """``--json``'s object: ``uploads`` (in order), ``files`` and ``bytes`` sent this time,
+    ``study``, ``source`` (DESIGN "The collector's side"); also the last receipt's other keys
+    (``upload``, ``user``, ``received_at``, ``manifest_sha256``) as before batches, and every
+    receipt under ``receipts``."""
+    doc: dict[str, object] = json.loads(receipts[-1].to_json())
+    doc.update(
+        uploads=[r.upload for r in receipts],
+        files=sum(r.files for r in receipts),
+        bytes=sum(r.bytes for r in receipts),
+        receipts=[json.loads(r.to_json()) for r in receipts],
+    )
+    return doc
+
+
+def _display(args: argparse.Namespace) -> TerminalLine | JsonLines | None:
+    if args.progress == "json":
+        return JsonLines(sys.stderr)
+    if args.progress == "auto" and sys.stderr.isatty():
+        return TerminalLine(sys.stderr)
+    return None
+
+
 def cmd_send(args: argparse.Namespace) -> int:
-    # The study and station go on the wire: check them before anything else is looked at.
-    check_study(args.study)
-    check_source(args.source)
-    server = _server(args)
-    request = UploadRequest(args.study, args.source)
+    # The study and station go on the wire: `settle` checks them before anything else.
+    settled = settle(args)
+    server = settled.server
+    request = UploadRequest(settled.study, settled.source)
     early = None if args.dry_run else EarlyStart(server, request)
     try:
-        return _send(args, server, early)
+        return _send(args, settled, early)
     finally:
         if early is not None:
             early.close()  # started but not used: the scan failed, say
 
 
-def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) -> int:
+def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) -> int:
+    from dittohead.client.batches import Limits, limits_from_env
+
+    assert settled.folder is not None
+    limits = Limits.from_options(args.batch_files, args.batch_bytes, limits_from_env())
     job = prepare(
-        server,
-        study=args.study,
-        source=args.source,
-        folder=args.folder,
-        things=args.things,
+        settled.server,
+        study=settled.study,
+        source=settled.source,
+        folder=settled.folder,
+        things=settled.things,
         state=args.state,
         on_new=early,
     )
@@ -272,6 +292,7 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
             args,
             {
                 "upload": None,
+                "uploads": [],
                 "files": 0,
                 "bytes": 0,
                 "study": job.request.study,
@@ -281,14 +302,20 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
             human,
         )
         return 0
-    progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+    display = _display(args)
     try:
-        receipt = run(job, prompts=terminal_prompts(), progress=progress, early=early)
+        receipts = run(
+            job,
+            limits=limits,
+            prompts=terminal_prompts(),
+            show=None if display is None else display.show,
+            early=early,
+        )
     finally:
-        if progress is not None:
-            progress.finish()
-    doc: dict[str, object] = json.loads(receipt.to_json())
-    _emit(args, doc, _receipt_text(receipt))
+        if display is not None:
+            display.finish()
+    remember(settled, args)
+    _emit(args, result_doc(receipts), _receipts_text(receipts))
     return 0
 
 
@@ -322,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         verbose = getattr(args, "verbose", 0)
         _setup_logging(verbose)
+        if args.command == "presets":
+            return presets_cmd.cmd_presets(args)
+        if args.command == "status":
+            return status_cmd.cmd_status(args, terminal_prompts())
         if args.command != "send":
             raise UsageError("say what to do: dittohead send … (see 'dittohead --help')")
         return cmd_send(args)

@@ -20,6 +20,9 @@ _UPLOAD_RE = re.compile(
     r"dittohead upload (?P<version>v[0-9]{1,3}) (?P<study>[a-z0-9][a-z0-9_-]{0,31}) "
     r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
 )
+_STATUS_RE = re.compile(
+    r"dittohead status (?P<version>v[0-9]{1,3}) (?P<study>[a-z0-9][a-z0-9_-]{0,31})"
+)
 _USE_CLIENT = "this server only accepts uploads from the dittohead client; use 'dittohead send'"
 
 
@@ -32,6 +35,23 @@ class UploadRequest:
 
     def command(self) -> str:
         return f"dittohead upload {PROTOCOL_VERSION} {self.study} {self.source}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """``dittohead status v1 <study>``: what became of the connecting user's own uploads.
+
+    It names no user: who asks is the uid the receiver runs as (the kernel's word, not the
+    client's)."""
+
+    study: str
+
+    def command(self) -> str:
+        return f"dittohead status {PROTOCOL_VERSION} {self.study}"
+
+
+#: any request of the v1 protocol
+Request = UploadRequest | StatusRequest
 
 
 def check_study(study: str) -> str:
@@ -52,8 +72,35 @@ def check_source(source: str) -> str:
     return source
 
 
+def parse_request(command: str | None) -> Request:
+    """Parse the SSH command string (an upload or a status query), or raise `ProtocolError`
+    with words for the person."""
+    if command is not None and command.startswith("dittohead status"):
+        match = _STATUS_RE.fullmatch(command)
+        if match is None:
+            parts = command.split(" ")
+            if len(parts) > 2 and re.fullmatch(r"v[0-9]{1,3}", parts[2]):
+                _check_version(parts[2])
+            raise ProtocolError(
+                "malformed status request; expected "
+                f"'dittohead status {PROTOCOL_VERSION} <study>' ({_USE_CLIENT})"
+            )
+        _check_version(match["version"])
+        return StatusRequest(study=match["study"])
+    return parse_command(command)
+
+
+def _check_version(version: str) -> None:
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version} is not supported by this server "
+            f"(it speaks {PROTOCOL_VERSION}); install the matching dittohead client"
+        )
+
+
 def parse_command(command: str | None) -> UploadRequest:
-    """Parse the SSH command string, or raise `ProtocolError` with words for the person."""
+    """Parse an upload's SSH command string, or raise `ProtocolError` with words for the
+    person."""
     if command is None or command.strip() == "":
         raise ProtocolError(f"no command was given: {_USE_CLIENT}")
     match = _UPLOAD_RE.fullmatch(command)

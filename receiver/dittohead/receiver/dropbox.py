@@ -12,6 +12,7 @@ docs/design.md ("The dropbox") describes the contract for people.
     <dropbox>/<study>/done/<entry>/       finalized; the collector's original kept
     <dropbox>/<study>/quarantine/<entry>/ refused, with ``<entry>.reason`` beside it
     <dropbox>/<study>/stale/.<entry>/     abandoned staging, moved aside by the janitor
+    <dropbox>/<study>/outcomes/<uid>/<entry>.json   what became of it, for its uploader alone
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ PROCESSING = "processing"
 DONE = "done"
 QUARANTINE = "quarantine"
 STALE = "stale"
+#: per-uploader outcome documents (made by the processor when first needed; see
+#: processor/outcomes.py): ``outcomes/<uid>/<entry>.json``
+OUTCOMES = "outcomes"
 
 #: an entry's name while the receiver still writes it; nothing else in the inbox starts so
 STAGING_PREFIX = "."

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import asyncssh
 import pytest
 
+from dittohead.client import presets
 from dittohead.core.grammar import parse_command
 from dittohead.core.manifest import MANIFEST_PATH, parse_manifest
 from dittohead.core.receipt import Receipt
@@ -45,6 +46,11 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOGNAME", USER)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.delenv("DITTOHEAD_HOST", raising=False)
+    # No client.toml of this machine or of whoever runs the tests.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("DITTOHEAD_CONFIG", raising=False)
+    monkeypatch.delenv("DITTOHEAD_BATCH", raising=False)
+    monkeypatch.setattr(presets, "machine_file", lambda: str(tmp_path / "no-machine.toml"))
     return home
 
 

@@ -15,7 +15,8 @@ import asyncssh
 import pytest
 
 from dittohead.client import api, cli
-from dittohead.client.cli import human_bytes, main
+from dittohead.client.cli import main
+from dittohead.client.progress import human_bytes
 from dittohead.client.transport import openssh
 from dittohead.core.errors import LocalFileError, NameRejected, ProtocolError, UsageError
 

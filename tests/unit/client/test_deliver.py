@@ -145,7 +145,10 @@ def test_json_output_is_exactly_one_receipt_object(
     out = capsys.readouterr().out
     doc = json.loads(out)  # fails on anything besides one JSON document
     assert out.count("\n") == 1
-    assert set(doc) == set(Receipt.__slots__)  # every field of the receipt, nothing else
+    # DESIGN's keys (uploads, files, bytes, study, source), the last receipt's other fields,
+    # and every receipt: nothing else
+    assert set(doc) == {*Receipt.__slots__, "uploads", "receipts"}
+    assert doc["uploads"] == [doc["upload"]] == [r["upload"] for r in doc["receipts"]]
     assert doc["files"] == len(FILES)
     assert doc["bytes"] == sum(len(c) for c in FILES.values())
     upload = key_server.uploads[0]
@@ -167,6 +170,7 @@ def test_resending_only_sends_what_changed_and_nothing_new_does_not_connect(
     doc = json.loads(capsys.readouterr().out)
     assert doc == {
         "upload": None,
+        "uploads": [],
         "files": 0,
         "bytes": 0,
         "study": STUDY,

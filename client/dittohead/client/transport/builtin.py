@@ -49,7 +49,7 @@ from dittohead.client.transport import (
 from dittohead.client.transport.hostkeys import HostKeyPolicy
 from dittohead.client.transport.login import LoginClient, connect_failure, load_identity
 from dittohead.core.errors import DittoheadError, TransferError
-from dittohead.core.grammar import UploadRequest
+from dittohead.core.grammar import Request
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def cipher_preference() -> list[str]:
 class AsyncsshTransport:
     """One upload through asyncssh (a `transport.Transport`): it connects when it carries."""
 
-    def __init__(self, server: Server, request: UploadRequest, prompts: Prompts | None) -> None:
+    def __init__(self, server: Server, request: Request, prompts: Prompts | None) -> None:
         self.server = server
         self.request = request
         self.prompts = prompts or Prompts()
@@ -80,9 +80,38 @@ class AsyncsshTransport:
         """
         return asyncio.run(self._carry(pack, progress, streamed))
 
+    def ask(self) -> Answer:
+        """Connect, log in and run the request with nothing on its standard input (a
+        question such as ``dittohead status``, not an upload); the server's answer."""
+        return asyncio.run(self._ask())
+
+    async def _ask(self) -> Answer:
+        conn = await self._connect()
+        try:
+            try:
+                done = await conn.run(self.request.command(), stdin=asyncssh.DEVNULL, encoding=None)
+            except (OSError, asyncssh.Error) as exc:
+                raise TransferError(
+                    f"the server {self.server.host} did not answer ({exc}); try again later"
+                ) from exc
+            stdout = done.stdout if isinstance(done.stdout, bytes) else b""
+            stderr = done.stderr if isinstance(done.stderr, bytes) else b""
+            return Answer(stdout, stderr, done.exit_status)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
     async def _carry(
         self, pack: Pack, progress: Progress | None, streamed: Callable[[], None]
     ) -> Answer:
+        conn = await self._connect()
+        try:
+            return await self._session(conn, pack, progress, streamed)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
         server, prompts = self.server, self.prompts
         user = server.user or login_name()
         pinned = None if server.known_hosts is None else Path(server.known_hosts)
@@ -108,17 +137,13 @@ class AsyncsshTransport:
             conn = await asyncssh.connect(server.host, **options)
         except (OSError, asyncssh.Error) as exc:
             raise connect_failure(exc, server.host, server.port, user, client) from exc
-        try:
-            log.info(
-                "connected to %s as %s (cipher %s)",
-                server.host,
-                user,
-                conn.get_extra_info("send_cipher"),
-            )
-            return await self._session(conn, pack, progress, streamed)
-        finally:
-            conn.close()
-            await conn.wait_closed()
+        log.info(
+            "connected to %s as %s (cipher %s)",
+            server.host,
+            user,
+            conn.get_extra_info("send_cipher"),
+        )
+        return conn
 
     async def _session(
         self,

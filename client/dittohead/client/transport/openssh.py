@@ -60,7 +60,7 @@ from dittohead.client.transport import (
     login_name,
     server_words,
 )
-from dittohead.core.grammar import UploadRequest
+from dittohead.core.grammar import Request
 
 if TYPE_CHECKING:
     # Only for its type: the stream (and tarfile with it) is loaded by `deliver`, while ssh
@@ -82,6 +82,9 @@ CIPHERS = (
 )
 #: how much of ssh's stdout and stderr is kept (the receipt is one short line)
 _KEEP = 64 << 10
+#: the most of the server's standard output that is kept: a receipt is small, a status
+#: answer lists every file of the newest uploads (docs/protocol.md, "status")
+_KEEP_ANSWER = 256 << 20
 
 
 def program() -> str | None:
@@ -109,7 +112,7 @@ def _which(name: str) -> str | None:
     return None
 
 
-def start(server: Server, request: UploadRequest) -> Session | None:
+def start(server: Server, request: Request) -> Session | None:
     """OpenSSH's ssh running the upload's exec request, or None when it cannot be used.
 
     Called by `EarlyStart` as soon as the scan meets a file the server has not confirmed.
@@ -172,7 +175,7 @@ def dialer_command() -> str | None:
 def ssh_argv(
     program: str,
     server: Server,
-    request: UploadRequest,
+    request: Request,
     known_hosts: StrPath,
     dialing: str | None = None,
 ) -> list[str]:
@@ -229,15 +232,17 @@ class _Drain(threading.Thread):
     into its stdin (which would hang both sides).
     """
 
-    def __init__(self, pipe: int) -> None:
+    def __init__(self, pipe: int, keep: int = _KEEP) -> None:
         super().__init__(daemon=True)
         self.pipe = pipe
+        self.keep = keep
         self.data = bytearray()
 
     def run(self) -> None:
+        keep = self.keep
         while chunk := os.read(self.pipe, 65536):
-            if len(self.data) < _KEEP:
-                self.data += chunk[: _KEEP - len(self.data)]
+            if len(self.data) < keep:
+                self.data += chunk[: keep - len(self.data)]
 
 
 #: the size asked for the pipe into ssh's stdin (Linux; unprivileged processes may ask for up
@@ -274,7 +279,7 @@ class Session:
     in and the receiver's own start-up overlap with the rest of the folder scan.
     """
 
-    def __init__(self, program: str, server: Server, request: UploadRequest) -> None:
+    def __init__(self, program: str, server: Server, request: Request) -> None:
         known = known_hosts_file(server)
         if not os.path.isfile(known):
             raise Unusable(f"no known-hosts file yet ({known})")
@@ -310,7 +315,10 @@ class Session:
         assert self.proc.stdin is not None
         _widen_pipe(self.proc.stdin.fileno())
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.drains = (_Drain(self.proc.stdout.fileno()), _Drain(self.proc.stderr.fileno()))
+        self.drains = (
+            _Drain(self.proc.stdout.fileno(), _KEEP_ANSWER),
+            _Drain(self.proc.stderr.fileno()),
+        )
         for drain in self.drains:
             drain.start()
 
@@ -368,6 +376,17 @@ class Session:
             except BaseException:
                 self.abandon()  # Ctrl-C before the receipt: no ssh is left behind
                 raise
+        return self._answer()
+
+    def ask(self) -> Answer:
+        """Run the request with nothing on its standard input (a question such as ``dittohead
+        status``, not an upload) and return the server's answer; `Unusable` as `carry`."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        return self._answer()
+
+    def _answer(self) -> Answer:
         status = self._finish()
         stdout, stderr = bytes(self.drains[0].data), bytes(self.drains[1].data)
         if status == SSH_FAILED and not server_words(stderr):
@@ -432,7 +451,7 @@ class EarlyStart:
     new file), so that connecting, logging in and the receiver's start-up overlap with the rest
     of the scan; `deliver.run` takes it over."""
 
-    def __init__(self, server: Server, request: UploadRequest) -> None:
+    def __init__(self, server: Server, request: Request) -> None:
         self.server = server
         self.request = request
         self.session: Session | None = None

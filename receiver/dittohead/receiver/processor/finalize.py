@@ -27,7 +27,7 @@ from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.model import Config, Study
 from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
-from dittohead.receiver.processor import janitor
+from dittohead.receiver.processor import janitor, outcomes
 from dittohead.receiver.processor.claim import (
     ClaimDenied,
     ClaimLost,
@@ -300,6 +300,7 @@ class StudyRun:
                 summary.add(self._quarantine(cand.name, str(exc)))
                 continue
             fault_point("claimed")
+            outcomes.waiting(self.study_fd, cand.uid, cand.name, item.received_at)
             summary.add(self._resume(item))
             if self.out_of_space:
                 # Stop here rather than let this uploader's later entries (or anyone's) take
@@ -415,6 +416,7 @@ class StudyRun:
         todo, item.files = item.files, []
         todo.reverse()
         total = len(todo)
+        published: list[tuple[str, str, str]] = []  # for the uploader's outcome
         moved = MovedFolders()
         # The history of just this entry's paths, in one read of the ledger.
         self.ledger.prepare(staged.path for staged in todo)
@@ -449,6 +451,7 @@ class StudyRun:
                         raise Stopped()
                     staged = todo.pop()
                     record = publish_file(tree, staging, self.ledger, up, staged, moved=moved)
+                    published.append((record.path, record.outcome, record.stored_as))
                     if record.outcome == "stored":
                         summary.stored += 1
                         # The record is only queued: on disk, the file is in the tree
@@ -480,6 +483,7 @@ class StudyRun:
         finally:
             tree.close()
             os.close(staging)
+        outcomes.finalized(self.study_fd, item.uid, item.entry, item.received_at, published)
         self._move_out(item.entry, self.done)
         os.fsync(self.done)
         os.fsync(self.processing)
@@ -513,6 +517,7 @@ class StudyRun:
         finally:
             os.close(fd)
         os.fsync(self.quarantine)
+        outcomes.quarantined(self.study_fd, self.journal, entry, reason)
         with contextlib.suppress(FileNotFoundError):
             self._move_out(entry, self.quarantine)
         os.fsync(self.quarantine)

@@ -35,7 +35,7 @@ from dittohead.core.errors import (
     UploadRejected,
     UsageError,
 )
-from dittohead.core.grammar import UploadRequest, parse_command
+from dittohead.core.grammar import Request, UploadRequest, parse_request
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import group_names, user_name
 from dittohead.receiver.config import DEFAULT_CONFIG
@@ -90,8 +90,9 @@ def parse_args(argv: Sequence[str]) -> Options:
     return Options(config=parsed.config, verbose=parsed.verbose)
 
 
-def request_from_env(environ: Mapping[bytes, bytes]) -> UploadRequest:
-    """The client's request from ``SSH_ORIGINAL_COMMAND``, matched against the v1 grammar."""
+def request_from_env(environ: Mapping[bytes, bytes]) -> Request:
+    """The client's request from ``SSH_ORIGINAL_COMMAND``, matched against the v1 grammar
+    (an upload, or a status query: `receive.main` dispatches)."""
     raw = environ.get(b"SSH_ORIGINAL_COMMAND")
     try:
         command = None if raw is None else raw.decode("utf-8")
@@ -99,7 +100,7 @@ def request_from_env(environ: Mapping[bytes, bytes]) -> UploadRequest:
         raise ProtocolError(
             "this server only accepts uploads from the dittohead client; use 'dittohead send'"
         ) from None
-    return parse_command(command)
+    return parse_request(command)
 
 
 def find_uploaders(settings: UploadSettings, name: str) -> tuple[str, ...]:
@@ -204,6 +205,8 @@ def check_space(inbox_fd: int, limits: UploadLimits) -> None:
 def admit(options: Options, environ: Mapping[bytes, bytes]) -> Admission:
     """Run every check that needs no upload data; raise the first refusal."""
     request = request_from_env(environ)  # before the config: refuse sftp/scp/shell at once
+    if not isinstance(request, UploadRequest):
+        raise ProtocolError("this is not an upload request; use 'dittohead send'")
     settings = load_settings(options.config)
     uploaders = find_uploaders(settings, request.study)
     uid = os.getuid()

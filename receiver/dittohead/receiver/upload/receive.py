@@ -32,8 +32,10 @@ from dittohead.core.errors import (
     TransferError,
     describe_os_error,
 )
+from dittohead.core.grammar import StatusRequest
 from dittohead.core.process import run_and_exit
 from dittohead.receiver import fsops
+from dittohead.receiver.config.checked import load_settings
 from dittohead.receiver.upload import commit, gate
 from dittohead.receiver.upload.stage import Staging, out_of_space
 
@@ -141,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = gate.parse_args(argv)
         if options.verbose:
             _setup_logging(True)
+        request = gate.request_from_env(os.environb)
+        if isinstance(request, StatusRequest):
+            # A question, not an upload: nothing is read from stdin, nothing is written.
+            from dittohead.receiver.upload import status
+
+            _write_line(1, status.answer(load_settings(options.config), request))
+            return 0
         admission = gate.admit(options, os.environb)
         staging = Staging(admission.inbox_fd, admission.request.source, admission.settings.limits)
         staged = staging.receive(0)

@@ -18,6 +18,7 @@ from dittohead.core.errors import (
     UploadRejected,
     UsageError,
 )
+from dittohead.core.grammar import StatusRequest, UploadRequest
 from dittohead.receiver import accounts
 from dittohead.receiver.config import DEFAULT_CONFIG
 from dittohead.receiver.config.checked import UploadSettings
@@ -46,8 +47,9 @@ def test_arguments() -> None:
 
 def test_the_command_comes_from_ssh_original_command_as_utf8() -> None:
     env = {b"SSH_ORIGINAL_COMMAND": b"dittohead upload v1 nccam3 brogden-a"}
-    request = gate.request_from_env(env)
-    assert (request.study, request.source) == ("nccam3", "brogden-a")
+    assert gate.request_from_env(env) == UploadRequest("nccam3", "brogden-a")
+    status = {b"SSH_ORIGINAL_COMMAND": b"dittohead status v1 nccam3"}
+    assert gate.request_from_env(status) == StatusRequest("nccam3")
     with pytest.raises(ProtocolError, match="no command was given"):
         gate.request_from_env({})
     with pytest.raises(ProtocolError, match="dittohead client"):

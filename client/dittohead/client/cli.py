@@ -15,17 +15,21 @@ started, while it connects, and asyncssh only when OpenSSH's ``ssh`` cannot carr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from dittohead.client.job import Job, prepare
+from dittohead.client.layout import landing, misnamed_folder
 from dittohead.client.openssh import EarlyStart
-from dittohead.client.transport import DEFAULT_PORT, Prompts, Server, login_name
+from dittohead.client.transport import DEFAULT_PORT, CannotAsk, Prompts, Server, login_name
 from dittohead.core import logs
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest, check_source, check_study
@@ -62,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Files the server has already confirmed are not sent again."
         ),
     )
-    send.add_argument("--host", help="the server (default: $DITTOHEAD_HOST)")
-    send.add_argument("--port", type=_port, default=DEFAULT_PORT, help="SSH port (default 22)")
+    send.add_argument(
+        "--host",
+        help="the server, as NAME, NAME:PORT or [IPv6]:PORT (default: $DITTOHEAD_HOST)",
+    )
+    send.add_argument("--port", type=_port, help="the server's SSH port (default 22)")
     send.add_argument("--user", help="your user name on the server (default: your login name)")
     send.add_argument("--identity", type=_path, metavar="KEY", help="SSH private key to log in")
     send.add_argument(
@@ -105,6 +112,32 @@ def _port(text: str) -> int:
     return port
 
 
+def split_host(text: str) -> tuple[str, int | None]:
+    """``name``, ``name:port``, ``[v6 address]:port`` or a bare IPv6 address → (host, port).
+
+    Collectors copy servers as they see them written (``drop.example.org:2222``, as in a
+    browser or a known_hosts file); a bare IPv6 address has several colons and no port.
+    """
+    host, port = text.strip(), None
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or not inside or (rest and not rest.startswith(":")):
+            raise UsageError(f"--host {text!r} is not a server: write [ADDRESS] or [ADDRESS]:PORT")
+        host, port_text = inside, rest[1:] if rest else None
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+    else:
+        port_text = None
+    if port_text is not None:
+        try:
+            port = _port(port_text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"--host {text!r}: {exc}") from None
+    if not host:
+        raise UsageError(f"--host {text!r} names no server")
+    return host, port
+
+
 def human_bytes(n: int) -> str:
     """``1536`` → ``1.5 KiB``."""
     value = float(n)
@@ -122,6 +155,25 @@ def _plural(n: int, word: str) -> str:
 # -- talking to the person -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt at once while a prompt waits for the collector.
+
+    The prompts are asked from asyncssh's callbacks, while `asyncio.run` is running, and its
+    SIGINT handler only cancels the main task, which cannot happen while a blocking read holds
+    the loop: Ctrl-C did nothing until Enter. The default handler raises in the read itself
+    (the trust prompt's readline; getpass restores the echo on its way out).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers (and only it gets SIGINT)
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
     print(
         f"\nThe server {server} is not known to dittohead on this computer yet.\n"
@@ -131,13 +183,30 @@ def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
         file=sys.stderr,
     )
     print("Trust this server and continue? [yes/no] ", end="", file=sys.stderr, flush=True)
-    answer = sys.stdin.readline()  # "" at end of input: no answer means no
+    with _interruptible():
+        answer = sys.stdin.readline()  # "" at end of input: no answer means no
     return answer.strip().lower() in ("yes", "y")
 
 
-def _ask_secret(prompt: str) -> str | None:
+def have_terminal() -> bool:
+    """Whether getpass can ask on a terminal. Without one it would read the secret from
+    stdin, visibly, after a GetPassWarning on stderr: dittohead says what it needed instead."""
+    if os.name == "nt":
+        return sys.stdin is not None and sys.stdin.isatty()  # getpass reads the console
     try:
-        return getpass.getpass(prompt, stream=sys.stderr)
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)  # where getpass asks
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _ask_secret(prompt: str) -> str | None:
+    if not have_terminal():
+        raise CannotAsk(prompt)
+    try:
+        with _interruptible():
+            return getpass.getpass(prompt, stream=sys.stderr)
     except EOFError:
         print(file=sys.stderr)
         return None
@@ -148,29 +217,47 @@ def terminal_prompts() -> Prompts:
 
 
 class _ProgressLine:
-    """A self-overwriting progress line on a terminal, at most a few updates a second."""
+    """A self-overwriting progress line on a terminal, at most a few updates a second.
+
+    It never says 100% before the server has confirmed: once the last byte is out it says
+    the server is checking; `confirmed` then shows 100% and ends the line, `clear` erases it so
+    that a refusal (or any error) is printed on a line of its own.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.last = 0.0
-        self.shown = False
+        self.width = 0  # of the text on the line now (0: nothing shown)
+        self.total = 0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self.last < 0.2 and done < total:
             return
-        self.last = now
-        percent = 100 * done // total if total else 100
-        self.stream.write(
-            f"\rsending: {percent:3d}%  {human_bytes(done)} of {human_bytes(total)}  "
-        )
-        self.stream.flush()
-        self.shown = True
+        self.last, self.total = now, total
+        if done >= total:
+            self._show(f"sent {human_bytes(total)}; waiting for the server to confirm")
+        else:
+            self._show(f"sending: {100 * done // total:3d}%  {human_bytes(done)} of "
+                       f"{human_bytes(total)}")  # fmt: skip
 
-    def finish(self) -> None:
-        if self.shown:
+    def _show(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def confirmed(self) -> None:
+        if self.width:
+            total = human_bytes(self.total)
+            self._show(f"sending: 100%  {total} of {total}, confirmed")
             self.stream.write("\n")
             self.stream.flush()
+
+    def clear(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
 
 
 # -- the send command -------------------------------------------------------------------------
@@ -188,12 +275,17 @@ def run(
 
 
 def _server(args: argparse.Namespace) -> Server:
-    host = args.host or os.environ.get("DITTOHEAD_HOST")
-    if not host:
+    given = args.host or os.environ.get("DITTOHEAD_HOST")
+    if not given:
         raise UsageError("no server given: use --host (or set DITTOHEAD_HOST)")
+    host, port = split_host(given)
+    if port is not None and args.port is not None and port != args.port:
+        raise UsageError(
+            f"the server {given!r} says port {port} but --port says {args.port}: give the port once"
+        )
     return Server(
         host=host,
-        port=args.port,
+        port=port or args.port or DEFAULT_PORT,
         user=args.user or login_name(),
         identity=args.identity,
         known_hosts=args.known_hosts,
@@ -214,20 +306,22 @@ def _dry_run(args: argparse.Namespace, job: Job) -> int:
         print(json.dumps(doc, ensure_ascii=False))
         return 0
     for f in files:
-        print(f.path)
+        print(f.path)  # as it will be stored, relative to the study's folder
     print(
         f"dry run: {_plural(len(files), 'file')} ({human_bytes(job.selected.total_bytes)}) "
-        "would be sent; nothing was sent",
+        f"would be sent, stored in the study's folder as {landing(f.path for f in files)}; "
+        "nothing was sent",
         file=sys.stderr,
     )
     return 0
 
 
-def _receipt_text(receipt: Receipt) -> str:
+def _receipt_text(receipt: Receipt, stored: str) -> str:
     return (
         f"Sent and confirmed by the server.\n"
         f"  upload:   {receipt.upload}\n"
         f"  files:    {receipt.files} ({human_bytes(receipt.bytes)})\n"
+        f"  stored:   {stored}\n"
         f"  study:    {receipt.study}\n"
         f"  station:  {receipt.source}\n"
         f"  received: {receipt.received_at}"
@@ -258,6 +352,9 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
         state=args.state,
         on_new=early,
     )
+    misnamed = misnamed_folder(job.scanned.root, job.request.study, job.state.files)
+    if misnamed is not None:
+        log.warning("%s", misnamed)
     if args.dry_run:
         return _dry_run(args, job)
     if not job.selected.files:
@@ -284,11 +381,14 @@ def _send(args: argparse.Namespace, server: Server, early: EarlyStart | None) ->
     progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
     try:
         receipt = run(job, prompts=terminal_prompts(), progress=progress, early=early)
-    finally:
+    except BaseException:
         if progress is not None:
-            progress.finish()
+            progress.clear()  # the refusal gets a line of its own, with no "100%" before it
+        raise
+    if progress is not None:
+        progress.confirmed()
     doc: dict[str, object] = json.loads(receipt.to_json())
-    _emit(args, doc, _receipt_text(receipt))
+    _emit(args, doc, _receipt_text(receipt, landing(f.path for f in job.selected.files)))
     return 0
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from .conftest import FILES, USER, MakeServer, pin, run_cli, write_tree
@@ -153,3 +154,18 @@ def test_a_password_without_a_terminal_is_one_clear_line(
     assert "a password is needed and there is no terminal" in line
     assert "--identity" in line
     assert server.password_attempts == [] and server.uploads == []
+
+
+def test_ctrl_c_at_the_passphrase_prompt_ends_the_send_at_once(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    locked = tmp_path / "id_locked"
+    # PKCS#8 encryption needs no optional package (OpenSSH-format encryption needs bcrypt)
+    locked.write_bytes(key.export_private_key("pkcs8-pem", passphrase="s3cret"))
+    server = make_server(authorized={USER: [key.convert_to_public()]})
+    folder = write_tree(tmp_path / "data", FILES)
+    pinned = ["--known-hosts", str(pin(server, tmp_path))]
+    term = Terminal(run_cli(server, folder, "--identity", str(locked), *pinned))
+    _ctrl_c_ends_it_at_once(term, b"Passphrase for")
+    assert server.uploads == []

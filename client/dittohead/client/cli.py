@@ -15,19 +15,23 @@ started, while it connects, and asyncssh only when OpenSSH's ``ssh`` cannot carr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from dittohead.client import presets_cmd, status_cmd
 from dittohead.client.job import Job, prepare
-from dittohead.client.presets_cmd import Settled, remember, settle
+from dittohead.client.layout import landing, misnamed_folder
+from dittohead.client.presets_cmd import Settled, port_number, remember, settle
 from dittohead.client.progress import JsonLines, Reading, TerminalLine, human_bytes
-from dittohead.client.transport import Prompts
+from dittohead.client.transport import CannotAsk, Prompts
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import DittoheadError, UsageError
 from dittohead.core.grammar import UploadRequest
@@ -69,8 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", metavar="NAME", help="send a preset of client.toml (see 'dittohead presets')"
     )
     presets_cmd.add_config_option(send)
-    send.add_argument("--host", help="the server (default: client.toml, else $DITTOHEAD_HOST)")
-    send.add_argument("--port", type=_port, help="SSH port (default: client.toml, else 22)")
+    send.add_argument(
+        "--host",
+        help="the server, as NAME, NAME:PORT or [IPv6]:PORT (default: client.toml, else "
+        "$DITTOHEAD_HOST)",
+    )
+    send.add_argument("--port", type=port_number, help="SSH port (default: client.toml, else 22)")
     send.add_argument("--user", help="your user name on the server (default: your login name)")
     send.add_argument("--identity", type=_path, metavar="KEY", help="SSH private key to log in")
     send.add_argument(
@@ -127,21 +135,30 @@ def _path(text: str) -> str:
     return os.path.expanduser(text)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return port
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # -- talking to the person -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt at once while a prompt waits for the collector.
+
+    The prompts are asked from asyncssh's callbacks, while `asyncio.run` is running, and its
+    SIGINT handler only cancels the main task, which cannot happen while a blocking read holds
+    the loop: Ctrl-C did nothing until Enter. The default handler raises in the read itself
+    (the trust prompt's readline; getpass restores the echo on its way out).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers (and only it gets SIGINT)
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
@@ -153,13 +170,30 @@ def _ask_trust(server: str, fingerprint: str, key_type: str) -> bool:
         file=sys.stderr,
     )
     print("Trust this server and continue? [yes/no] ", end="", file=sys.stderr, flush=True)
-    answer = sys.stdin.readline()  # "" at end of input: no answer means no
+    with _interruptible():
+        answer = sys.stdin.readline()  # "" at end of input: no answer means no
     return answer.strip().lower() in ("yes", "y")
 
 
-def _ask_secret(prompt: str) -> str | None:
+def have_terminal() -> bool:
+    """Whether getpass can ask on a terminal. Without one it would read the secret from
+    stdin, visibly, after a GetPassWarning on stderr: dittohead says what it needed instead."""
+    if os.name == "nt":
+        return sys.stdin is not None and sys.stdin.isatty()  # getpass reads the console
     try:
-        return getpass.getpass(prompt, stream=sys.stderr)
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)  # where getpass asks
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _ask_secret(prompt: str) -> str | None:
+    if not have_terminal():
+        raise CannotAsk(prompt)
+    try:
+        with _interruptible():
+            return getpass.getpass(prompt, stream=sys.stderr)
     except EOFError:
         print(file=sys.stderr)
         return None
@@ -202,16 +236,17 @@ def _dry_run(args: argparse.Namespace, job: Job) -> int:
         print(json.dumps(doc, ensure_ascii=False))
         return 0
     for f in files:
-        print(f.path)
+        print(f.path)  # as it will be stored, relative to the study's folder
     print(
         f"dry run: {_plural(len(files), 'file')} ({human_bytes(job.selected.total_bytes)}) "
-        "would be sent; nothing was sent",
+        f"would be sent, stored in the study's folder as {landing(f.path for f in files)}; "
+        "nothing was sent",
         file=sys.stderr,
     )
     return 0
 
 
-def _receipts_text(receipts: Sequence[Receipt]) -> str:
+def _receipts_text(receipts: Sequence[Receipt], stored: str) -> str:
     last = receipts[-1]
     files = sum(r.files for r in receipts)
     size = sum(r.bytes for r in receipts)
@@ -221,6 +256,7 @@ def _receipts_text(receipts: Sequence[Receipt]) -> str:
         f"Sent and confirmed by the server.\n"
         f"  {label} {ids}\n"
         f"  files:    {files} ({human_bytes(size)})\n"
+        f"  stored:   {stored}\n"
         f"  study:    {last.study}\n"
         f"  station:  {last.source}\n"
         f"  received: {last.received_at}\n"
@@ -278,6 +314,9 @@ def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) 
         state=args.state,
         on_new=early,
     )
+    misnamed = misnamed_folder(job.scanned.root, job.request.study, job.state.files)
+    if misnamed is not None:
+        log.warning("%s", misnamed)
     if args.dry_run:
         return _dry_run(args, job)
     if not job.selected.files:
@@ -311,11 +350,15 @@ def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) 
             show=None if display is None else display.show,
             early=early,
         )
-    finally:
+    except BaseException:
         if display is not None:
-            display.finish()
+            display.clear()  # the refusal gets a line of its own, with no "100%" before it
+        raise
+    if display is not None:
+        display.confirmed()
     remember(settled, args)
-    _emit(args, result_doc(receipts), _receipts_text(receipts))
+    stored = landing(f.path for f in job.selected.files)
+    _emit(args, result_doc(receipts), _receipts_text(receipts, stored))
     return 0
 
 

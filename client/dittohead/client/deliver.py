@@ -29,7 +29,7 @@ from dittohead.client.job import Job
 from dittohead.client.pack import Pack
 from dittohead.client.reply import Sent
 from dittohead.client.state import Staged
-from dittohead.client.transport import Progress, Prompts, Transport, Unusable, openssh
+from dittohead.client.transport import Progress, Prompts, Transport, Unusable, login_name, openssh
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import LocalFileError
 from dittohead.core.receipt import Receipt
@@ -133,4 +133,5 @@ def _through(
         streamed()
 
     answer = transport.carry(pack, progress=progress, streamed=complete)
-    return reply.receipt(answer, sent, job.request, job.server.host)
+    user = job.server.user or login_name()
+    return reply.receipt(answer, sent, job.request, job.server.host, user)

@@ -57,6 +57,43 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="say more")
 
 
+def port_number(text: str) -> int:
+    """An SSH port given on the command line (argparse's ``type``)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def split_host(text: str) -> tuple[str, int | None]:
+    """``name``, ``name:port``, ``[v6 address]:port`` or a bare IPv6 address → (host, port).
+
+    Collectors copy servers as they see them written (``drop.example.org:2222``, as in a
+    browser or a known_hosts file); a bare IPv6 address has several colons and no port.
+    """
+    host, port = text.strip(), None
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or not inside or (rest and not rest.startswith(":")):
+            raise UsageError(f"--host {text!r} is not a server: write [ADDRESS] or [ADDRESS]:PORT")
+        host, port_text = inside, rest[1:] if rest else None
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+    else:
+        port_text = None
+    if port_text is not None:
+        try:
+            port = port_number(port_text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"--host {text!r}: {exc}") from None
+    if not host:
+        raise UsageError(f"--host {text!r} names no server")
+    return host, port
+
+
 def settle(
     args: argparse.Namespace, *, need_folder: bool = True, need_source: bool = True
 ) -> Settled:
@@ -78,16 +115,21 @@ def settle(
         )
     if source:
         check_source(source)
-    host = args.host or config.server.host or os.environ.get("DITTOHEAD_HOST")
-    if not host:
+    given = args.host or config.server.host or os.environ.get("DITTOHEAD_HOST")
+    if not given:
         raise UsageError(
             "no server given: use --host (or set DITTOHEAD_HOST, or host in client.toml)"
+        )
+    host, port = split_host(given)
+    if port is not None and args.port is not None and port != args.port:
+        raise UsageError(
+            f"the server {given!r} says port {port} but --port says {args.port}: give the port once"
         )
     user = args.user or (preset.user if preset else None) or login_name()
     identity = args.identity or (preset.identity if preset else None)
     server = Server(
         host=host,
-        port=args.port or config.server.port or DEFAULT_PORT,
+        port=port or args.port or config.server.port or DEFAULT_PORT,
         user=user,
         identity=identity,
         known_hosts=args.known_hosts or config.server.known_hosts,

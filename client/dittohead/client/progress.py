@@ -106,9 +106,12 @@ def human_duration(seconds: float) -> str:
 
 
 def describe(reading: Reading) -> str:
-    """The terminal line's text."""
+    """The terminal line's text. It never says 100% before the server has confirmed: once the
+    last byte is out, the server is still checking it (`TerminalLine.confirmed` says 100%)."""
     total = reading.bytes_total
-    percent = 100 * reading.bytes_done // total if total else 100
+    if reading.bytes_done >= total:
+        return f"sent {human_bytes(total)}; waiting for the server to confirm"
+    percent = min(100 * reading.bytes_done // total, 99)
     text = f"sending: {percent:3d}%  {human_bytes(reading.bytes_done)} of {human_bytes(total)}"
     if reading.rate is not None:
         text += f"  {human_bytes(reading.rate)}/s"
@@ -138,28 +141,40 @@ class _Display:
 
 
 class TerminalLine(_Display):
-    """A self-overwriting progress line on a terminal."""
+    """A self-overwriting progress line on a terminal. `confirmed` shows 100% and ends the line
+    once the server has confirmed; `clear` erases it, so that a refusal (or any error) is
+    printed on a line of its own."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(stream, clock)
-        self.width = 0
-        self.shown = False
+        self.width = 0  # of the text on the line now (0: nothing shown)
+        self.total = 0
 
     def show(self, reading: Reading) -> None:
         if not self.due(reading):
             return
-        text = describe(reading)
+        self.total = reading.bytes_total
+        self._write(describe(reading))
+
+    def _write(self, text: str) -> None:
         # Pad over a longer previous line (the rate's digits vary).
         self.stream.write("\r" + text.ljust(self.width))
         self.width = len(text)
         self.stream.flush()
-        self.shown = True
 
-    def finish(self) -> None:
-        if self.shown:
+    def confirmed(self) -> None:
+        if self.width:
+            total = human_bytes(self.total)
+            self._write(f"sending: 100%  {total} of {total}, confirmed")
             self.stream.write("\n")
             self.stream.flush()
-            self.shown = False
+            self.width = 0
+
+    def clear(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
 
 
 class JsonLines(_Display):
@@ -175,5 +190,8 @@ class JsonLines(_Display):
         self.stream.write(json.dumps({"progress": doc}, sort_keys=True) + "\n")
         self.stream.flush()
 
-    def finish(self) -> None:
+    def confirmed(self) -> None:
+        pass  # the result (--json) or the error says the rest
+
+    def clear(self) -> None:
         pass

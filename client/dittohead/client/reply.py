@@ -34,6 +34,29 @@ class ServerRefused(DittoheadError):
         self.exit_code = status
 
 
+#: a shell's status for "command not found": sshd ran the account's shell, not the receiver
+SHELL_NOT_FOUND = 127
+#: the status of dittohead's own command line (`dittohead.client.cli`) refusing its arguments:
+#: a shell found the client's ``dittohead`` on the server, not the receiver
+CLIENT_USAGE = 2
+
+
+def not_set_up(status: int | None, stderr: bytes) -> bool:
+    """Whether the answer came from the account's own shell instead of the receiver.
+
+    On an account sshd does not force the receiver on (it is in no uploader group), the
+    upload's command line reaches a shell: it answers "dittohead: command not found" (status
+    127), or, where the dittohead client is installed on the server, the client's own usage
+    error (status 2; the receiver never exits 2: it follows sysexits.h, docs/protocol.md).
+    """
+    text = stderr.decode("utf-8", "replace")
+    if "dittohead-receive" in text:
+        return False  # the forced command itself is missing: the admin's setup, told as is
+    if status == SHELL_NOT_FOUND or (not server_words(stderr) and "not found" in text):
+        return True
+    return status == CLIENT_USAGE and "dittohead send --help" in text
+
+
 # The server's exit status → the error class a GUI can test for (the receiver follows
 # sysexits.h like dittohead.core.errors does); anything else keeps its status as-is.
 _BY_STATUS: dict[int, type[DittoheadError]] = {
@@ -46,12 +69,21 @@ _BY_STATUS: dict[int, type[DittoheadError]] = {
 }
 
 
-def server_failure(status: int | None, stderr: bytes, host: str) -> DittoheadError:
+def server_failure(
+    status: int | None, stderr: bytes, host: str, user: str | None = None
+) -> DittoheadError:
     """The error for a receiver that ended without a receipt, in the server's own words.
 
     `status` is None when no exit status arrived (the channel closed first); the server's
     ``dittohead: …`` line, when there is one, is still the best explanation there is.
     """
+    if not_set_up(status, stderr):
+        account = f"the account {user}" if user else "your account"
+        return NotAuthorized(
+            f"{account} on {host} is not set up for dittohead: the server answered with an "
+            "ordinary shell instead of dittohead's receiver; ask your admin to add "
+            f"{user or 'you'} to the study's uploader group; nothing was sent"
+        )
     ours = server_words(stderr)
     known = status is not None and status > 0
     if ours and not known:
@@ -124,14 +156,17 @@ def parse_receipt(stdout: bytes) -> Receipt:
     return Receipt.from_json(lines[-1] if lines else "")
 
 
-def receipt(answer: Answer, sent: Sent | None, request: UploadRequest, host: str) -> Receipt:
+def receipt(
+    answer: Answer, sent: Sent | None, request: UploadRequest, host: str, user: str | None = None
+) -> Receipt:
     """The checked receipt in `answer`, or the error that says why there is none.
 
     `sent` is None when the stream did not reach its end (the server stopped reading first):
-    whatever the server answered, nothing can be confirmed then.
+    whatever the server answered, nothing can be confirmed then. `user` (the account logged
+    in as) is for the words only.
     """
     if answer.status != 0 or sent is None:
-        raise server_failure(answer.status, answer.stderr, host)
+        raise server_failure(answer.status, answer.stderr, host, user)
     checked = parse_receipt(answer.stdout)
     check_receipt(checked, sent, request, host)
     return checked

@@ -14,7 +14,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from dittohead.client import api, cli
+from dittohead.client import api, cli, presets_cmd
 from dittohead.client.cli import main
 from dittohead.client.progress import human_bytes
 from dittohead.client.transport import openssh
@@ -323,3 +323,147 @@ def test_the_command_runs_without_the_cyclic_collector_and_exits_with_mains_stat
     finally:
         gc.enable()
     assert seen == [False, 3]
+
+
+# -- the server as collectors write it (--host NAME:PORT) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("drop.example.org", ("drop.example.org", None)),
+        ("drop.example.org:2222", ("drop.example.org", 2222)),
+        ("10.0.0.5:22", ("10.0.0.5", 22)),
+        ("[2001:db8::5]:2222", ("2001:db8::5", 2222)),
+        ("[2001:db8::5]", ("2001:db8::5", None)),
+        ("2001:db8::5", ("2001:db8::5", None)),  # a bare IPv6 address has no port
+    ],
+)
+def test_split_host(text: str, expected: tuple[str, int | None]) -> None:
+    assert presets_cmd.split_host(text) == expected
+
+
+@pytest.mark.parametrize("text", ["drop:0", "drop:http", ":22", "[::1", "[::1]x", "[]:22"])
+def test_split_host_refuses_what_is_not_a_server(text: str) -> None:
+    with pytest.raises(UsageError, match="--host"):
+        presets_cmd.split_host(text)
+
+
+def test_a_send_to_host_colon_port_reaches_that_port(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    identity: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_server(authorized={USER: [client_key.convert_to_public()]})
+    pinned = tmp_path / "kh"
+    pinned.write_text(server.known_hosts_line())
+    data = write_tree(tmp_path / "d", {"a.txt": b"a"})
+    args = [
+        "send", "--host", f"{server.host}:{server.port}", "--identity", str(identity),
+        "--known-hosts", str(pinned), "--study", STUDY, "--source", SOURCE, "--json", str(data),
+    ]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["files"] == 1
+    assert len(server.uploads) == 1
+    # the same server as with --port: what it confirmed is not sent again
+    again = ["send", "--host", server.host, "--port", str(server.port), *args[3:]]
+    assert main(again) == 0
+    assert json.loads(capsys.readouterr().out)["nothing_to_send"] is True
+
+
+def test_a_port_given_twice_must_agree(
+    folder: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rest = ["--study", STUDY, "--source", SOURCE, "--dry-run", str(folder)]
+    assert main(["send", "--host", "drop.example.org:2222", "--port", "2222", *rest]) == 0
+    capsys.readouterr()
+    code = main(["send", "--host", "drop.example.org:2222", "--port", "22", *rest])
+    assert code == UsageError.exit_code
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        "dittohead: the server 'drop.example.org:2222' says port 2222 but --port says 22: "
+        "give the port once"
+    )
+    assert no_network == []
+
+
+# -- where the files land ---------------------------------------------------------------------
+
+
+def test_dry_run_says_where_the_files_land(
+    folder: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv(folder, "--dry-run")) == 0
+    err = capsys.readouterr().err
+    assert (
+        "stored in the study's folder as eprime/ (2 files), "
+        "1 file at the top of the study's folder: x.csv" in err
+    )
+
+
+def test_a_subfolder_named_as_folder_is_warned_about_and_shown_at_the_top(
+    tmp_path: Path, no_network: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    study_folder = write_tree(tmp_path / STUDY, {"eprime/s01.txt": b"1", "eprime/s02.txt": b"2"})
+    assert main(argv(study_folder / "eprime", "--dry-run")) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["s01.txt", "s02.txt"]
+    lines = err.splitlines()
+    assert lines[0].startswith(f"dittohead: warning: {study_folder / 'eprime'} looks like one of")
+    assert f"name eprime after it (dittohead send … {study_folder} eprime)" in lines[0]
+    assert "as 2 files at the top of the study's folder: s01.txt, s02.txt" in lines[1]
+    # the study's folder itself, with the thing named after it: no warning
+    assert main([*argv(study_folder, "--dry-run"), "eprime"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_receipt_says_where_the_files_were_stored(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    identity: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_server(authorized={USER: [client_key.convert_to_public()]})
+    pinned = tmp_path / "kh"
+    pinned.write_text(server.known_hosts_line())
+    data = write_tree(tmp_path / "d", {"eprime/a.txt": b"a", "biopac/r.acq": b"r"})
+    args = [
+        "send", "--host", server.host, "--port", str(server.port), "--identity", str(identity),
+        "--known-hosts", str(pinned), "--study", STUDY, "--source", SOURCE, str(data),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert "  stored:   biopac/ (1 file), eprime/ (1 file)\n" in capsys.readouterr().out
+
+
+# -- the progress line ------------------------------------------------------------------------
+
+
+def test_no_100_percent_before_a_refusal_and_the_refusal_on_its_own_line(
+    make_server: MakeServer,
+    client_key: asyncssh.SSHKey,
+    identity: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The receiver reads the whole stream, then refuses it.
+    server = make_server(authorized={USER: [client_key.convert_to_public()]}, mode="fail")
+    pinned = tmp_path / "kh"
+    pinned.write_text(server.known_hosts_line())
+    data = write_tree(tmp_path / "d", {"a.bin": b"x" * 3_000_000})
+    args = [
+        "send", "--host", server.host, "--port", str(server.port), "--identity", str(identity),
+        "--known-hosts", str(pinned), "--study", STUDY, "--source", SOURCE, str(data),
+    ]  # fmt: skip
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(args) == 65
+    shown = terminal.getvalue()
+    before, refusal = shown.split("dittohead: ", 1)
+    assert "100%" not in shown
+    assert "waiting for the server to confirm" in before  # the stream was all sent
+    # the progress line was erased: the refusal starts a line of its own
+    assert before.endswith("\r") and before.rsplit("\r", 2)[-2].strip() == ""
+    assert refusal.startswith("the upload is larger than this server accepts")

@@ -60,6 +60,7 @@ class Console:
         self.monkeypatch = monkeypatch
         self.stdin("")
         monkeypatch.setattr(getpass, "getpass", self._getpass)
+        monkeypatch.setattr(cli, "have_terminal", lambda: True)  # getpass is the terminal
 
     def stdin(self, text: str) -> None:
         self.monkeypatch.setattr("sys.stdin", io.StringIO(text))
@@ -291,6 +292,31 @@ def test_no_password_given_is_a_clear_refusal(
     code = cli.main(run_cli(server, folder, "--known-hosts", str(pin(server, tmp_path))))
     assert code == TransferError.exit_code
     assert "no password was given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kbdint", [True, False], ids=["keyboard-interactive", "password"])
+def test_a_refused_identity_is_said_to_be_refused_and_no_password_is_asked(
+    make_server: MakeServer,
+    folder: Path,
+    identity: Path,
+    tmp_path: Path,
+    console: Console,
+    capsys: pytest.CaptureFixture[str],
+    kbdint: bool,
+) -> None:
+    # The server knows another key for this user, and would take a password too.
+    other = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+    server = make_server(passwords={USER: "pw"}, authorized={USER: [other]}, kbdint=kbdint)
+    console.passwords = ["pw"]
+    code = cli.main(keyed(server, folder, identity, tmp_path))
+    err = capsys.readouterr().err
+    assert code == TransferError.exit_code
+    [line] = err.splitlines()
+    assert line.startswith(f"dittohead: could not log in to {server.host} as {USER}: ")
+    assert f"the server does not accept the key {identity} for {USER}" in line
+    assert f"{identity}.pub" in line and "password" not in line
+    assert console.password_prompts == [] and server.password_attempts == []
+    assert server.uploads == []
 
 
 # -- host keys --------------------------------------------------------------------------------

@@ -113,3 +113,38 @@ def test_an_answer_with_the_servers_refusal_is_that_refusal(pack: Pack) -> None:
     with pytest.raises(NotAuthorized, match="you may not upload to this study") as caught:
         reply.receipt(answer, Sent.of(pack), REQUEST, "h")
     assert caught.value.exit_code == 77
+
+
+@pytest.mark.parametrize(
+    ("status", "stderr"),
+    [
+        (127, b"bash: line 1: dittohead: command not found\n"),
+        (127, b"sh: 1: dittohead: not found\n"),
+        (1, b"zsh:1: command not found: dittohead\n"),
+        # the dittohead client installed on the server, answering in place of the receiver
+        (
+            2,
+            b"dittohead: argument COMMAND: invalid choice: 'upload' (choose from 'send') "
+            b"(see 'dittohead send --help')\n",
+        ),
+    ],
+)
+def test_an_account_that_is_not_a_collector_is_recognised(status: int, stderr: bytes) -> None:
+    err = reply.server_failure(status, stderr, "drop.example.org", "jdoe")
+    assert isinstance(err, NotAuthorized) and err.exit_code == NotAuthorized.exit_code
+    assert err.message.startswith("the account jdoe on drop.example.org is not set up for")
+    assert "ask your admin to add jdoe to the study's uploader group" in err.message
+    assert "command not found" not in err.message
+
+
+def test_a_missing_receiver_is_not_mistaken_for_an_account_that_is_not_set_up() -> None:
+    # sshd forces the receiver on the account, but it is not where the admin said: their setup.
+    stderr = b"bash: line 1: /usr/bin/dittohead-receive: No such file or directory\n"
+    err = reply.server_failure(127, stderr, "h", "jdoe")
+    assert "failed without explaining why" in err.message
+    assert "dittohead-receive" in err.message and "tell your admin" in err.message
+
+
+def test_the_receivers_own_refusals_are_not_taken_for_a_shell() -> None:
+    err = reply.server_failure(77, b"dittohead: there is no study 'x' on this server\n", "h", "u")
+    assert err.message == "there is no study 'x' on this server"

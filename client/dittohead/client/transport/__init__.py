@@ -37,8 +37,14 @@ Progress = Callable[[int, int], None]
 #: Asked when a server is not known yet: (server "host:port", "SHA256:…", key type) → trust?
 TrustPrompt = Callable[[str, str, str], bool]
 
-#: Asks for a secret: prompt text → the answer, or None to give up.
+#: Asks for a secret: prompt text → the answer, or None to give up; raises `CannotAsk` when
+#: there is nobody to ask (no terminal), KeyboardInterrupt on Ctrl-C.
 SecretPrompt = Callable[[str], "str | None"]
+
+
+class CannotAsk(Exception):
+    """A prompt has nobody to ask (say, no terminal to type a password on): whoever needed the
+    answer says what was needed and how to do without it."""
 
 
 def login_name() -> str:

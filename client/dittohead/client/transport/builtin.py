@@ -20,7 +20,11 @@ Connection settings, and why:
   (it costs 10x on the random-looking data instruments produce);
 * ``~/.ssh/config`` is not read (``config=None``): what dittohead checks and how it connects
   must not depend on a file the collector may not know exists;
-* at most three password tries, then a clear "could not log in" (see `login`).
+* at most three password tries, then a clear "could not log in" (see `login`); none with
+  ``--identity``: the collector chose a key, and a refused key is said to be refused;
+* Ctrl-C at a prompt (the trust question, a password) ends the send at once: the prompt
+  raises KeyboardInterrupt, `login.LoginClient` answers asyncssh "no", and once asyncssh has
+  closed the connection `carry` raises KeyboardInterrupt again, outside the event loop.
 
 Only the CLI prints: prompts go through the callables in `transport.Prompts`.
 """
@@ -62,6 +66,10 @@ def cipher_preference() -> list[str]:
     return list(dict.fromkeys([*PREFERRED_CIPHERS, *rest]))
 
 
+class _Interrupted(Exception):
+    """Ctrl-C at a prompt: raised out of the event loop, then KeyboardInterrupt again."""
+
+
 class AsyncsshTransport:
     """One upload through asyncssh (a `transport.Transport`): it connects when it carries."""
 
@@ -78,15 +86,30 @@ class AsyncsshTransport:
         Failing to connect or to log in raises the `DittoheadError` that says why, in words for
         the collector (`login.connect_failure`); this transport never raises `Unusable`.
         """
-        return asyncio.run(self._carry(pack, progress, streamed))
+        key = self._key()
+        try:
+            return asyncio.run(self._carry(pack, progress, streamed, key))
+        except _Interrupted:
+            raise KeyboardInterrupt from None
+
+    def _key(self) -> asyncssh.SSHKey | None:
+        # The key is read (and its passphrase asked for) before the event loop runs: there
+        # Ctrl-C at the passphrase prompt is an ordinary KeyboardInterrupt.
+        if self.server.identity is None:
+            return None
+        return load_identity(Path(self.server.identity), self.prompts.passphrase)
 
     def ask(self) -> Answer:
         """Connect, log in and run the request with nothing on its standard input (a
         question such as ``dittohead status``, not an upload); the server's answer."""
-        return asyncio.run(self._ask())
+        key = self._key()
+        try:
+            return asyncio.run(self._ask(key))
+        except _Interrupted:
+            raise KeyboardInterrupt from None
 
-    async def _ask(self) -> Answer:
-        conn = await self._connect()
+    async def _ask(self, key: asyncssh.SSHKey | None) -> Answer:
+        conn = await self._connect(key)
         try:
             try:
                 done = await conn.run(self.request.command(), stdin=asyncssh.DEVNULL, encoding=None)
@@ -102,21 +125,26 @@ class AsyncsshTransport:
             await conn.wait_closed()
 
     async def _carry(
-        self, pack: Pack, progress: Progress | None, streamed: Callable[[], None]
+        self,
+        pack: Pack,
+        progress: Progress | None,
+        streamed: Callable[[], None],
+        key: asyncssh.SSHKey | None,
     ) -> Answer:
-        conn = await self._connect()
+        conn = await self._connect(key)
         try:
             return await self._session(conn, pack, progress, streamed)
         finally:
             conn.close()
             await conn.wait_closed()
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
+    async def _connect(self, key: asyncssh.SSHKey | None) -> asyncssh.SSHClientConnection:
         server, prompts = self.server, self.prompts
         user = server.user or login_name()
         pinned = None if server.known_hosts is None else Path(server.known_hosts)
         policy = HostKeyPolicy(server.host, server.port, pinned=pinned, ask=prompts.trust)
-        client = LoginClient(policy, f"{user}@{server.host}", prompts.password)
+        identity = None if server.identity is None else Path(server.identity)
+        client = LoginClient(policy, f"{user}@{server.host}", prompts.password, identity=identity)
         options: dict[str, Any] = {
             "port": server.port,
             "username": user,
@@ -130,12 +158,18 @@ class AsyncsshTransport:
             "connect_timeout": CONNECT_TIMEOUT,
             "keepalive_interval": KEEPALIVE_INTERVAL,
         }
-        if server.identity is not None:
-            options["client_keys"] = [load_identity(Path(server.identity), prompts.passphrase)]
+        if key is not None:
+            options["client_keys"] = [key]
             options["agent_path"] = None  # only the key that was asked for
+            # The collector chose a key: when the server refuses it, say so (`login`) rather
+            # than ask for a password they may not have.
+            options["password_auth"] = False
+            options["kbdint_auth"] = False
         try:
             conn = await asyncssh.connect(server.host, **options)
         except (OSError, asyncssh.Error) as exc:
+            if client.interrupted:
+                raise _Interrupted from None
             raise connect_failure(exc, server.host, server.port, user, client) from exc
         log.info(
             "connected to %s as %s (cipher %s)",

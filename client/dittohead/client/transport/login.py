@@ -7,9 +7,15 @@
   that could not prove its identity);
 * during authentication, for passwords: at most three tries in all, shared between plain
   password and keyboard-interactive authentication (what OpenSSH servers using PAM ask for).
+  A collector who gave ``--identity`` is never asked for a password (`asyncssh_transport`
+  turns password logins off): a refused key is then said to be refused, not mistaken for three
+  wrong passwords they may not even have.
 
-It never prints; it asks through the callables it is given. `connect_failure` turns whatever
-asyncssh or the operating system raised while connecting into words for a collector.
+It never prints; it asks through the callables it is given. A prompt that has nobody to ask
+(`transport.CannotAsk`: no terminal) or that the collector interrupts (Ctrl-C) ends the login
+at once: asyncssh is told "no answer" (an exception must not escape into its packet handler),
+and the reason is kept for `connect_failure`, which turns whatever asyncssh or the operating
+system raised while connecting into words for a collector.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import asyncssh
 
-from dittohead.client.transport import SecretPrompt
+from dittohead.client.transport import CannotAsk, SecretPrompt
 from dittohead.client.transport.hostkeys import HostKeyPolicy
 from dittohead.core.errors import (
     DittoheadError,
@@ -46,7 +52,13 @@ def load_identity(path: Path, ask: SecretPrompt | None) -> asyncssh.SSHKey:
         if "assphrase" not in str(exc):
             raise UsageError(f"{path} is not an SSH private key ({exc})") from exc
     for _ in range(MAX_PASSWORD_TRIES):
-        passphrase = ask(f"Passphrase for {path}: ") if ask is not None else None
+        try:
+            passphrase = ask(f"Passphrase for {path}: ") if ask is not None else None
+        except CannotAsk:
+            raise UsageError(
+                f"the key {path} is protected by a passphrase and there is no terminal to ask "
+                "for it on: run dittohead send in a terminal; nothing was sent"
+            ) from None
         if passphrase is None:
             break
         try:
@@ -64,12 +76,24 @@ def load_identity(path: Path, ask: SecretPrompt | None) -> asyncssh.SSHKey:
 class LoginClient(asyncssh.SSHClient):
     """asyncssh callbacks: host key decision and password prompts."""
 
-    def __init__(self, policy: HostKeyPolicy, where: str, ask: SecretPrompt | None) -> None:
+    def __init__(
+        self,
+        policy: HostKeyPolicy,
+        where: str,
+        ask: SecretPrompt | None,
+        *,
+        identity: Path | None = None,
+    ) -> None:
         self.policy = policy
         self.where = where  # "user@host" for the password prompt
         self.ask = ask
+        self.identity = identity  # the key the collector named (--identity): no passwords
         self.password_tries = 0
         self.gave_up = False
+        #: a password was needed and there was no terminal to ask for it on
+        self.no_terminal = False
+        #: the collector pressed Ctrl-C at a prompt (`asyncssh_transport` raises it again)
+        self.interrupted = False
         self.host_key_error: DittoheadError | None = None
 
     def validate_host_public_key(
@@ -80,6 +104,9 @@ class LoginClient(asyncssh.SSHClient):
         # into this error.
         try:
             self.policy.check(addr, key)
+        except KeyboardInterrupt:
+            self.interrupted = True  # Ctrl-C at the trust prompt: stop, trusting nothing
+            return False
         except DittoheadError as exc:
             self.host_key_error = exc
             return False
@@ -98,7 +125,12 @@ class LoginClient(asyncssh.SSHClient):
         if self.password_tries > 1:  # asyncssh only asks again when the last one was refused
             tries = f"{self.password_tries} of {MAX_PASSWORD_TRIES}"
             prompt = f"Wrong password, try again ({tries}). {prompt}"
-        password = self.ask(prompt)
+        try:
+            password = self.ask(prompt)
+        except CannotAsk:
+            self.no_terminal, password = True, None
+        except KeyboardInterrupt:
+            self.interrupted, password = True, None
         if password is None:
             self.gave_up = True
         return password
@@ -125,6 +157,19 @@ def connect_failure(
     if isinstance(exc, asyncssh.HostKeyNotVerifiable) and client.host_key_error is not None:
         return client.host_key_error
     if isinstance(exc, asyncssh.PermissionDenied):
+        if client.identity is not None:
+            return TransferError(
+                f"could not log in to {host} as {user}: the server does not accept the key "
+                f"{client.identity} for {user} (ask your admin to add that key's public half, "
+                f"{client.identity}.pub, to the account {user}, or check --user and "
+                "--identity); nothing was sent"
+            )
+        if client.no_terminal:
+            return TransferError(
+                f"could not log in to {host} as {user}: a password is needed and there is no "
+                "terminal to ask for it on: log in with a key (--identity KEYFILE), or run "
+                "dittohead send in a terminal; nothing was sent"
+            )
         if client.password_tries >= MAX_PASSWORD_TRIES:
             why = f"wrong password (tried {MAX_PASSWORD_TRIES} times)"
         elif client.gave_up:

@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from dittohead.client.transport import CannotAsk
 from dittohead.client.transport.hostkeys import HostKeyPolicy
 from dittohead.client.transport.login import LoginClient, connect_failure, load_identity
 from dittohead.core.errors import HostKeyError, TransferError, UsageError
@@ -102,3 +103,15 @@ def test_a_host_key_refusal_comes_back_as_the_policys_own_error() -> None:
     client.host_key_error = HostKeyError("WARNING: it changed")
     err = connect_failure(asyncssh.HostKeyNotVerifiable("x"), "h", 22, "u", client)
     assert err is client.host_key_error
+
+
+def test_a_passphrase_without_a_terminal_is_one_clear_refusal(
+    locked_key: tuple[Path, asyncssh.SSHKey],
+) -> None:
+    path, _ = locked_key
+
+    def no_terminal(prompt: str) -> str | None:
+        raise CannotAsk(prompt)
+
+    with pytest.raises(UsageError, match="no terminal to ask for it on"):
+        load_identity(path, no_terminal)

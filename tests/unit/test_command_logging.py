@@ -32,7 +32,7 @@ def test_the_client_says_warnings_in_its_own_words(verbose: int, stderr: str) ->
         from dittohead.client import cli
         import logging
         cli._setup_logging({verbose})
-        log = logging.getLogger("dittohead.client.scan")
+        log = logging.getLogger("dittohead.client.plan.scan")
         log.debug("d")
         log.warning("w")
         """

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dittohead.client.deliver import run
-from dittohead.client.job import Job, prepare
+from dittohead.client.plan.job import Job, prepare
 from dittohead.client.reply import ServerRefused
 from dittohead.client.transport import DEFAULT_PORT, Progress, Prompts, Server
 from dittohead.core.receipt import Receipt

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from dittohead.client import presets_cmd, status_cmd
-from dittohead.client.job import Job, prepare
-from dittohead.client.layout import landing, misnamed_folder
+from dittohead.client.plan.job import Job, prepare
+from dittohead.client.plan.layout import landing, misnamed_folder
 from dittohead.client.presets_cmd import Settled, port_number, remember, settle
 from dittohead.client.progress import JsonLines, Reading, TerminalLine, human_bytes
 from dittohead.client.transport import CannotAsk, Prompts
@@ -38,7 +38,7 @@ from dittohead.core.grammar import UploadRequest
 from dittohead.core.process import run_and_exit
 
 if TYPE_CHECKING:
-    from dittohead.client.batches import Limits
+    from dittohead.client.plan.batches import Limits
     from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def run(
     """Connect and send, batch by batch (`batches.send_all`); the receipts in order."""
     # Imported only now, once ssh has been started (`EarlyStart`): the stream and the receipt
     # (`pack`, tarfile, `reply`) are loaded while ssh connects, not before it starts.
-    from dittohead.client.batches import send_all
+    from dittohead.client.plan.batches import send_all
 
     return send_all(job, limits=limits, prompts=prompts, show=show, early=early)
 
@@ -301,7 +301,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) -> int:
-    from dittohead.client.batches import Limits, limits_from_env
+    from dittohead.client.plan.batches import Limits, limits_from_env
 
     assert settled.folder is not None
     limits = Limits.from_options(args.batch_files, args.batch_bytes, limits_from_env())

@@ -25,10 +25,10 @@ import logging
 from collections.abc import Callable
 
 from dittohead.client import reply
-from dittohead.client.job import Job
 from dittohead.client.pack import Pack
+from dittohead.client.plan.job import Job
+from dittohead.client.plan.state import Staged
 from dittohead.client.reply import Sent
-from dittohead.client.state import Staged
 from dittohead.client.transport import Progress, Prompts, Transport, Unusable, login_name, openssh
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import LocalFileError

@@ -33,7 +33,7 @@ import time
 from collections.abc import Generator, Iterator
 from typing import TypeAlias
 
-from dittohead.client.scan import FileItem, Plan, path_key
+from dittohead.client.plan.scan import FileItem, Plan, path_key
 from dittohead.core.errors import LocalFileError, describe_os_error
 from dittohead.core.manifest import MANIFEST_PATH, Manifest, in_blocks, json_pieces
 from dittohead.core.names import parents

@@ -329,7 +329,7 @@ def remember_login(path: str, preset: str, user: str) -> bool:
     it is dittohead's, the admin's presets live in the machine-wide file."""
     import tomllib
 
-    from dittohead.client.state import write_atomic
+    from dittohead.client.plan.state import write_atomic
 
     content = read_file(path)
     doc: dict[str, Any] = {}

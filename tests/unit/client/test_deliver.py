@@ -25,8 +25,8 @@ import pytest
 
 from dittohead.client import api, cli, deliver
 from dittohead.client.pack import Pack
-from dittohead.client.scan import scan
-from dittohead.client.state import default_state_file, user_known_hosts
+from dittohead.client.plan.scan import scan
+from dittohead.client.plan.state import default_state_file, user_known_hosts
 from dittohead.client.transport import login
 from dittohead.core.errors import (
     HostKeyError,

@@ -77,8 +77,8 @@ NOTHING_NEW = textwrap.dedent(
 
     folder, state_path, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     from dittohead.client.cli import main
-    from dittohead.client.scan import scan
-    from dittohead.client.state import load_state
+    from dittohead.client.plan.scan import scan
+    from dittohead.client.plan.state import load_state
 
     if mode == "confirmed":
         state = load_state(state_path, host="drop.example.org", port=22, study="nccam3",

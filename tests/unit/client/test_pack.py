@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dittohead.client.pack import BLOCK, CHUNK_SIZE, READ_SIZE, iter_stream
-from dittohead.client.scan import path_key, scan
+from dittohead.client.plan.scan import path_key, scan
 from dittohead.core.errors import LocalFileError, NameRejected
 from dittohead.core.manifest import MANIFEST_PATH, parse_manifest
 from dittohead.core.names import NameSet, check_path, parents

@@ -15,7 +15,7 @@ import pytest
 
 from dittohead.client import pack as pack_module
 from dittohead.client.pack import CHUNK_SIZE, Pack, iter_stream
-from dittohead.client.scan import scan
+from dittohead.client.plan.scan import scan
 from dittohead.client.transport import openssh
 
 from .conftest import write_tree

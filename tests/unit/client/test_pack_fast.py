@@ -23,7 +23,7 @@ from dittohead.client.pack import (
     tar_header,
     tar_header_by_tarfile,
 )
-from dittohead.client.scan import scan
+from dittohead.client.plan.scan import scan
 from dittohead.core.errors import LocalFileError
 
 from .conftest import write_tree

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dittohead.client.pack import Member, members
-from dittohead.client.scan import FileItem, Plan, path_key
+from dittohead.client.plan.scan import FileItem, Plan, path_key
 from dittohead.core.names import parents
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from dittohead.client import reply
 from dittohead.client.pack import Pack
+from dittohead.client.plan.scan import scan
 from dittohead.client.reply import Sent
-from dittohead.client.scan import scan
 from dittohead.client.transport import Answer
 from dittohead.core.errors import (
     DittoheadError,

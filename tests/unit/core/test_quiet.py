@@ -24,7 +24,7 @@ class DeprecatedUpstream(UserWarning):
         ("asyncssh.crypto.dsa", DeprecatedUpstream, False),
         ("asyncssh", UserWarning, False),
         # dittohead's own warnings, whatever they say
-        ("dittohead.client.scan", UserWarning, True),
+        ("dittohead.client.plan.scan", UserWarning, True),
         ("dittohead.receiver.config", DeprecatedUpstream, True),
         ("dittohead.core.quiet", DeprecationWarning, True),
         # other libraries, and modules that only look like asyncssh's

@@ -23,7 +23,7 @@ from dittohead.core.errors import UsageError
 
 if TYPE_CHECKING:
     from dittohead.client.pack import Pack
-    from dittohead.client.state import StrPath
+    from dittohead.client.plan.state import StrPath
 
 DEFAULT_PORT = 22
 #: for both transports: seconds until an unreachable server is reported, and between

@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
-from dittohead.client.state import server_id, user_known_hosts
+from dittohead.client.plan.state import server_id, user_known_hosts
 from dittohead.client.transport import DEFAULT_PORT, TrustPrompt
 from dittohead.core.errors import HostKeyError, UsageError, describe_os_error
 

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dittohead.client.state import StrPath, user_known_hosts_file
+from dittohead.client.plan.state import StrPath, user_known_hosts_file
 from dittohead.client.transport import (
     CONNECT_TIMEOUT,
     KEEPALIVE_INTERVAL,

@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from dittohead.client.state import user_known_hosts
+from dittohead.client.plan.state import user_known_hosts
 from dittohead.client.transport.hostkeys import HostKeyPolicy, host_pattern
 from dittohead.core.errors import HostKeyError, UsageError
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from dittohead.client import cli
-from dittohead.client.scan import Watch, scan
-from dittohead.client.state import user_known_hosts
+from dittohead.client.plan.scan import Watch, scan
+from dittohead.client.plan.state import user_known_hosts
 from dittohead.client.transport import Server, Unusable, openssh
 from dittohead.core.errors import TransferError
 from dittohead.core.grammar import UploadRequest
@@ -460,7 +460,7 @@ def test_ssh_starts_while_the_scan_is_still_going(
         events.append("ssh started")
         return real_session(*args)
 
-    monkeypatch.setattr("dittohead.client.job.scan", scan_spy)
+    monkeypatch.setattr("dittohead.client.plan.job.scan", scan_spy)
     monkeypatch.setattr(openssh, "Session", session_spy)
     assert cli.main(keyed(key_server, root, identity, tmp_path)) == 0
     assert events == ["ssh started", "scan done"]

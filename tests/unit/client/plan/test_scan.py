@@ -12,11 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dittohead.client.scan import NamesRejected, Watch, path_key, scan
+from dittohead.client.plan.scan import NamesRejected, Watch, path_key, scan
 from dittohead.core.errors import LocalFileError, NameRejected
 from dittohead.core.names import check_path
-
-from .conftest import write_tree
+from tests.unit.client.conftest import write_tree
 
 
 def test_whole_folder_sorted_with_sizes_and_mtimes(tmp_path: Path) -> None:
@@ -73,7 +72,7 @@ def test_symlinks_and_special_files_are_skipped_with_a_warning(
     (root / "linkdir").symlink_to(outside, target_is_directory=True)
     os.mkfifo(root / "fifo")
 
-    with caplog.at_level(logging.WARNING, logger="dittohead.client.scan"):
+    with caplog.at_level(logging.WARNING, logger="dittohead.client.plan.scan"):
         plan = scan(root)
 
     assert [f.path for f in plan.files] == ["real.txt"]
@@ -198,7 +197,7 @@ def test_a_folder_the_state_confirms_gives_the_same_plan_and_no_signal(
     fired: list[int] = []
     watch = Watch(_confirmed(root), lambda: fired.append(1))
     expected = scan(root)
-    with caplog.at_level(logging.WARNING, logger="dittohead.client.scan"):
+    with caplog.at_level(logging.WARNING, logger="dittohead.client.plan.scan"):
         caplog.clear()
         plan = scan(root, watch=watch)
     assert plan == expected
@@ -216,7 +215,7 @@ def test_the_first_unconfirmed_file_signals_once_and_the_plan_is_the_full_scan(
     fired: list[int] = []
     watch = Watch(confirmed, lambda: fired.append(1))
     expected = scan(root)
-    with caplog.at_level(logging.WARNING, logger="dittohead.client.scan"):
+    with caplog.at_level(logging.WARNING, logger="dittohead.client.plan.scan"):
         caplog.clear()
         plan = scan(root, watch=watch)
     assert plan == expected

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dittohead.client.scan import Plan, Watch, scan
-from dittohead.client.state import State, StrPath, load_state
+from dittohead.client.plan.scan import Plan, Watch, scan
+from dittohead.client.plan.state import State, StrPath, load_state
 from dittohead.client.transport import Server
 from dittohead.core.grammar import UploadRequest, check_source, check_study
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dittohead.client.pack import iter_stream
-from dittohead.client.scan import FileItem, Plan
+from dittohead.client.plan.scan import FileItem, Plan
 
 
 def test_file_item_is_a_value() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dittohead.client.layout import landing, misnamed_folder
+from dittohead.client.plan.layout import landing, misnamed_folder
 
 
 def test_landing_names_the_top_level_folders_and_loose_files() -> None:

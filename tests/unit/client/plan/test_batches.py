@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dittohead.client import cli
-from dittohead.client.batches import Limits, split
+from dittohead.client.plan.batches import Limits, split
+from dittohead.client.plan.scan import FileItem
 from dittohead.client.progress import Meter, describe
-from dittohead.client.scan import FileItem
 from dittohead.core.errors import UsageError
 from tests.unit.client import test_deliver
 

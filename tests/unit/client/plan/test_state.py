@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dittohead.client.scan import FileItem, Plan, scan
-from dittohead.client.state import (
+from dittohead.client.plan.scan import FileItem, Plan, scan
+from dittohead.client.plan.state import (
     State,
     default_state_file,
     load_state,
@@ -22,8 +22,7 @@ from dittohead.client.state import (
     write_atomic,
 )
 from dittohead.core.errors import LocalFileError, UsageError
-
-from .conftest import write_tree
+from tests.unit.client.conftest import write_tree
 
 HOST, PORT, STUDY, SOURCE = "drop.example.org", 22, "nccam3", "brogden-a"
 
@@ -322,7 +321,7 @@ def test_a_state_file_named_as_text_in_the_current_folder(
 def test_the_known_hosts_file_sits_in_the_state_folder(
     isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dittohead.client.state import user_known_hosts, user_known_hosts_file
+    from dittohead.client.plan.state import user_known_hosts, user_known_hosts_file
 
     for xdg in (str(isolated_home / "x"), None):
         if xdg is None:

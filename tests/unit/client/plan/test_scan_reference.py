@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dittohead.client.scan import FileItem, NamesRejected, Plan, path_key, scan
+from dittohead.client.plan.scan import FileItem, NamesRejected, Plan, path_key, scan
 from dittohead.core.errors import NameRejected
 from dittohead.core.names import NameSet, check_path, parents
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from dittohead.client.job import Job
+from dittohead.client.plan.job import Job
+from dittohead.client.plan.scan import FileItem, Plan
 from dittohead.client.progress import Meter, Reading
-from dittohead.client.scan import FileItem, Plan
 from dittohead.client.transport import Prompts, SecretPrompt
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import DittoheadError, UsageError

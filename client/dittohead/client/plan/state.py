@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeAlias
 
-from dittohead.client.scan import FileItem, Plan
+from dittohead.client.plan.scan import FileItem, Plan
 from dittohead.core.errors import LocalFileError, UsageError, describe_os_error
 
 #: a file's path as text or as a `Path`

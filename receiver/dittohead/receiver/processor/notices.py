@@ -8,7 +8,7 @@ The processor has no network; it only writes what happened into ``<state_dir>/no
   of the folder), so a crash leaves a notice or none, never half of one. ``dittohead-notify``
   moves it to ``sent/<id>.json`` once every recipient has it.
 - The id is stable per event: ``finalized.<study>.<entry>``, ``quarantined.<study>.<entry>``,
-  ``disk.<fs>.<level>.<n>`` (the n-th crossing of that level), ``silent.<station>.<last seen>``.
+  ``disk.<fs>.<level>.<n>`` (the n-th crossing of that level), ``silent.<station>.<last seen, ms>``.
   Recording an event whose id is already in ``queue/`` or ``sent/`` does nothing, which is what
   makes a notice exactly-once although a pass killed at any instant repeats its last steps:
   an entry notice is written *before* the move that ends the entry (done/ or quarantine/), and
@@ -403,7 +403,7 @@ def check_stations(config: Config, outbox: Outbox, now: float) -> None:
             continue
         outbox.record(
             Notice(
-                id=f"silent.{source}.{int(last)}",
+                id=f"silent.{source}.{int(last * 1000)}",
                 kind="silent",
                 created=now,
                 source=source,

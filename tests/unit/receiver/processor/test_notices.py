@@ -211,8 +211,8 @@ def test_a_silent_station_is_announced_once_until_it_sends_again(tmp_path: Path)
         return [n.id for n in queued(server)]
 
     assert at(11) == []
-    assert at(12.5) == [f"silent.brogden-a.{int(last)}"]
-    assert at(13) == at(48) == [f"silent.brogden-a.{int(last)}"]  # once
+    assert at(12.5) == [f"silent.brogden-a.{int(last * 1000)}"]
+    assert at(13) == at(48) == [f"silent.brogden-a.{int(last * 1000)}"]  # once
     (notice,) = queued(server)
     assert notice.studies == (STUDY,) and notice.last_seen == last
     # It sends again (the entry's arrival is the real clock, so move the last upload that

@@ -95,9 +95,7 @@ def _run(server: Server, crash: str | None) -> int:
 
 
 @pytest.mark.parametrize("crash", ["flushed", "done", "cleaned", "claimed", "staged"])
-def test_a_kill_around_the_move_to_done_records_the_notice_once(
-    tmp_path: Path, crash: str
-) -> None:
+def test_a_kill_around_the_move_to_done_records_the_notice_once(tmp_path: Path, crash: str) -> None:
     server = mail_server(tmp_path, 25, mail={"on_success": True})
     name = server.commit({"a.txt": b"a"})
     assert _run(server, crash) == -signal.SIGKILL

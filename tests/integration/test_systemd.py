@@ -125,6 +125,9 @@ def test_notify_reaches_the_relay_only() -> None:
     assert _setting(unit, "IPAddressAllow") == ["localhost"]
     assert _setting(unit, "RestrictAddressFamilies") == ["AF_INET AF_INET6"]
     assert _setting(unit, "PrivateNetwork") == []
+    # It writes the notices folder, never the processor's journal beside it.
+    queue_parent = Config(dropbox=Path("/srv/dropbox")).state_dir / "notices"
+    assert _setting(unit, "ReadWritePaths") == [f"-{queue_parent}"]
     processor = {
         line
         for line in _sandbox("dittohead-processor.service")

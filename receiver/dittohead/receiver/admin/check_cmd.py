@@ -25,6 +25,7 @@ from dittohead.receiver.accounts import group_name, user_name
 from dittohead.receiver.admin.init_cmd import layout
 from dittohead.receiver.admin.sshd_cmd import uploader_groups
 from dittohead.receiver.config.model import Config
+from dittohead.receiver.processor.notices import notices_dir
 
 PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
@@ -506,7 +507,7 @@ def check_mail(config: Config, probe: Probe) -> list[Problem]:
             )
         return problems
     writable = [Path(v.lstrip("-+")) for v in _service_values(files, "ReadWritePaths")]
-    state = config.state_dir
+    state = notices_dir(config.state_dir)
     if not any(state == w or w in state.parents for w in writable):
         problems.append(
             Problem(

@@ -32,7 +32,7 @@ from dittohead.receiver.config.model import Config, Mail, load_config
 from dittohead.receiver.notify import compose
 from dittohead.receiver.notify.queue import Queue
 from dittohead.receiver.notify.relay import Outcome, Relay, read_password
-from dittohead.receiver.processor.notices import Notice
+from dittohead.receiver.processor.notices import Notice, notices_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ class _Stop:
 def run(config: Config, once: bool, clock: Callable[[], float] = time.time) -> int:
     if config.mail is None:
         log.info("no mail: section in the configuration; nothing to deliver")
+        return 0
+    if not notices_dir(config.state_dir).is_dir():
+        log.info("the processor has queued no notice yet; nothing to deliver")
         return 0
     queue = Queue(config.state_dir)
     stop = _Stop()

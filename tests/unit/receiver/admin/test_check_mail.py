@@ -76,7 +76,7 @@ def test_the_password_file_must_be_root_only_and_handed_over(tmp_path: Path) -> 
         25,
         mail={"username": "dittohead", "password_file": str(secret)},
     )
-    rw = f"ReadWritePaths={server.config.state_dir}"
+    rw = f"ReadWritePaths={server.config.state_dir}/notices"
     found = lines(server, installed(tmp_path / "a", rw))
     assert any("the relay password file is missing" in f for f in found)
     secret.write_text("hunter2\n")

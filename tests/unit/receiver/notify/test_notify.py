@@ -11,12 +11,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dittohead.core.errors import ConfigError
 from dittohead.receiver.notify import cli
 from dittohead.receiver.notify.queue import Queue
-from dittohead.receiver.notify.relay import RelayDown
+from dittohead.receiver.notify.relay import RelayDown, read_password
 from dittohead.receiver.processor.finalize import run_once
 from tests.support.mail import ADMIN, CONTACT, Relay, free_port, mail_server, relay_fixture
 from tests.support.server import STUDY, Server
@@ -204,3 +206,92 @@ def test_disk_and_silence_mails_say_what_to_do(tmp_path: Path, relay: Relay) -> 
     assert mail.message["Subject"].startswith("[dittohead] 2 notices")
     for words in ("95.4% (warning level 95%)", "Brogden A (brogden-a)", "7 days", "What to do"):
         assert words in mail.text, mail.text
+
+
+def test_starttls_and_a_login_with_the_password_from_the_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that insists on STARTTLS and a login (aiosmtpd with a certificate for
+    localhost, trusted through SSL_CERT_FILE, which OpenSSL's default paths honour)."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from tests.support.mail import Handler
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret pass")
+
+    handler = Handler()
+    port = free_port()
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        secret = tmp_path / "smtp-password"
+        secret.write_text("wrong\n")
+        credentials = tmp_path / "credentials"
+        credentials.mkdir()
+        (credentials / "smtp-password").write_text("s3cret pass\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))  # as LoadCredential=
+        server = mail_server(
+            tmp_path / "srv",
+            port,
+            mail={
+                "relay": f"127.0.0.1:{port}",
+                "starttls": True,
+                "username": "dittohead",
+                "password_file": str(secret),
+            },
+        )
+        server.commit({"a.txt": b"a"}, manifest={"files": 2, "bytes": 1, "entries": []})
+        run_once(server.config)
+        assert deliver(server).sent == 3
+        assert logins == [(b"dittohead", b"s3cret pass")]
+        assert len(handler.received) == 3
+        # Without the credential (run by hand as root) the file itself is read.
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+        assert read_password(server.config.mail) == "wrong"  # type: ignore[arg-type]
+        secret.unlink()
+        with pytest.raises(ConfigError, match=r"password file .* is missing"):
+            read_password(server.config.mail)  # type: ignore[arg-type]
+    finally:
+        controller.stop()

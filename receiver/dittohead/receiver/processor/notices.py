@@ -24,6 +24,7 @@ Only the processor writes here (under its lock) except ``dittohead-notify``'s re
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
@@ -42,10 +43,15 @@ from dittohead.receiver.dropbox import source_of
 from dittohead.receiver.processor.journal import JournalEntry
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
 
 NOTICES = "notices"
 QUEUE = "queue"
 SENT = "sent"
+#: the state of the disk check (per mount point: the level announced, crossings so far)
+LEVELS = "levels.json"
+#: the state of the silence check (per station: last seen, its studies, the silence announced)
+STATIONS = "stations.json"
 #: how many stored names a finalized notice carries (the mail shows the first few)
 NAMES_KEPT = 10
 #: percentage points a file system must drop below an announced level before it is announced
@@ -211,15 +217,18 @@ def _who(item: JournalEntry | None) -> tuple[str, str]:
     return user_name(item.uid), item.received_at
 
 
-def _guarded(record: Callable[..., None]) -> Callable[..., None]:
+def _guarded(
+    record: Callable[Concatenate[Config, _P], None],
+) -> Callable[Concatenate[Config, _P], None]:
     """A notice that cannot be written is logged, never raised: the upload it is about is
     safe either way, and finalizing the rest matters more than telling about it."""
 
-    def call(config: Config, *args: Any) -> None:
+    @functools.wraps(record)
+    def call(config: Config, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         if config.mail is None:
             return  # nobody would read it
         try:
-            record(config, *args)
+            record(config, *args, **kwargs)
         except OSError as exc:
             log.error("a notice could not be recorded (%s); nobody is mailed about it", exc)
 
@@ -282,9 +291,6 @@ def quarantined(
 
 
 # -- disk levels --------------------------------------------------------------------------------
-
-LEVELS = "levels.json"
-STATIONS = "stations.json"
 
 
 def percent_used(path: Path) -> float:
@@ -432,10 +438,11 @@ def after_pass(config: Config, clock: Callable[[], float] = time.time) -> None:
         log.error("the disk and station checks failed: %s", exc)
 
 
+@_guarded
 def replayed(config: Config, study: str, item: JournalEntry, quarantine_fd: int) -> None:
     """An entry found finished by a replay (its journal outlived it): a quarantined one may
     have been moved just before the crash that kept its notice from being written."""
-    if config.mail is None or not _exists(quarantine_fd, item.entry):
+    if not _exists(quarantine_fd, item.entry):
         return  # a finalized one wrote its notice before its move (see `finalized`)
     reason = "(the reason could not be read)"
     with contextlib.suppress(OSError):

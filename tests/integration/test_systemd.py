@@ -44,9 +44,12 @@ from tests.support.server import STUDY, Server, config_doc, make_server, write_c
 pytestmark = pytest.mark.systemd
 
 UNIT_DIR = REPO / "systemd"
-UNITS = sorted(p.name for p in UNIT_DIR.iterdir() if p.suffix in (".service", ".socket", ".timer"))
+UNITS = sorted(
+    p.name for p in UNIT_DIR.iterdir() if p.suffix in (".service", ".socket", ".timer", ".path")
+)
 SERVICES = [u for u in UNITS if u.endswith(".service")]
 SHIPPED_EXEC = "/usr/bin/dittohead-processor"
+SHIPPED_NOTIFY = "/usr/bin/dittohead-notify"
 
 
 def need_tool(name: str) -> str:
@@ -64,16 +67,21 @@ def need_root() -> None:
 def unit_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The units with ExecStart= pointing at this venv's entry point (see the docstring)."""
     processor = Path(sys.prefix) / "bin" / "dittohead-processor"
-    require(processor.exists(), f"{processor} is missing: pip install -e . first")
+    notify = Path(sys.prefix) / "bin" / "dittohead-notify"
+    for program in (processor, notify):
+        require(program.exists(), f"{program} is missing: pip install -e . first")
     out = tmp_path_factory.mktemp("units")
     for name in UNITS:
-        text = (UNIT_DIR / name).read_text()
-        (out / name).write_text(text.replace(SHIPPED_EXEC, str(processor)))
+        text = (UNIT_DIR / name).read_text().replace(SHIPPED_EXEC, str(processor))
+        (out / name).write_text(text.replace(SHIPPED_NOTIFY, str(notify)))
     return out
 
 
 def test_every_shipped_unit_is_checked() -> None:
     assert UNITS == [
+        "dittohead-notify.path",
+        "dittohead-notify.service",
+        "dittohead-notify.timer",
         "dittohead-processor.service",
         "dittohead-processor.socket",
         "dittohead-processor.timer",
@@ -102,6 +110,39 @@ def _sandbox(unit: str) -> list[str]:
     text = (UNIT_DIR / unit).read_text()
     block = text.split("# --- sandbox", 1)[1].split("[Install]")[0]
     return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def _setting(unit: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in _sandbox(unit) if line.startswith(f"{key}=")]
+
+
+def test_notify_reaches_the_relay_only() -> None:
+    """Network for the mail, but to the relay alone: every address denied but localhost (the
+    default relay; a remote one is added by a drop-in), no unix sockets, and otherwise the
+    processor's sandbox (plus what the processor cannot have: PrivateUsers, ProcSubset)."""
+    unit = "dittohead-notify.service"
+    assert _setting(unit, "IPAddressDeny") == ["any"]
+    assert _setting(unit, "IPAddressAllow") == ["localhost"]
+    assert _setting(unit, "RestrictAddressFamilies") == ["AF_INET AF_INET6"]
+    assert _setting(unit, "PrivateNetwork") == []
+    # It writes the notices folder, never the processor's journal beside it.
+    queue_parent = Config(dropbox=Path("/srv/dropbox")).state_dir / "notices"
+    assert _setting(unit, "ReadWritePaths") == [f"-{queue_parent}"]
+    processor = {
+        line
+        for line in _sandbox("dittohead-processor.service")
+        if "=" in line  # not the rest of the "# --- sandbox" heading
+        and not line.startswith(("PrivateNetwork=", "RestrictAddressFamilies=", "ReadWritePaths="))
+    }
+    assert processor <= set(_sandbox(unit))
+    assert {"PrivateUsers=yes", "ProcSubset=pid"} <= set(_sandbox(unit))
+
+
+def test_notify_path_unit_watches_the_processors_queue() -> None:
+    text = (UNIT_DIR / "dittohead-notify.path").read_text()
+    queue = Config(dropbox=Path("/srv/dropbox")).state_dir / "notices" / "queue"
+    assert f"PathChanged={queue}" in text.splitlines()
+    assert "Unit=dittohead-notify.service" in text.splitlines()
 
 
 def test_rescan_runs_in_the_processors_sandbox() -> None:

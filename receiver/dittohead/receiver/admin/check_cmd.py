@@ -8,10 +8,13 @@ that fixes it; the exit status is 0 only when there is nothing to report. The fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
+import ipaddress
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from dittohead.receiver.accounts import group_name, user_name
 from dittohead.receiver.admin.init_cmd import layout
 from dittohead.receiver.admin.sshd_cmd import uploader_groups
 from dittohead.receiver.config.model import Config
+from dittohead.receiver.processor.notices import notices_dir
 
 PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
@@ -397,6 +401,147 @@ def check_units(config: Config, probe: Probe) -> list[Problem]:
     return problems
 
 
+# -- mail (dittohead-notify; docs/admins/notify.md) -------------------------------------------
+
+NOTIFY_SERVICE = "dittohead-notify.service"
+RELAY_DROP_IN = "/etc/systemd/system/dittohead-notify.service.d/relay.conf"
+
+
+def _service_values(files: list[Path], key: str) -> list[str]:
+    """Every value of `key` under [Service] in `files`, in systemd's order (an empty
+    assignment resets the list)."""
+    values: list[str] = []
+    for file in files:
+        section = ""
+        for raw in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = raw.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and line.startswith(f"{key}="):
+                words = line.split("=", 1)[1].split()
+                if not words:
+                    values = []
+                values += words
+    return values
+
+
+def _allowed(address: str, allow: list[str]) -> bool:
+    ip = ipaddress.ip_address(address)
+    for value in allow:
+        if value == "any" or (value == "localhost" and ip.is_loopback):
+            return True
+        if value == "link-local" and ip.is_link_local:
+            return True
+        with contextlib.suppress(ValueError):
+            if ip in ipaddress.ip_network(value, strict=False):
+                return True
+    return False
+
+
+def _relay_addresses(host: str, port: int) -> list[str] | None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def check_mail(config: Config, probe: Probe) -> list[Problem]:
+    """The mail settings, the password file, and what the notify unit lets through."""
+    mail = config.mail
+    if mail is None:
+        return []
+    problems = []
+    for name, study in config.studies.items():
+        for address in study.notify:
+            if "@" not in address or any(c.isspace() for c in address):
+                problems.append(
+                    Problem(
+                        f"studies.{name}.notify",
+                        f"{address!r} is not a mail address",
+                        "write it as name@example.org",
+                    )
+                )
+    addresses = _relay_addresses(mail.host, mail.port)
+    if addresses is None:
+        problems.append(
+            Problem(
+                f"mail.relay {mail.relay}",
+                f"{mail.host} cannot be resolved",
+                "give the relay as an address, or a name in /etc/hosts",
+            )
+        )
+    if mail.password_file is not None:
+        where = str(mail.password_file)
+        try:
+            st = os.stat(mail.password_file)
+        except FileNotFoundError:
+            problems.append(
+                Problem(
+                    where,
+                    "the relay password file is missing",
+                    f"write the password into it, then chown root:root {where}; chmod 0600 {where}",
+                )
+            )
+        else:
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+                problems.append(
+                    Problem(
+                        where,
+                        f"owned by {user_name(st.st_uid)} with mode "
+                        f"{_mode(stat.S_IMODE(st.st_mode))}: the relay password must be "
+                        "readable by root alone (systemd hands it to the service)",
+                        f"chown root:root {where}; chmod 0600 {where}",
+                    )
+                )
+    files = _unit_files(NOTIFY_SERVICE, probe.unit_dirs)
+    if not files:
+        if _unit_files(SERVICES[0], probe.unit_dirs):
+            problems.append(
+                Problem(
+                    NOTIFY_SERVICE,
+                    "not installed, so the queued notices are never mailed",
+                    "install it from the package, then systemctl enable --now "
+                    "dittohead-notify.path dittohead-notify.timer",
+                )
+            )
+        return problems
+    writable = [Path(v.lstrip("-+")) for v in _service_values(files, "ReadWritePaths")]
+    state = notices_dir(config.state_dir)
+    if not any(state == w or w in state.parents for w in writable):
+        problems.append(
+            Problem(
+                str(state),
+                f"{NOTIFY_SERVICE} may not write here (not in its ReadWritePaths=)",
+                f"add 'ReadWritePaths={state}' under [Service] in {RELAY_DROP_IN}, then "
+                "systemctl daemon-reload",
+            )
+        )
+    allow = _service_values(files, "IPAddressAllow")
+    for address in addresses or []:
+        if not _allowed(address, allow):
+            problems.append(
+                Problem(
+                    f"mail.relay {mail.relay}",
+                    f"{NOTIFY_SERVICE} may not connect to {address} (not in IPAddressAllow=)",
+                    f"add 'IPAddressAllow={address}' under [Service] in {RELAY_DROP_IN}, then "
+                    "systemctl daemon-reload",
+                )
+            )
+    if mail.password_file is not None:
+        wanted = f"smtp-password:{mail.password_file}"
+        if wanted not in _service_values(files, "LoadCredential"):
+            problems.append(
+                Problem(
+                    NOTIFY_SERVICE,
+                    "does not hand over the relay password",
+                    f"add 'LoadCredential={wanted}' under [Service] in {RELAY_DROP_IN}, then "
+                    "systemctl daemon-reload",
+                )
+            )
+    return problems
+
+
 def check(config: Config, probe: Probe | None = None) -> list[Problem]:
     """Everything that is wrong with this deployment (empty: all is well)."""
     probe = probe or Probe()
@@ -408,6 +553,7 @@ def check(config: Config, probe: Probe | None = None) -> list[Problem]:
         *check_socket(config),
         *check_units(config, probe),
         *check_sshd(config, probe),
+        *check_mail(config, probe),
     ]
 
 
@@ -422,5 +568,5 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) found")
         return 1
-    print("ok: folders, owners, modes, accounts, kernel, socket and sshd settings are right")
+    print("ok: folders, owners, modes, accounts, kernel, socket, sshd and mail settings are right")
     return 0

@@ -112,6 +112,124 @@ class ProcessorSettings(_Model):
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept ``90s``, ``30m``, ``12h`` or ``7d`` (or a number of seconds) for a length of time."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+)\s*([smhd])\s*", value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 12h or 7d")
+        return int(match[1]) * _DURATION_UNITS[match[2]]
+    return value
+
+
+#: a length of time in seconds, given as a number or as text such as "30m" or "7d"
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+
+#: deliberately loose (one @, no spaces, a dot in the domain or a bare host): the relay is
+#: the judge of an address; this only catches a value that is plainly not one
+_ADDRESS_RE = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+_RELAY_RE = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a mail address such as pi@lab.example.org")
+    return value
+
+
+MailAddress = Annotated[str, AfterValidator(_address)]
+
+
+class Mail(_Model):
+    """How ``dittohead-notify`` reaches people (docs/admins/notify.md); absent: no mail."""
+
+    #: an SMTP relay, host:port (an IPv6 address in brackets: "[2001:db8::25]:25")
+    relay: str
+    #: the From: address of every mail
+    sender: MailAddress
+    #: an uploader's address made from their user name, e.g. "{user}@lab.example.org"
+    uploader_address: str | None = None
+    #: mail finalized uploads too (failures and warnings are always mailed)
+    on_success: bool = False
+    #: upgrade the relay connection with STARTTLS (the relay's certificate is verified)
+    starttls: bool = False
+    #: log in to the relay as this user; the password is read from `password_file`
+    username: str | None = None
+    #: a root-only file holding the relay password (handed to the unit by LoadCredential=)
+    password_file: AbsolutePath | None = None
+    #: addresses that hear about every warning and quarantine (the admins)
+    admins: tuple[MailAddress, ...] = ()
+    #: after a mail to someone, further notices for them wait this long and go as one digest
+    digest_interval: Duration = 900.0
+
+    @field_validator("relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        match = _RELAY_RE.fullmatch(value)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"{value!r} is not host:port, such as localhost:25")
+        return value
+
+    @field_validator("uploader_address")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        fields = re.findall(r"\{([^{}]*)\}", value)
+        if fields != ["user"] or value.count("{") != 1 or value.count("}") != 1:
+            raise ValueError("must contain {user} once and no other {...} field")
+        _address(value.replace("{user}", "user"))
+        return value
+
+    @model_validator(mode="after")
+    def _login_needs_a_secret(self) -> Self:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        if self.username is not None and not self.starttls and not self.local_relay:
+            raise ValueError("a login to a relay on another host needs starttls: true")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.relay.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.relay.rpartition(":")[2])
+
+    @property
+    def local_relay(self) -> bool:
+        return self.host in ("localhost", "127.0.0.1", "::1")
+
+    def uploader(self, user: str) -> str | None:
+        """The address of the uploader `user`, when uploaders are mailed."""
+        if self.uploader_address is None:
+            return None
+        return self.uploader_address.replace("{user}", user)
+
+
+class Disk(_Model):
+    """Disk levels announced per file system (destinations and the inbox's)."""
+
+    #: percent used; each level is announced once when crossed upward
+    warn_percent: tuple[Annotated[int, Field(ge=1, le=100)], ...] = (90, 95, 99)
+
+    @field_validator("warn_percent")
+    @classmethod
+    def _sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(value)))
+
+
+class Stations(_Model):
+    """Stations that stop sending."""
+
+    #: a station that has sent before and is silent this long is announced (absent: never)
+    silent_after: Duration | None = None
+
+
 class Config(_Model):
     dropbox: AbsolutePath
     socket: AbsolutePath = Path("/run/dittohead/processor.sock")
@@ -123,6 +241,10 @@ class Config(_Model):
     studies: dict[str, Study] = {}
     limits: Limits = Limits()
     processor: ProcessorSettings = ProcessorSettings()
+    #: mail delivery by dittohead-notify; absent: nothing is mailed (nor queued)
+    mail: Mail | None = None
+    disk: Disk = Disk()
+    stations: Stations = Stations()
 
     @field_validator("sources")
     @classmethod

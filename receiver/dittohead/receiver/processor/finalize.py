@@ -27,7 +27,7 @@ from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.model import Config, Study
 from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
-from dittohead.receiver.processor import janitor, outcomes
+from dittohead.receiver.processor import janitor, notices, outcomes
 from dittohead.receiver.processor.claim import (
     ClaimDenied,
     ClaimLost,
@@ -311,6 +311,7 @@ class StudyRun:
     def _resume(self, item: JournalEntry) -> Summary:
         if exists(self.done, item.entry) or exists(self.quarantine, item.entry):
             # Finished (or quarantined) before the journal could be removed.
+            notices.replayed(self.config, self.name, item, self.quarantine)  # notice hook
             self._cleanup(item.entry)
             return Summary()
         if not exists(self.processing, item.entry):
@@ -408,6 +409,7 @@ class StudyRun:
             recorded_at=iso_utc(time.time_ns()),
         )
         summary = Summary(entries=1, finalized=[item.entry])
+        finished = notices.Finished()  # notice hook: counts and first names
         staging = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.staging_root)
         tree = TreeDirs(self.dest)
         # Taken from the entry and let go one by one as they are published (the journal on
@@ -452,6 +454,7 @@ class StudyRun:
                     staged = todo.pop()
                     record = publish_file(tree, staging, self.ledger, up, staged, moved=moved)
                     published.append((record.path, record.outcome, record.stored_as))
+                    finished.add(record.outcome, record.stored_as)  # notice hook
                     if record.outcome == "stored":
                         summary.stored += 1
                         # The record is only queued: on disk, the file is in the tree
@@ -484,6 +487,7 @@ class StudyRun:
             tree.close()
             os.close(staging)
         outcomes.finalized(self.study_fd, item.uid, item.entry, item.received_at, published)
+        notices.finalized(self.config, self.name, item, finished)  # notice hook, before done/
         self._move_out(item.entry, self.done)
         os.fsync(self.done)
         os.fsync(self.processing)
@@ -522,6 +526,7 @@ class StudyRun:
             self._move_out(entry, self.quarantine)
         os.fsync(self.quarantine)
         fault_point("quarantined")
+        notices.quarantined(self.config, self.name, entry, self.journal.read(entry), reason)  # hook
         self._cleanup(entry)
         return Summary(quarantined=1)
 
@@ -594,6 +599,7 @@ def run_once(config: Config, hooks: Hooks | None = None) -> Summary:
                 failed = failed or exc
             finally:
                 run.close()
+        notices.after_pass(config)  # notice hook: disk levels and silent stations, every pass
     if failed is not None:
         raise failed
     return summary

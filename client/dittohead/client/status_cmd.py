@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from dittohead.client.presets_cmd import add_config_option, settle
+from dittohead.client.presets_cmd import add_config_option, port_number, settle
 from dittohead.client.transport import Answer, Prompts, Server, Unusable, openssh
 from dittohead.core.errors import TransferError
 from dittohead.core.grammar import StatusRequest
@@ -30,8 +30,11 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--preset", metavar="NAME", help="the preset's server and study")
     add_config_option(parser)
-    parser.add_argument("--host", help="the server (default: client.toml, else $DITTOHEAD_HOST)")
-    parser.add_argument("--port", type=int, help="SSH port (default: client.toml, else 22)")
+    parser.add_argument(
+        "--host",
+        help="the server, as NAME or NAME:PORT (default: client.toml, else $DITTOHEAD_HOST)",
+    )
+    parser.add_argument("--port", type=port_number, help="SSH port (default: client.toml, else 22)")
     parser.add_argument("--user", help="your user name on the server")
     parser.add_argument("--identity", metavar="KEY", help="SSH private key to log in")
     parser.add_argument("--known-hosts", metavar="FILE", help="pinned server keys")

@@ -21,6 +21,7 @@ from dittohead.receiver.admin.check_cmd import (
     check_destinations,
     check_kernel,
     check_layout,
+    check_reach,
     check_socket,
     check_units,
 )
@@ -37,6 +38,7 @@ def mode(path: Path) -> int:
 def test_a_fresh_init_passes_the_folder_checks(server: Server) -> None:
     assert check_layout(server.config) == []
     assert check_destinations(server.config) == []
+    assert check_reach(server.config) == []
 
 
 def test_a_loose_inbox_is_named_with_its_fix(server: Server) -> None:
@@ -188,13 +190,18 @@ def _units(tmp_path: Path, *drop_ins: str) -> Probe:
 
 
 def test_folders_outside_readwritepaths_are_named(server: Server, tmp_path: Path) -> None:
-    problems = check_units(server.config, _units(tmp_path))
-    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree.
-    named = {(p.where, p.what.split()[0]) for p in problems}
-    for path in (server.config.dropbox, server.config.state_dir, server.destination):
-        for unit in ("dittohead-processor.service", "dittohead-rescan.service"):
-            assert (str(path), unit) in named
-    assert all("dittohead-.service.d" in p.fix for p in problems)
+    probe = _units(tmp_path)
+    problems = check_units(server.config, probe)
+    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree:
+    # one finding per folder, naming both services, and a fix in the unit folder looked at.
+    needed = [server.config.dropbox, server.config.state_dir, server.destination]
+    assert [p.where for p in problems] == [str(path) for path in needed]
+    for problem in problems:
+        assert problem.what.startswith(
+            "dittohead-processor.service and dittohead-rescan.service may not write here"
+        )
+        assert f"{probe.unit_dirs[0]}/dittohead-.service.d/destinations.conf" in problem.fix
+        assert "/etc/systemd" not in problem.fix
 
 
 def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -> None:
@@ -204,7 +211,7 @@ def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -
 
 def test_an_empty_readwritepaths_resets_the_list(server: Server, tmp_path: Path) -> None:
     probe = _units(tmp_path, f"ReadWritePaths=-{server.base}", "ReadWritePaths=")
-    assert len(check_units(server.config, probe)) == 6
+    assert len(check_units(server.config, probe)) == 3
 
 
 def test_units_that_are_not_installed_are_not_checked(server: Server, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dittohead.receiver.admin.check_cmd import (
     Probe,
@@ -25,8 +26,9 @@ from dittohead.receiver.admin.check_cmd import (
     check_socket,
     check_units,
 )
-from dittohead.receiver.admin.init_cmd import init
-from tests.support.server import STUDY, Server
+from dittohead.receiver.admin.init_cmd import InitError, init
+from dittohead.receiver.config.model import load_config
+from tests.support.server import STUDY, Server, make_server
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -216,3 +218,29 @@ def test_an_empty_readwritepaths_resets_the_list(server: Server, tmp_path: Path)
 
 def test_units_that_are_not_installed_are_not_checked(server: Server, tmp_path: Path) -> None:
     assert check_units(server.config, Probe(unit_dirs=(tmp_path,))) == []
+
+
+def test_init_names_a_missing_parent_and_what_it_already_made(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "first")
+    doc = yaml.safe_load(server.config_path.read_text())
+    doc["dropbox"] = str(tmp_path / "new-dropbox")
+    doc["state_dir"] = str(tmp_path / "srv" / "lib" / "dittohead")  # /srv/lib is not there
+    server.config_path.write_text(yaml.safe_dump(doc))
+    config = load_config(server.config_path)
+    with pytest.raises(InitError) as caught:
+        init(config)
+    message = caught.value.message
+    assert message.startswith(
+        f"cannot create {tmp_path}/srv/lib/dittohead: the folder {tmp_path}/srv above it "
+        f"does not exist; create it (mkdir -p {tmp_path}/srv/lib"
+    )
+    assert message.endswith(f"(already done: created {tmp_path}/new-dropbox (0755))")
+    assert not (tmp_path / "srv").exists()  # nothing made above init's own folders
+
+
+def test_init_names_a_destinations_missing_parent(server: Server) -> None:
+    doc = yaml.safe_load(server.config_path.read_text())
+    doc["studies"][STUDY]["destination"] = str(server.base / "nowhere" / "raw")
+    server.config_path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InitError, match=r"its parent .*/nowhere does not exist; create it with"):
+        init(load_config(server.config_path))

@@ -88,7 +88,9 @@ def test_a_current_copy_spares_pydantic_and_yaml(tmp_path: Path) -> None:
 
 def test_without_a_copy_the_yaml_is_checked_with_the_same_words(tmp_path: Path) -> None:
     path = write(tmp_path / "dittohead.yaml", {**EVERY_KEY, "limits": {"max_files": 0}})
-    with pytest.raises(ConfigError, match=r"dittohead\.yaml: limits\.max_files: Input should"):
+    with pytest.raises(
+        ConfigError, match=r"dittohead\.yaml: limits\.max_files: must be at least 1"
+    ):
         load_settings(path)
     with pytest.raises(ConfigError, match=r"cannot read the configuration .*nothing\.yaml"):
         load_settings(tmp_path / "nothing.yaml")

@@ -137,6 +137,23 @@ def _tree_files(dest_fd: int, prefix: str = "") -> list[str]:
     return found
 
 
+def _differs(size: int, digest: str, doc: dict[str, Any]) -> str | None:
+    """What differs between a stored file (its `size` and sha256 `digest`) and its record."""
+    if digest == doc["sha256"]:
+        if size == doc["size"]:
+            return None
+        # The bytes are the ones recorded: only the record's size can have been changed.
+        return (
+            f"the ledger says {doc['size']} bytes, the file has {size}, and its sha256 matches "
+            "the ledger: the file is intact, the record's size was changed"
+        )
+    sizes = "" if size == doc["size"] else f" and size ({size} bytes, not {doc['size']})"
+    return (
+        f"its sha256{sizes} differs from the ledger: the file was changed since it was stored, "
+        "or the record's sha256 was (see the chain's findings)"
+    )
+
+
 def verify(dest_fd: int, records: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Problems found, and how many stored files were re-hashed."""
     problems = check_chain(records)
@@ -152,8 +169,9 @@ def verify(dest_fd: int, records: list[dict[str, Any]]) -> tuple[list[str], int]
             problems.append(f"{doc['stored_as']}: missing or unreadable ({exc.strerror})")
             continue
         checked += 1
-        if (size, digest) != (doc["size"], doc["sha256"]):
-            problems.append(f"{doc['stored_as']}: content differs from the ledger")
+        differs = _differs(size, digest, doc)
+        if differs:
+            problems.append(f"{doc['stored_as']}: {differs}")
     for rel in _tree_files(dest_fd):
         if rel not in known:
             problems.append(f"{rel}: in the tree but not in the ledger")

@@ -25,6 +25,7 @@ from pathlib import Path
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError, describe_os_error
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
+from dittohead.receiver.config.checked import unknown_source
 from dittohead.receiver.config.model import Config, Study
 from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
 from dittohead.receiver.processor import janitor
@@ -339,6 +340,11 @@ class StudyRun:
             raise ServerError(f"{self.name}: {item.entry} is journaled but not in processing/")
         try:
             if item.step == "claiming":
+                # The receiver refuses an unknown station; one that got past it (written into
+                # the inbox by hand, or before 'sources' was changed) is refused here.
+                refused = unknown_source(self.config.sources, source_of(item.entry))
+                if refused is not None:
+                    raise EntryRejected(refused)
                 self.hooks.progress(f"verifying {self.name} {item.entry}")
                 self._stage(item)
             return self._publish(item)

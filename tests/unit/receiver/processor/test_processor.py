@@ -214,3 +214,17 @@ def test_an_edited_size_is_named_as_the_records_size_not_the_files_content(
         f"{stored}: the ledger says {doc['size']} bytes, the file has {doc['size'] - 1}, and its "
         "sha256 matches the ledger: the file is intact, the record's size was changed",
     ]
+
+
+def test_an_unknown_station_that_got_past_the_receiver_is_quarantined(server: Server) -> None:
+    # The server's sources list brogden-a: an entry written into the inbox by hand under
+    # another spelling is refused by the processor too, with the reason for the admin.
+    odd = server.commit({"a.txt": b"from nowhere"}, source="Brogden-A")
+    known = server.commit({"b.txt": b"from brogden-a"})
+    summary = run_once(server.config)
+    assert summary.finalized == [known] and summary.quarantined == 1
+    quarantine = server.config.study_dir(STUDY) / "quarantine"
+    reason = (quarantine / f"{odd}.reason").read_text()
+    assert "the station id 'Brogden-A' is not one this server knows" in reason
+    assert "did you mean 'brogden-a'?" in reason
+    assert not (server.destination / "a.txt").exists()

@@ -130,7 +130,8 @@ def test_a_stations_other_spelling_is_refused_with_the_known_one(
     # re-send everything, so the receiver refuses it and names the id it knows.
     dep = sshd_deployment
     folder = study_folder(dep, "s04b")
-    refused = dep.send(dep.collector, folder, "--source", "Brogden-A")
+    state = dep.base / "state-other-spelling.json"  # a state file is per server, study, source
+    refused = dep.send(dep.collector, folder, "--source", "Brogden-A", state=state)
     assert refused.returncode != 0
     line = one_error_line(refused.stderr)
     assert "the station id 'Brogden-A' is not one this server knows" in line

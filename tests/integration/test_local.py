@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from dittohead.receiver.admin.history_cmd import LEGEND
 from dittohead.receiver.admin.localserver import LocalServer
 from dittohead.receiver.processor.finalize import run_once
 from tests.support.server import STUDY, Server, make_server
@@ -130,3 +131,6 @@ def test_the_demo_runs_through_the_installed_entry_point() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "eprime/s01_session1~2.txt" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+    # The demo's history is the real command's format (the same function prints both).
+    assert f"   {LEGEND}\n   upload brogden-a-" in done.stdout
+    assert "     + eprime/s01_session1.txt  → eprime/s01_session1~2.txt" in done.stdout

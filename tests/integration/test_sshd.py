@@ -123,6 +123,22 @@ def test_an_outsider_is_refused_and_nothing_is_queued(sshd_deployment: Deploymen
     assert os.listdir(dep.inbox) == []
 
 
+def test_a_stations_other_spelling_is_refused_with_the_known_one(
+    sshd_deployment: Deployment,
+) -> None:
+    # The config lists brogden-a: its other spelling would start a second history and
+    # re-send everything, so the receiver refuses it and names the id it knows.
+    dep = sshd_deployment
+    folder = study_folder(dep, "s04b")
+    state = dep.base / "state-other-spelling.json"  # a state file is per server, study, source
+    refused = dep.send(dep.collector, folder, "--source", "Brogden-A", state=state)
+    assert refused.returncode != 0
+    line = one_error_line(refused.stderr)
+    assert "the station id 'Brogden-A' is not one this server knows" in line
+    assert "did you mean 'brogden-a'?" in line
+    assert os.listdir(dep.inbox) == []
+
+
 def test_a_connection_started_early_for_a_send_then_refused_leaves_nothing(
     sshd_deployment: Deployment,
 ) -> None:

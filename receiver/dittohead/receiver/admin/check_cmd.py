@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import grp
 import ipaddress
+import json
 import os
 import pwd
 import shutil
@@ -213,6 +214,107 @@ def check_destinations(config: Config) -> list[Problem]:
     return problems
 
 
+def unsearchable(paths: list[Path]) -> list[str | None]:
+    """For each path, the first folder above it that this process may not search (or None).
+
+    `os.access` asks the kernel with the real uid and groups, so ACLs and any security module
+    count exactly as they will for the processor. A missing folder ends the walk: ``missing``
+    is reported by the layout and destination checks.
+    """
+    found: list[str | None] = []
+    for path in paths:
+        blocked = None
+        for folder in reversed(path.parents):
+            if not os.access(folder, os.X_OK):
+                blocked = str(folder)
+                break
+            if not os.path.isdir(folder):
+                break
+        found.append(blocked)
+    return found
+
+
+def _unsearchable_as(user: pwd.struct_passwd, paths: list[Path]) -> list[str | None]:
+    """`unsearchable` as `user` would see it: in a child that took on its uid and groups."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its answer is what the tests check
+        status = 1
+        try:
+            os.close(read_fd)
+            os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            data = json.dumps(unsearchable(paths)).encode()
+            while data:
+                data = data[os.write(write_fd, data) :]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ConfigError(f"could not take on the identity of {user.pw_name} to check its access")
+    answer: list[str | None] = json.loads(b"".join(chunks))
+    return answer
+
+
+def check_reach(config: Config) -> list[Problem]:
+    """Can the service user get to its folders? Every folder above the dropbox, the state
+    folder and each destination must be searchable by it (the processor opens them by path).
+
+    Checked as that user: its uid and all its groups (as root, in a child that switched to
+    them; otherwise the caller is taken to be the service, as in `init`).
+    """
+    wants: list[tuple[Path, str]] = [
+        (config.dropbox, "the dropbox"),
+        (config.state_dir, "the processor's state folder"),
+        *(
+            (study.destination, f"study {name}'s destination")
+            for name, study in config.studies.items()
+        ),
+    ]
+    paths = [path for path, _ in wants]
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(config.user)
+        except KeyError:
+            return []  # reported by check_accounts
+        name = user.pw_name
+        blocked = _unsearchable_as(user, paths) if user.pw_uid != 0 else [None] * len(paths)
+    else:
+        name = user_name(os.geteuid())
+        blocked = unsearchable(paths)
+    by_folder: dict[str, list[str]] = {}
+    for (path, role), folder in zip(wants, blocked, strict=True):
+        if folder is not None:
+            by_folder.setdefault(folder, []).append(f"{role} {path}")
+    problems = []
+    for folder, roles in by_folder.items():
+        try:
+            st = os.stat(folder)
+            how = (
+                f"mode {_mode(stat.S_IMODE(st.st_mode))}, "
+                f"{user_name(st.st_uid)}:{group_name(st.st_gid)}"
+            )
+        except OSError:
+            how = "not searchable"
+        problems.append(
+            Problem(
+                folder,
+                f"{name} may not pass through this folder ({how}), so the processor cannot "
+                f"reach {' or '.join(roles)}",
+                f"setfacl -m u:{name}:x {folder} (search only, for {name} alone), "
+                f"or chmod o+x {folder}",
+            )
+        )
+    return problems
+
+
 def check_kernel(probe: Probe) -> list[Problem]:
     try:
         value = probe.protected_hardlinks.read_text().strip()
@@ -237,7 +339,16 @@ def check_socket(config: Config) -> list[Problem]:
     try:
         st = os.stat(config.socket)
     except FileNotFoundError:
-        return [Problem(where, "no processor socket here", fix_unit)]
+        # Expected until the socket unit is enabled, which is the step after init: say so
+        # rather than leave the admin wondering what is wrong.
+        return [
+            Problem(
+                where,
+                "no processor socket here (the socket unit is not enabled yet, or listens "
+                "elsewhere)",
+                fix_unit,
+            )
+        ]
     if not stat.S_ISSOCK(st.st_mode):
         return [Problem(where, "is not a socket", f"remove it, then {fix_unit}")]
     problems = []
@@ -375,30 +486,35 @@ def _read_write_paths(files: list[Path]) -> list[Path]:
 
 
 def check_units(config: Config, probe: Probe) -> list[Problem]:
-    """ProtectSystem=strict: every folder the processor writes must be in ReadWritePaths=."""
-    problems = []
+    """ProtectSystem=strict: every folder the processor writes must be in ReadWritePaths=.
+
+    One finding per folder (naming each service that lacks it), whose fix is a drop-in in the
+    most important of the unit folders looked at (``--unit-dir`` when given).
+    """
+    needed = [
+        config.dropbox,
+        config.state_dir,
+        *(study.destination for study in config.studies.values()),
+    ]
+    lacking: dict[Path, list[str]] = {}
     for unit in SERVICES:
         files = _unit_files(unit, probe.unit_dirs)
         if not files:
             continue  # not installed as a systemd service here
         writable = _read_write_paths(files)
-        needed = [
-            config.dropbox,
-            config.state_dir,
-            *(study.destination for study in config.studies.values()),
-        ]
         for path in needed:
             if not any(path == w or w in path.parents for w in writable):
-                problems.append(
-                    Problem(
-                        str(path),
-                        f"{unit} may not write here (not in its ReadWritePaths=)",
-                        f"add 'ReadWritePaths={path}' under [Service] in "
-                        "/etc/systemd/system/dittohead-.service.d/destinations.conf, then "
-                        "systemctl daemon-reload",
-                    )
-                )
-    return problems
+                lacking.setdefault(path, []).append(unit)
+    drop_in = probe.unit_dirs[0] / "dittohead-.service.d" / "destinations.conf"
+    return [
+        Problem(
+            str(path),
+            f"{' and '.join(units)} may not write here (not in ReadWritePaths=)",
+            f"add 'ReadWritePaths={path}' under [Service] in {drop_in}, then "
+            "systemctl daemon-reload",
+        )
+        for path, units in lacking.items()
+    ]
 
 
 # -- mail (dittohead-notify; docs/admins/notify.md) -------------------------------------------
@@ -549,6 +665,7 @@ def check(config: Config, probe: Probe | None = None) -> list[Problem]:
         *check_accounts(config),
         *check_layout(config),
         *check_destinations(config),
+        *check_reach(config),
         *check_kernel(probe),
         *check_socket(config),
         *check_units(config, probe),

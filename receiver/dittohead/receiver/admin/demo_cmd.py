@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dittohead.receiver.admin.history_cmd import latest
+from dittohead.receiver.admin.history_cmd import LEGEND, history_lines, latest
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.config.checked import check_config
 from dittohead.receiver.config.model import Config
@@ -148,12 +148,9 @@ def _report(config: Config) -> None:
         note = "" if doc["stored_as"] == sent else "   (a newer version; the first is kept)"
         print(f"   {sent:<34} → {doc['stored_as']}{note}")
     print("\n== $ dittohead-admin history --study nccam3   (the hash-chained ledger)")
-    for doc in records:
-        print(
-            f"   #{doc['seq']:<2} {doc['received_at'][11:19]} {doc['uploader']} from "
-            f"{config.source_name(doc['source'])}: {doc['path']} → {doc['stored_as']} "
-            f"[{doc['outcome']}, sha256 {doc['sha256'][:12]}…]"
-        )
+    # The very lines the real command prints.
+    for line in (LEGEND, *history_lines(records, config.source_name)):
+        print(f"   {line}")
 
 
 def demo(base: Path) -> None:

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dittohead.core.errors import DittoheadError
@@ -38,7 +40,89 @@ def add_parsers(
         p.add_argument("--study", required=True)
         if name != "verify":
             p.add_argument("--json", action="store_true", help="one JSON object per line")
+        if name == "history":
+            p.add_argument("--upload", metavar="ID", help="only this upload (its id)")
+            p.add_argument("--source", metavar="ID", help="only uploads from this station id")
+            p.add_argument("--user", metavar="NAME", help="only uploads by this user")
+            p.add_argument("--since", metavar="DATE", type=_when, help="received at or after (UTC)")
+            p.add_argument(
+                "--until",
+                metavar="DATE",
+                type=_when_end,
+                help="received at or before (UTC; a date alone means to its end)",
+            )
         p.set_defaults(handler=handler)
+
+
+def _parse_when(text: str) -> tuple[datetime, bool]:
+    """A DATE or DATE-TIME (ISO 8601, UTC unless it says otherwise); and whether it is a date."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date such as 2026-03-01 or 2026-03-01T14:30"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC), len(text) == 10
+
+
+def _when(text: str) -> datetime:
+    return _parse_when(text)[0]
+
+
+def _when_end(text: str) -> datetime:
+    when, date_only = _parse_when(text)
+    return when + timedelta(days=1) - timedelta(microseconds=1) if date_only else when
+
+
+def _received(doc: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(doc["received_at"]).astimezone(UTC)
+
+
+def select(records: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The records that pass `history`'s filters (each one given narrows the selection)."""
+    picked = []
+    for doc in records:
+        if args.upload is not None and doc["upload"] != args.upload:
+            continue
+        if args.source is not None and doc["source"] != args.source:
+            continue
+        if args.user is not None and doc["uploader"] != args.user:
+            continue
+        if args.since is not None and _received(doc) < args.since:
+            continue
+        if args.until is not None and _received(doc) > args.until:
+            continue
+        picked.append(doc)
+    return picked
+
+
+#: what the marks of the text form mean; printed above it
+LEGEND = (
+    "+ stored (a new file, or a new version of one)   "
+    "= duplicate (same content already stored; nothing new written)"
+)
+
+
+def history_lines(
+    records: list[dict[str, Any]], source_name: Callable[[str], str]
+) -> Iterator[str]:
+    """The text form of `history` (also what the demo shows): a line per upload with its id,
+    when (UTC, with a Z), who and from which station, then a line per file."""
+    upload = None
+    for doc in records:
+        if doc["upload"] != upload:
+            upload = doc["upload"]
+            name = source_name(doc["source"])
+            station = doc["source"] if name == doc["source"] else f"{doc['source']} ({name})"
+            yield (
+                f"upload {upload}  received {doc['received_at'][:19]}Z  by {doc['uploader']}  "
+                f"from {station}"
+            )
+        mark = "=" if doc["outcome"] == "duplicate" else "+"
+        stored = f"  → {doc['stored_as']}" if doc["stored_as"] != doc["path"] else ""
+        yield f"  {mark} {doc['path']}{stored}"
 
 
 def _records(config: Config, study: str) -> tuple[int, list[dict[str, Any]]]:
@@ -53,16 +137,19 @@ def _records(config: Config, study: str) -> tuple[int, list[dict[str, Any]]]:
 def run_history(config: Config, args: argparse.Namespace) -> int:
     fd, records = _records(config, args.study)
     os.close(fd)
-    for doc in records:
-        if args.json:
+    records = select(records, args)
+    if args.json:
+        for doc in records:
             print(json.dumps(doc, sort_keys=True, ensure_ascii=False))
-        else:
-            mark = "=" if doc["outcome"] == "duplicate" else "+"
-            print(
-                f"{doc['received_at'][:19]}  {doc['uploader']:<12} {doc['source']:<14} "
-                f"{mark} {doc['path']}"
-                + (f"  → {doc['stored_as']}" if doc["stored_as"] != doc["path"] else "")
-            )
+        return 0
+    if not records:
+        filters = (args.upload, args.source, args.user, args.since, args.until)
+        filtered = any(f is not None for f in filters)
+        print("no records match these filters" if filtered else "the ledger is empty")
+        return 0
+    print(LEGEND)
+    for line in history_lines(records, config.source_name):
+        print(line)
     return 0
 
 
@@ -137,6 +224,23 @@ def _tree_files(dest_fd: int, prefix: str = "") -> list[str]:
     return found
 
 
+def _differs(size: int, digest: str, doc: dict[str, Any]) -> str | None:
+    """What differs between a stored file (its `size` and sha256 `digest`) and its record."""
+    if digest == doc["sha256"]:
+        if size == doc["size"]:
+            return None
+        # The bytes are the ones recorded: only the record's size can have been changed.
+        return (
+            f"the ledger says {doc['size']} bytes, the file has {size}, and its sha256 matches "
+            "the ledger: the file is intact, the record's size was changed"
+        )
+    sizes = "" if size == doc["size"] else f" and size ({size} bytes, not {doc['size']})"
+    return (
+        f"its sha256{sizes} differs from the ledger: the file was changed since it was stored, "
+        "or the record's sha256 was (see the chain's findings)"
+    )
+
+
 def verify(dest_fd: int, records: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Problems found, and how many stored files were re-hashed."""
     problems = check_chain(records)
@@ -152,8 +256,9 @@ def verify(dest_fd: int, records: list[dict[str, Any]]) -> tuple[list[str], int]
             problems.append(f"{doc['stored_as']}: missing or unreadable ({exc.strerror})")
             continue
         checked += 1
-        if (size, digest) != (doc["size"], doc["sha256"]):
-            problems.append(f"{doc['stored_as']}: content differs from the ledger")
+        differs = _differs(size, digest, doc)
+        if differs:
+            problems.append(f"{doc['stored_as']}: {differs}")
     for rel in _tree_files(dest_fd):
         if rel not in known:
             problems.append(f"{rel}: in the tree but not in the ledger")

@@ -73,10 +73,29 @@ def layout(config: Config) -> list[Want]:
     return wants
 
 
+def _missing_parent(path: Path) -> Path | None:
+    """The topmost missing folder above `path`, if any (init makes no folder above its own)."""
+    missing = None
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            break
+        missing = parent
+    return missing
+
+
 def _apply(want: Want, force: bool, as_root: bool) -> str | None:
     try:
         st = os.lstat(want.path)
     except FileNotFoundError:
+        above = _missing_parent(want.path)
+        if above is not None:
+            # Not made for the admin: who owns it and who may search it is theirs to decide
+            # (the processor's account must be able to pass through it; see docs/admins/).
+            raise InitError(
+                f"cannot create {want.path}: the folder {above} above it does not exist; "
+                f"create it (mkdir -p {want.path.parent}, searchable by the service account) "
+                "and run init again"
+            ) from None
         os.mkdir(want.path, want.mode & 0o777)
         if as_root:
             os.chown(want.path, want.uid, want.gid, follow_symlinks=False)
@@ -103,7 +122,11 @@ def _destination(path: Path, uid: int, as_root: bool) -> str | None:
         return None
     parent = path.parent
     if not parent.is_dir():
-        raise InitError(f"cannot create {path}: its parent {parent} does not exist")
+        raise InitError(
+            f"cannot create {path}: its parent {parent} does not exist; create it with the "
+            "study runners' group (mkdir, chgrp), searchable by the service account, and run "
+            "init again"
+        )
     gid = parent.stat().st_gid
     os.mkdir(path, 0o750)
     if as_root:
@@ -113,9 +136,13 @@ def _destination(path: Path, uid: int, as_root: bool) -> str | None:
 
 
 def init(config: Config, force: bool = False) -> list[str]:
-    """Create or fix the layout; return what was done, in words."""
+    """Create or fix the layout; return what was done, in words.
+
+    On an error, the `InitError` also says what was already done (init is idempotent: run
+    again, it carries on from there).
+    """
     as_root = os.geteuid() == 0
-    done = []
+    done: list[str] = []
     try:
         for want in layout(config):
             note = _apply(want, force, as_root)
@@ -127,8 +154,14 @@ def init(config: Config, force: bool = False) -> list[str]:
             if note:
                 done.append(note)
     except OSError as exc:
-        raise InitError(f"cannot set up {exc.filename}: {exc.strerror}") from None
+        raise InitError(f"cannot set up {exc.filename}: {exc.strerror}{_so_far(done)}") from None
+    except InitError as exc:
+        raise InitError(f"{exc.message}{_so_far(done)}") from None
     return done
+
+
+def _so_far(done: list[str]) -> str:
+    return f" (already done: {'; '.join(done)})" if done else " (nothing was changed)"
 
 
 def run(config: Config, args: argparse.Namespace) -> int:

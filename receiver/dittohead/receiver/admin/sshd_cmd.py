@@ -77,6 +77,15 @@ def authorized_key(config_path: Path, pubkey_file: Path) -> str:
         text = pubkey_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read {pubkey_file}: {exc}") from None
+    if "PRIVATE KEY-----" in text:
+        # The admin was handed (or picked) the key pair's secret half: say so, name the half
+        # to give, and never print or keep anything of it.
+        public = pubkey_file.with_name(pubkey_file.name + ".pub")
+        hint = f"give its public half, {public}" if public.exists() else "give its public half"
+        raise KeyFileError(
+            f"{pubkey_file} is a private key, which must never leave the collector's PC: "
+            f"{hint} (the .pub file next to it)"
+        )
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if len(lines) != 1:
         raise KeyFileError(f"{pubkey_file} must hold exactly one public key")

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 #: the copy of ``dittohead.yaml`` is ``dittohead.yaml.checked``
 CHECKED_SUFFIX = ".checked"
 #: the copy is a JSON document of this ``format``
-CHECKED_FORMAT = "dittohead-upload-settings-1"
+CHECKED_FORMAT = "dittohead-upload-settings-2"  # 2: sources
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +62,8 @@ class UploadSettings:
     #: each study's uploader groups
     uploaders: dict[str, tuple[str, ...]]
     limits: UploadLimits
+    #: the station ids of the configuration's ``sources`` (empty: any valid id is accepted)
+    sources: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: Config) -> UploadSettings:
@@ -69,6 +72,7 @@ class UploadSettings:
             socket=config.socket,
             uploaders={name: study.uploaders for name, study in config.studies.items()},
             limits=UploadLimits.from_limits(config.limits),
+            sources=tuple(sorted(config.sources)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,7 +87,27 @@ class UploadSettings:
             socket=Path(doc["socket"]),
             uploaders={name: tuple(groups) for name, groups in doc["uploaders"].items()},
             limits=UploadLimits(**doc["limits"]),
+            sources=tuple(doc["sources"]),
         )
+
+
+def unknown_source(known: Collection[str], source: str) -> str | None:
+    """Why `source` is refused, when ``sources`` lists stations and it is not one; else None.
+
+    Station ids are compared exactly, as the protocol's grammar treats them (case-sensitive):
+    ``Brogden-A`` is not ``brogden-a``, which would otherwise start a second history for the
+    same station and re-send everything. Shared by the receiver (the honest user's early word)
+    and the processor (the boundary, which quarantines what got past).
+    """
+    if not known or source in known:
+        return None
+    near = sorted(k for k in known if k.casefold() == source.casefold())
+    hint = f" (ids are case-sensitive: did you mean {near[0]!r}?)" if near else ""
+    return (
+        f"the station id {source!r} is not one this server knows{hint}; send with the id "
+        "your server's admin gave this PC (--source), or ask them to add it to 'sources' "
+        "in the server's configuration"
+    )
 
 
 def checked_path(path: Path) -> Path:

@@ -281,11 +281,45 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-#: pydantic's error types, in the words an admin reads
+#: pydantic's error types, in the words an admin reads ({...} from the error's context)
 _WORDS = {
     "extra_forbidden": "unknown key",
     "missing": "required, but not given",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "must list at least {min_length}",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number (seconds may be written 300 or 300.5)",
+    "float_type": "must be a number",
+    "string_type": "must be text",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "path_type": "must be a path such as /srv/dittohead",
+    "dict_type": "must be a mapping of keys to values (indented 'key: value' lines)",
+    "tuple_type": "must be a list such as [a, b]",
+    "list_type": "must be a list such as [a, b]",
 }
+
+
+def _words(err: Any) -> str:
+    """One pydantic error in an admin's words (never pydantic's "Value error, ...")."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])  # our own validators' words, as written
+    template = _WORDS.get(kind)
+    if template is None:
+        return str(err["msg"]).removeprefix("Value error, ")
+    # 0.0 reads as 0 to an admin who wrote "stall_timeout: 0"
+    plain = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+    words = template.format(**plain)
+    given = err.get("input")
+    if kind not in ("missing", "extra_forbidden") and isinstance(given, str | int | float):
+        words += f" (it is {given!r})"
+    return words
 
 
 def parse_config(data: Any, origin: str) -> Config:
@@ -297,10 +331,7 @@ def parse_config(data: Any, origin: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{origin}: {_field(err['loc'])}: {_WORDS.get(err['type'], err['msg'])}"
-            for err in exc.errors()
-        ]
+        problems = [f"{origin}: {_field(err['loc'])}: {_words(err)}" for err in exc.errors()]
         raise ConfigError("; ".join(problems)) from None
 
 

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError
+from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError, describe_os_error
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
+from dittohead.receiver.config.checked import unknown_source
 from dittohead.receiver.config.model import Config, Study
 from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
 from dittohead.receiver.processor import janitor, notices, outcomes
@@ -197,6 +198,19 @@ class StudyRun:
         self.study = study
         self.hooks = hooks or Hooks()
         self._fds: list[int] = []
+        #: the entry being worked on, named in the one line an unexpected error gets
+        self.current: str | None = None
+        try:
+            self._open()
+        except BaseException:
+            # A folder the processor may not reach (a destination below a parent it cannot
+            # search): the caller reports the study and goes on; the fds opened so far go.
+            for fd in self._fds:
+                os.close(fd)
+            raise
+
+    def _open(self) -> None:
+        config, name, study = self.config, self.name, self.study
         self.study_fd = study_fd = self._keep(os.open(config.study_dir(name), fsops.DIR_FLAGS))
         self.inbox = self._keep(os.open(INBOX, fsops.DIR_FLAGS, dir_fd=study_fd))
         self.processing = self._keep(_open_sub(study_fd, PROCESSING))
@@ -309,6 +323,12 @@ class StudyRun:
         return summary
 
     def _resume(self, item: JournalEntry) -> Summary:
+        self.current = item.entry
+        summary = self._resume_entry(item)
+        self.current = None  # not in a finally: an error keeps the entry for the caller's line
+        return summary
+
+    def _resume_entry(self, item: JournalEntry) -> Summary:
         if exists(self.done, item.entry) or exists(self.quarantine, item.entry):
             # Finished (or quarantined) before the journal could be removed.
             notices.replayed(self.config, self.name, item, self.quarantine)  # notice hook
@@ -322,6 +342,11 @@ class StudyRun:
             raise ServerError(f"{self.name}: {item.entry} is journaled but not in processing/")
         try:
             if item.step == "claiming":
+                # The receiver refuses an unknown station; one that got past it (written into
+                # the inbox by hand, or before 'sources' was changed) is refused here.
+                refused = unknown_source(self.config.sources, source_of(item.entry))
+                if refused is not None:
+                    raise EntryRejected(refused)
                 self.hooks.progress(f"verifying {self.name} {item.entry}")
                 self._stage(item)
             return self._publish(item)
@@ -572,34 +597,85 @@ class StudyRun:
             raise Stopped()
 
 
+class StudiesFailed(ServerError):
+    """Some studies could not be worked on in this pass; the others were."""
+
+    def __init__(self, failed: list[str], summary: Summary) -> None:
+        super().__init__(
+            f"{len(failed)} {'study' if len(failed) == 1 else 'studies'} could not be worked on "
+            f"in this pass ({', '.join(failed)}): the lines above say why; the other studies "
+            "were finalized. 'dittohead-admin check' names what to fix"
+        )
+        self.failed = failed
+        self.summary = summary
+
+
+def _study_trouble(name: str, exc: BaseException, current: str | None = None) -> str:
+    """The one line for a study the pass had to leave: what happened and what to do."""
+    if isinstance(exc, DittoheadError):
+        message = exc.message.removeprefix(f"{name}: ")  # some already name the study
+        return f"{name}: {message}; the other studies carry on"
+    if isinstance(exc, PermissionError):
+        where = exc.filename if exc.filename is not None else "a folder"
+        return (
+            f"{name}: the processor may not reach {where} ({exc.strerror}); the study is "
+            "skipped and the other studies carry on. 'dittohead-admin check' names the folder "
+            "to fix"
+        )
+    if isinstance(exc, OSError):
+        what = describe_os_error(exc)
+        return f"{name}: {what}; the study is skipped and the other studies carry on"
+    upload = f" while finalizing {current}" if current else ""
+    # Not ours to explain: say so plainly, keep the upload (its journal) for the next pass,
+    # and leave the traceback to -v.
+    return (
+        f"{name}: unexpected error{upload} ({type(exc).__name__}: {exc}); the upload stays "
+        "where it is for the next pass and the other studies carry on (run with -v for details)"
+    )
+
+
 def run_once(config: Config, hooks: Hooks | None = None) -> Summary:
     """Finalize everything pending in every study; return what was done.
 
     Raises `Stopped` when `hooks` asks to stop; the work is then resumed by the next run.
-    A study that fails (a damaged ledger, a journal that disagrees with the folders) is logged
-    and skipped so that the other studies still flow; its first error is raised at the end.
+    A study that cannot be worked on (a destination the service user cannot reach, a damaged
+    ledger, a journal that disagrees with the folders, any unexpected error in one of its
+    entries) gets one logged line and is left so that the other studies still flow; the
+    entry it was on keeps its journal, so the next pass resumes it as after a crash.
+    `StudiesFailed` is raised at the end when any study was left.
     """
     summary = Summary()
-    failed: DittoheadError | None = None
-    with processor_lock(config.state_dir):
+    failed: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(processor_lock(config.state_dir))
+        except OSError as exc:
+            raise ServerError(
+                f"cannot use the state folder {config.state_dir} ({describe_os_error(exc)}); "
+                "'dittohead-admin check' names what to fix"
+            ) from None
         for name, study in config.studies.items():
             try:
                 run = StudyRun(config, name, study, hooks)
             except FileNotFoundError as exc:
                 log.error("%s: %s is missing; run 'dittohead-admin init'", name, exc.filename)
                 continue
-            except DittoheadError as exc:  # a damaged ledger, say
-                log.error("%s: %s; the other studies carry on", name, exc.message)
-                failed = failed or exc
+            except Exception as exc:
+                log.error("%s", _study_trouble(name, exc))
+                log.debug("details", exc_info=True)
+                failed.append(name)
                 continue
             try:
                 summary.add(run.run())
-            except DittoheadError as exc:
-                log.error("%s: %s; the other studies carry on", name, exc.message)
-                failed = failed or exc
+            except Stopped:
+                raise
+            except Exception as exc:
+                log.error("%s", _study_trouble(name, exc, run.current))
+                log.debug("details", exc_info=True)
+                failed.append(name)
             finally:
                 run.close()
         notices.after_pass(config)  # notice hook: disk levels and silent stations, every pass
-    if failed is not None:
-        raise failed
+    if failed:
+        raise StudiesFailed(failed, summary)
     return summary

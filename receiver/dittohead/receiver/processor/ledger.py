@@ -139,18 +139,37 @@ def parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
 
 
 def check_chain(docs: Iterable[dict[str, Any]]) -> list[str]:
-    """Problems in the hash chain, in words (empty when it is intact)."""
+    """Problems in the hash chain, in words (empty when it is intact).
+
+    A break (lines removed, inserted or moved) is one problem, saying where and how many
+    records follow it; the chain is picked up again from the record after it, so what follows
+    is judged on its own and a single deleted line does not read as a thousand problems.
+    """
+    records = list(docs)
     problems: list[str] = []
     prev = GENESIS
-    for expected_seq, doc in enumerate(docs, start=1):
+    expected = 1
+    for line, doc in enumerate(records, start=1):
+        seq = doc.get("seq")
+        what = f"record {seq!r} ({doc.get('stored_as', '?')}, line {line})"
         body = {k: v for k, v in doc.items() if k != "hash"}
-        if doc.get("seq") != expected_seq:
-            problems.append(f"record {expected_seq}: sequence number is {doc.get('seq')!r}")
-        if doc.get("prev") != prev:
-            problems.append(f"record {expected_seq}: does not follow the record before it")
+        follow = len(records) - line + 1  # this record and those after it
+        if seq != expected:
+            gap = (
+                f"{seq - expected} record(s) missing before it"
+                if isinstance(seq, int) and seq > expected
+                else f"record {expected} was expected there"
+            )
+            problems.append(f"the chain breaks at {what}: {gap}; {follow} record(s) from there on")
+        elif doc.get("prev") != prev:
+            problems.append(
+                f"the chain breaks at {what}: it does not follow the record before it; "
+                f"{follow} record(s) from there on"
+            )
         if chain_hash(str(doc.get("prev")), body) != doc.get("hash"):
-            problems.append(f"record {expected_seq}: its content does not match its hash")
+            problems.append(f"{what}: the record was edited (its fields do not match its hash)")
         prev = str(doc.get("hash"))
+        expected = seq + 1 if isinstance(seq, int) else expected + 1
     return problems
 
 

@@ -29,10 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from dittohead.core.errors import DittoheadError
+from dittohead.core.errors import DittoheadError, describe_os_error
 from dittohead.receiver.config import DEFAULT_CONFIG
 from dittohead.receiver.config.model import Config, load_config
-from dittohead.receiver.processor.finalize import Hooks, Stopped, Summary, check_kernel, run_once
+from dittohead.receiver.processor.finalize import (
+    Hooks,
+    Stopped,
+    StudiesFailed,
+    Summary,
+    check_kernel,
+    run_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +164,26 @@ def listening_socket(config: Config) -> socket.socket:
     if passed is not None:
         return passed
     path = config.socket
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    os.chmod(path, 0o660)
-    sock.listen(64)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock.bind(str(path))
+        os.chmod(path, 0o660)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        # Started by hand where tmpfiles made the socket's folder for root (/run/dittohead
+        # 0755 root): the socket unit is what listens there, not this process.
+        raise ServiceError(
+            f"cannot listen on {path} ({describe_os_error(exc)}): let systemd listen for it "
+            "(systemctl enable --now dittohead-processor.socket), or run "
+            f"'dittohead-processor --once' for a single pass"
+        ) from None
     return sock
 
 
@@ -273,6 +290,10 @@ def serve(config: Config) -> int:
                 except Stopped:
                     log.info("stopped between two files; the next run finishes the upload")
                     break
+                except StudiesFailed as exc:
+                    # Each study left has had its line; the service goes on serving the
+                    # others (the next poke or the rescan timer tries the left ones again).
+                    summary = exc.summary
                 status(_summary_line(summary), force=True)
                 idle_since = time.monotonic()
                 pending = False
@@ -307,11 +328,14 @@ def _summary_line(summary: Summary) -> str:
 def once(config: Config) -> int:
     """``--once`` (the rescan timer's service): one pass; SIGTERM stops it between files."""
     stop = _StopSignal()
+    failed: StudiesFailed | None = None
     try:
         summary = run_once(config, Hooks(stop_requested=stop.event.is_set))
     except Stopped:
         log.info("stopped between two files; the next run finishes the upload")
         return 0
+    except StudiesFailed as exc:
+        summary, failed = exc.summary, exc
     finally:
         stop.close()
     log.info(
@@ -321,6 +345,8 @@ def once(config: Config) -> int:
         summary.duplicates,
         summary.quarantined,
     )
+    if failed is not None:
+        raise failed  # the exit status says some studies were left; main prints the line
     return 0
 
 

@@ -39,7 +39,12 @@ from dittohead.core.grammar import Request, UploadRequest, parse_request
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import group_names, user_name
 from dittohead.receiver.config import DEFAULT_CONFIG
-from dittohead.receiver.config.checked import UploadLimits, UploadSettings, load_settings
+from dittohead.receiver.config.checked import (
+    UploadLimits,
+    UploadSettings,
+    load_settings,
+    unknown_source,
+)
 from dittohead.receiver.dropbox import INBOX, study_dir
 from dittohead.receiver.upload.stage import manifest_cap, out_of_space
 
@@ -212,6 +217,10 @@ def admit(options: Options, environ: Mapping[bytes, bytes]) -> Admission:
     uid = os.getuid()
     user = user_name(uid)
     authorize(request.study, uploaders, user, process_groups())
+    # After authorize: only the study's own collectors learn which station ids exist.
+    refused = unknown_source(settings.sources, request.source)
+    if refused is not None:
+        raise UploadRejected(f"{refused}; nothing was sent")
     set_resource_limits(settings.limits)
     slot_fd = claim_slot(uid, settings.limits.max_concurrent_uploads)
     inbox_fd = open_inbox(settings, request.study)

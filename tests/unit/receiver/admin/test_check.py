@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dittohead.receiver.admin.check_cmd import (
     Probe,
@@ -21,11 +22,13 @@ from dittohead.receiver.admin.check_cmd import (
     check_destinations,
     check_kernel,
     check_layout,
+    check_reach,
     check_socket,
     check_units,
 )
-from dittohead.receiver.admin.init_cmd import init
-from tests.support.server import STUDY, Server
+from dittohead.receiver.admin.init_cmd import InitError, init
+from dittohead.receiver.config.model import load_config
+from tests.support.server import STUDY, Server, make_server
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -37,6 +40,7 @@ def mode(path: Path) -> int:
 def test_a_fresh_init_passes_the_folder_checks(server: Server) -> None:
     assert check_layout(server.config) == []
     assert check_destinations(server.config) == []
+    assert check_reach(server.config) == []
 
 
 def test_a_loose_inbox_is_named_with_its_fix(server: Server) -> None:
@@ -188,13 +192,18 @@ def _units(tmp_path: Path, *drop_ins: str) -> Probe:
 
 
 def test_folders_outside_readwritepaths_are_named(server: Server, tmp_path: Path) -> None:
-    problems = check_units(server.config, _units(tmp_path))
-    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree.
-    named = {(p.where, p.what.split()[0]) for p in problems}
-    for path in (server.config.dropbox, server.config.state_dir, server.destination):
-        for unit in ("dittohead-processor.service", "dittohead-rescan.service"):
-            assert (str(path), unit) in named
-    assert all("dittohead-.service.d" in p.fix for p in problems)
+    probe = _units(tmp_path)
+    problems = check_units(server.config, probe)
+    # The shipped unit covers /srv/dittohead and /var/lib/dittohead, not this test's tree:
+    # one finding per folder, naming both services, and a fix in the unit folder looked at.
+    needed = [server.config.dropbox, server.config.state_dir, server.destination]
+    assert [p.where for p in problems] == [str(path) for path in needed]
+    for problem in problems:
+        assert problem.what.startswith(
+            "dittohead-processor.service and dittohead-rescan.service may not write here"
+        )
+        assert f"{probe.unit_dirs[0]}/dittohead-.service.d/destinations.conf" in problem.fix
+        assert "/etc/systemd" not in problem.fix
 
 
 def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -> None:
@@ -204,8 +213,34 @@ def test_a_drop_in_covering_the_folders_passes(server: Server, tmp_path: Path) -
 
 def test_an_empty_readwritepaths_resets_the_list(server: Server, tmp_path: Path) -> None:
     probe = _units(tmp_path, f"ReadWritePaths=-{server.base}", "ReadWritePaths=")
-    assert len(check_units(server.config, probe)) == 6
+    assert len(check_units(server.config, probe)) == 3
 
 
 def test_units_that_are_not_installed_are_not_checked(server: Server, tmp_path: Path) -> None:
     assert check_units(server.config, Probe(unit_dirs=(tmp_path,))) == []
+
+
+def test_init_names_a_missing_parent_and_what_it_already_made(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "first")
+    doc = yaml.safe_load(server.config_path.read_text())
+    doc["dropbox"] = str(tmp_path / "new-dropbox")
+    doc["state_dir"] = str(tmp_path / "srv" / "lib" / "dittohead")  # /srv/lib is not there
+    server.config_path.write_text(yaml.safe_dump(doc))
+    config = load_config(server.config_path)
+    with pytest.raises(InitError) as caught:
+        init(config)
+    message = caught.value.message
+    assert message.startswith(
+        f"cannot create {tmp_path}/srv/lib/dittohead: the folder {tmp_path}/srv above it "
+        f"does not exist; create it (mkdir -p {tmp_path}/srv/lib"
+    )
+    assert message.endswith(f"(already done: created {tmp_path}/new-dropbox (0755))")
+    assert not (tmp_path / "srv").exists()  # nothing made above init's own folders
+
+
+def test_init_names_a_destinations_missing_parent(server: Server) -> None:
+    doc = yaml.safe_load(server.config_path.read_text())
+    doc["studies"][STUDY]["destination"] = str(server.base / "nowhere" / "raw")
+    server.config_path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InitError, match=r"its parent .*/nowhere does not exist; create it with"):
+        init(load_config(server.config_path))

@@ -76,3 +76,19 @@ def test_authorized_key_refuses_two_keys(tmp_path: Path) -> None:
     pub.write_bytes(b"".join(k.export_public_key("openssh") for k in keys))
     with pytest.raises(KeyFileError, match="exactly one public key"):
         authorized_key(Path("/etc/d.yaml"), pub)
+
+
+@pytest.mark.parametrize("fmt", ["openssh", "pkcs8-pem"])
+def test_a_private_key_is_named_as_one_and_the_pub_file_is_asked_for(
+    tmp_path: Path, fmt: str
+) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    private = tmp_path / "id_ed25519"
+    private.write_bytes(key.export_private_key(fmt))
+    key.write_public_key(str(tmp_path / "id_ed25519.pub"))
+    with pytest.raises(KeyFileError) as caught:
+        authorized_key(Path("/etc/d.yaml"), private)
+    message = caught.value.message
+    assert message.startswith(f"{private} is a private key")
+    assert f"give its public half, {private}.pub" in message
+    assert "BEGIN" not in message and "exactly one" not in message

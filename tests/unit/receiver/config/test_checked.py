@@ -48,6 +48,43 @@ def test_every_limit_but_the_janitors_reaches_the_receiver() -> None:
     assert receiver == set(Limits.model_fields) - {"stale_after"}
 
 
+def test_the_stations_reach_the_receiver() -> None:
+    # 'sources' is the allowlist of station ids the receiver enforces (issue 23).
+    assert SETTINGS.sources == ("brogden-a", "eye-2")
+    assert UploadSettings.from_json(json.loads(json.dumps(SETTINGS.to_json()))) == SETTINGS
+
+
+def test_a_copy_of_an_older_format_is_not_used(tmp_path: Path) -> None:
+    path = write(tmp_path / "dittohead.yaml", EVERY_KEY)
+    check_config(path)
+    copy = checked_path(path)
+    doc = json.loads(copy.read_text())
+    doc["format"] = "dittohead-upload-settings-1"  # before sources: it would allow any station
+    del doc["settings"]["sources"]
+    copy.write_text(json.dumps(doc))
+    assert checked._use_checked_copy(path, path.read_bytes(), path.stat()) is None
+    assert load_settings(path) == SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("known", "source", "refused"),
+    [
+        ((), "Anything-1", None),  # no sources listed: any valid id
+        (("brogden-a",), "brogden-a", None),
+        (("brogden-a",), "Brogden-A", "did you mean 'brogden-a'?"),
+        (("brogden-a", "eye-2"), "eye-3", "'eye-3' is not one this server knows; send with"),
+    ],
+)
+def test_a_station_is_known_exactly(
+    known: tuple[str, ...], source: str, refused: str | None
+) -> None:
+    words = checked.unknown_source(known, source)
+    if refused is None:
+        assert words is None
+    else:
+        assert words is not None and refused in words and "'sources'" in words
+
+
 def test_check_writes_a_copy_that_loads_the_same(tmp_path: Path) -> None:
     path = write(tmp_path / "dittohead.yaml", EVERY_KEY)
     assert check_config(path) == EXPECTED
@@ -88,7 +125,9 @@ def test_a_current_copy_spares_pydantic_and_yaml(tmp_path: Path) -> None:
 
 def test_without_a_copy_the_yaml_is_checked_with_the_same_words(tmp_path: Path) -> None:
     path = write(tmp_path / "dittohead.yaml", {**EVERY_KEY, "limits": {"max_files": 0}})
-    with pytest.raises(ConfigError, match=r"dittohead\.yaml: limits\.max_files: Input should"):
+    with pytest.raises(
+        ConfigError, match=r"dittohead\.yaml: limits\.max_files: must be at least 1"
+    ):
         load_settings(path)
     with pytest.raises(ConfigError, match=r"cannot read the configuration .*nothing\.yaml"):
         load_settings(tmp_path / "nothing.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,27 +104,33 @@ def test_defaults() -> None:
         ({"uploaderz": 1}, "t.yaml: uploaderz: unknown key"),
         ({"limits": {"max_file": 1}}, "t.yaml: limits.max_file: unknown key"),
         ({"dropbox": None}, "t.yaml: dropbox: "),
-        ({"dropbox": "srv"}, "t.yaml: dropbox: Value error, must be an absolute path"),
-        ({"limits": {"max_files": 0}}, "t.yaml: limits.max_files: Input should be greater than"),
-        ({"limits": {"stall_timeout": 0}}, "t.yaml: limits.stall_timeout: Input should be greater"),
+        ({"dropbox": "srv"}, "t.yaml: dropbox: must be an absolute path"),
+        ({"limits": {"max_files": 0}}, "t.yaml: limits.max_files: must be at least 1 (it is 0)"),
+        (
+            {"limits": {"stall_timeout": 0}},
+            "t.yaml: limits.stall_timeout: must be more than 0 (it is 0)",
+        ),
         ({"limits": {"max_upload_bytes": "12 parsecs"}}, "'12 parsecs' is not a size such as"),
-        ({"limits": {"min_free_bytes": -1}}, "t.yaml: limits.min_free_bytes: Input should be"),
+        (
+            {"limits": {"min_free_bytes": -1}},
+            "t.yaml: limits.min_free_bytes: must be at least 0 (it is -1)",
+        ),
         (
             {"limits": {"stall_timeout": 600, "stale_after": 900}},
-            "t.yaml: limits: Value error, stale_after must be more than twice stall_timeout",
+            "t.yaml: limits: stale_after must be more than twice stall_timeout",
         ),
         (
             {"studies": {"Bad Name": {"destination": "/d", "uploaders": ["g"]}}},
-            "t.yaml: studies: Value error, 'Bad Name' is not a valid study name",
+            "t.yaml: studies: 'Bad Name' is not a valid study name",
         ),
         ({"sources": {"no way": "x"}}, "'no way' is not a valid station id"),
         (
             {"studies": {"s": {"destination": "/d", "uploaders": []}}},
-            "t.yaml: studies.s.uploaders: Tuple should have at least 1 item",
+            "t.yaml: studies.s.uploaders: must list at least 1",
         ),
         (
             {"studies": {"s": {"destination": "d", "uploaders": ["g"]}}},
-            "t.yaml: studies.s.destination: Value error, must be an absolute path",
+            "t.yaml: studies.s.destination: must be an absolute path",
         ),
         ({"studies": {"s": {"uploaders": ["g"]}}}, "studies.s.destination: required, but not"),
     ],
@@ -134,6 +141,23 @@ def test_each_problem_names_file_and_field(change: dict[str, Any], words: str) -
         cfg.parse_config(doc, "t.yaml")
     assert words in str(info.value)
     assert "\n" not in str(info.value)
+    # The admin's words, not pydantic's.
+    for theirs in ("Value error", "Input should", "Tuple should", "validation error"):
+        assert theirs not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"limits": {"stall_timeout": "soon"}}, "limits.stall_timeout: must be a number"),
+        ({"user": ["a"]}, "t.yaml: user: must be text"),
+        ({"studies": ["s"]}, "t.yaml: studies: must be a mapping of keys to values"),
+        ({"dropbox": 3}, "t.yaml: dropbox: must be a path such as /srv/dittohead"),
+    ],
+)
+def test_wrong_kinds_of_value_are_named_in_plain_words(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        cfg.parse_config({"dropbox": "/srv/d", **change}, "t.yaml")
 
 
 def test_missing_dropbox_and_unknown_key_are_both_named() -> None:

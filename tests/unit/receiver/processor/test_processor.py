@@ -160,7 +160,7 @@ def test_ledger_verify_finds_tampering(server: Server) -> None:
         problems, _ = verify(fd, read_ledger(fd))
     finally:
         os.close(fd)
-    assert any("a.txt: content differs" in p for p in problems)
+    assert "a.txt: its sha256 differs from the ledger: the file was changed" in "".join(problems)
     assert any("stray.txt: in the tree but not in the ledger" in p for p in problems)
 
 
@@ -173,4 +173,58 @@ def test_ledger_chain_detects_an_edited_line(server: Server) -> None:
     doc["uploader"] = "someone-else"
     lines[0] = json.dumps(doc)
     path.write_text("\n".join(lines) + "\n")
-    assert any("does not match its hash" in p for p in check_chain(ledger_of(server.destination)))
+    assert check_chain(ledger_of(server.destination)) == [
+        "record 1 (a.txt, line 1): the record was edited (its fields do not match its hash)"
+    ]
+
+
+def _ledger_lines(server: Server, files: int) -> tuple[Path, list[str]]:
+    server.commit({f"f{i}.txt": f"file {i}".encode() for i in range(files)})
+    run_once(server.config)
+    path = server.destination / ".dittohead" / "ledger.jsonl"
+    return path, path.read_text().splitlines()
+
+
+def test_a_deleted_ledger_line_is_one_break_with_the_records_that_follow(server: Server) -> None:
+    path, lines = _ledger_lines(server, 6)
+    del lines[2]  # record 3
+    path.write_text("\n".join(lines) + "\n")
+    [problem] = check_chain(ledger_of(server.destination))
+    assert problem.startswith("the chain breaks at record 4 (")
+    assert problem.endswith(", line 3): 1 record(s) missing before it; 3 record(s) from there on")
+
+
+def test_an_edited_size_is_named_as_the_records_size_not_the_files_content(
+    server: Server,
+) -> None:
+    path, lines = _ledger_lines(server, 2)
+    doc = json.loads(lines[0])
+    doc["size"] += 1
+    lines[0] = json.dumps(doc)
+    path.write_text("\n".join(lines) + "\n")
+    fd = os.open(server.destination, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        problems, checked = verify(fd, read_ledger(fd))
+    finally:
+        os.close(fd)
+    stored = doc["stored_as"]
+    assert checked == 2
+    assert problems == [
+        f"record 1 ({stored}, line 1): the record was edited (its fields do not match its hash)",
+        f"{stored}: the ledger says {doc['size']} bytes, the file has {doc['size'] - 1}, and its "
+        "sha256 matches the ledger: the file is intact, the record's size was changed",
+    ]
+
+
+def test_an_unknown_station_that_got_past_the_receiver_is_quarantined(server: Server) -> None:
+    # The server's sources list brogden-a: an entry written into the inbox by hand under
+    # another spelling is refused by the processor too, with the reason for the admin.
+    odd = server.commit({"a.txt": b"from nowhere"}, source="Brogden-A")
+    known = server.commit({"b.txt": b"from brogden-a"})
+    summary = run_once(server.config)
+    assert summary.finalized == [known] and summary.quarantined == 1
+    quarantine = server.config.study_dir(STUDY) / "quarantine"
+    reason = (quarantine / f"{odd}.reason").read_text()
+    assert "the station id 'Brogden-A' is not one this server knows" in reason
+    assert "did you mean 'brogden-a'?" in reason
+    assert not (server.destination / "a.txt").exists()

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dittohead.receiver import fsops
+from dittohead.receiver.admin.init_cmd import init
+from dittohead.receiver.config.model import load_config
 from dittohead.receiver.processor import publish
-from dittohead.receiver.processor.finalize import run_once
+from dittohead.receiver.processor.finalize import StudiesFailed, run_once
 from dittohead.receiver.processor.ledger import Ledger
 from tests.support.invariants import ledger_of, tree_problems
-from tests.support.server import Server, make_server
+from tests.support.server import STUDY, Server, make_server
 
 # Two uploads' worth of folders that exist already in the tree after the first: the second
 # upload's files are published one by one (no folder moves whole), so a failure comes mid-way.
@@ -72,7 +75,7 @@ def _fail_mid_publish(
     events: list[str] = []
     _fail_at(monkeypatch, 3, events)
     _watch_writes(monkeypatch, events, syncfs_fails=syncfs_fails)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StudiesFailed):  # the pass goes on; the study is named at the end
         run_once(server.config)
     monkeypatch.undo()
     return server, second, events
@@ -102,3 +105,38 @@ def test_when_the_tree_cannot_be_synced_the_queued_records_wait_for_the_next_run
     assert tree_problems(server.destination) == []
     records = [r for r in ledger_of(server.destination) if r["upload"] == second]
     assert sorted(r["stored_as"] for r in records) == [f"s{i}/b.txt" for i in range(4)]
+
+
+def test_an_unexpected_error_in_one_study_gives_one_line_and_the_others_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(tmp_path)
+    doc = yaml.safe_load(server.config_path.read_text())
+    (tmp_path / "first").mkdir()
+    # "first" comes before the server's own study, so its failure comes first in the pass.
+    doc["studies"] = {
+        "first": {**doc["studies"][STUDY], "destination": str(tmp_path / "first" / "raw")},
+        **doc["studies"],
+    }
+    server.config_path.write_text(yaml.safe_dump(doc))
+    config = load_config(server.config_path)
+    init(config)
+    bad = Server(server.base, server.config_path, config)
+    inbox = config.study_dir("first") / "inbox"
+    bad_name = bad.commit({"x.txt": b"meets a bug"})
+    (config.study_dir(STUDY) / "inbox" / bad_name).rename(inbox / bad_name)
+    good = bad.commit({"a.txt": b"still flows"})
+    _fail_at(monkeypatch, 1, [])
+    with pytest.raises(StudiesFailed, match=r"\(first\)") as caught:
+        run_once(config)
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"first: unexpected error while finalizing {bad_name} (RuntimeError")
+    assert "the other studies carry on" in line
+    assert caught.value.summary.finalized == [good]
+    assert (config.study_dir(STUDY) / "done" / good).is_dir()
+    # The entry keeps its journal: the next pass finishes it as after a crash.
+    assert (config.study_dir("first") / "processing" / bad_name).is_dir()
+    monkeypatch.undo()
+    assert run_once(config).finalized == [bad_name]
+    assert (tmp_path / "first" / "raw" / "x.txt").read_bytes() == b"meets a bug"
+    assert tree_problems(tmp_path / "first" / "raw") == []

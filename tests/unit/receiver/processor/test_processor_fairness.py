@@ -12,12 +12,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dittohead.core.errors import ServerError
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.config.model import load_config
 from dittohead.receiver.processor import finalize as processor
 from dittohead.receiver.processor.claim import Candidate, fair_order
-from dittohead.receiver.processor.finalize import run_once
+from dittohead.receiver.processor.finalize import StudiesFailed, run_once
 from dittohead.receiver.processor.journal import Journal, JournalEntry
 from tests.support.invariants import ledger_of
 from tests.support.server import STUDY, Server, make_server
@@ -88,7 +87,9 @@ def test_a_flood_does_not_starve_another_uploader(
     assert [stored[n] for n in flood] == ["flood.txt"] + [f"flood~{i}.txt" for i in range(2, 7)]
 
 
-def test_a_failing_study_does_not_stop_the_others(tmp_path: Path) -> None:
+def test_a_failing_study_does_not_stop_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     server = make_server(tmp_path)
     doc = yaml.safe_load(server.config_path.read_text())
     (tmp_path / "study2").mkdir()
@@ -105,7 +106,9 @@ def test_a_failing_study_does_not_stop_the_others(tmp_path: Path) -> None:
         JournalEntry("brogden-a-20260101T000000Z-0000000000000000", "broken", "staged", 0, "", 0, 0)
     )
     name = server.commit({"a.txt": b"still flows"})
-    with pytest.raises(ServerError, match="journaled but not in processing"):
+    with pytest.raises(StudiesFailed, match=r"1 study could not be worked on .*\(broken\)"):
         run_once(config)
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("broken: brogden-a-") and "journaled but not in processing" in line
     assert (config.study_dir(STUDY) / "done" / name).is_dir()
     assert (server.destination / "a.txt").read_bytes() == b"still flows"

@@ -153,3 +153,25 @@ def test_admit_runs_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             gate.Options(tmp_path / "missing.yaml", False),
             {b"SSH_ORIGINAL_COMMAND": b"dittohead upload v1 s1 pc-1"},
         )
+
+
+def test_admit_refuses_a_station_the_config_does_not_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gate, "set_resource_limits", lambda limits: None)
+    monkeypatch.setattr(gate, "RUNTIME_BASE", tmp_path / "no-runtime")
+    (tmp_path / "dropbox" / "s1" / "inbox").mkdir(parents=True)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"dropbox: {tmp_path / 'dropbox'}\nsources:\n  pc-1: PC one\nstudies:\n  s1:\n"
+        f"    destination: /d\n    uploaders: [{accounts.group_names([os.getgid()]).pop()}]\n",
+        encoding="utf-8",
+    )
+    command = {b"SSH_ORIGINAL_COMMAND": b"dittohead upload v1 s1 PC-1"}
+    with pytest.raises(UploadRejected) as caught:
+        gate.admit(gate.Options(config, False), command)
+    assert caught.value.message.startswith(
+        "the station id 'PC-1' is not one this server knows (ids are case-sensitive: did you "
+        "mean 'pc-1'?)"
+    )
+    assert caught.value.message.endswith("nothing was sent")

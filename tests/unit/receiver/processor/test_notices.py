@@ -54,7 +54,7 @@ def test_a_finalized_entry_is_recorded_only_with_on_success(tmp_path: Path) -> N
 
     server = mail_server(tmp_path / "loud", 25, mail={"on_success": True})
     name = server.commit({"a.txt": b"a", "d/b.txt": b"b"})
-    server.commit({"a.txt": b"a"}, source="other-pc")  # a duplicate from another station
+    server.commit({"a.txt": b"a"})  # a second upload: a duplicate of the first one's a.txt
     run_once(server.config)
     found = {n.entry: n for n in queued(server)}
     first = found[name]

@@ -287,6 +287,10 @@ class StudyRun:
                 cand.name,
                 user_name(cand.uid),
             )
+        # Each uploader sees at once that the server has their upload (dittohead status), not
+        # only when its turn comes: the entries ahead of it may take minutes.
+        for cand in allowed:
+            outcomes.waiting(self.study_fd, cand.uid, cand.name, iso_utc(cand.ctime_ns))
         for cand in fair_order(allowed):
             self._check_stop()
             item = JournalEntry(
@@ -309,12 +313,12 @@ class StudyRun:
             except ClaimLost as exc:
                 log.info("%s: %s", self.name, exc)
                 self.journal.remove(cand.name)
+                outcomes.forget(self.study_fd, cand.uid, cand.name)  # its owner took it back
                 continue
             except EntryRejected as exc:
                 summary.add(self._quarantine(cand.name, str(exc)))
                 continue
             fault_point("claimed")
-            outcomes.waiting(self.study_fd, cand.uid, cand.name, item.received_at)
             summary.add(self._resume(item))
             if self.out_of_space:
                 # Stop here rather than let this uploader's later entries (or anyone's) take

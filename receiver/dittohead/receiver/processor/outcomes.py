@@ -145,8 +145,22 @@ def _base(entry: str, received_at: str, state: str) -> dict[str, Any]:
 
 
 def waiting(study_fd: int, uid: int, entry: str, received_at: str) -> None:
-    """The entry was claimed; its outcome is not known yet."""
+    """The entry is committed in the inbox (or claimed); its outcome is not known yet."""
     _record(study_fd, uid, entry, _base(entry, received_at, "waiting"), sync=False)
+
+
+def forget(study_fd: int, uid: int, entry: str) -> None:
+    """The entry left the inbox before it was claimed (its owner removed it): no outcome."""
+    try:
+        folder = _open_folder(study_fd, uid)
+    except OSError as exc:
+        log.warning("could not remove the outcome of %s: %s", entry, exc)
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{entry}.json", dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def finalized(

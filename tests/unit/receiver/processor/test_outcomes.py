@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import struct
+
+import pytest
 
 from dittohead.core.grammar import StatusRequest
 from dittohead.receiver.config.checked import UploadSettings
 from dittohead.receiver.dropbox import OUTCOMES
 from dittohead.receiver.processor import outcomes
-from dittohead.receiver.processor.finalize import run_once
+from dittohead.receiver.processor.finalize import Hooks, Stopped, run_once
 from dittohead.receiver.upload import status
 from tests.support.server import STUDY, Server
 
@@ -74,3 +77,30 @@ def _finalized_and_quarantined(server: Server) -> None:
 def test_nothing_processed_yet_is_an_empty_answer(server: Server) -> None:
     settings = UploadSettings.from_config(server.config)
     assert json.loads(status.answer(settings, StatusRequest(STUDY)))["uploads"] == []
+
+
+def test_every_committed_upload_is_waiting_before_the_first_is_claimed(server: Server) -> None:
+    # The pass is stopped where it would claim its first entry: by then each uploader can
+    # already see every committed upload as waiting, not only the one whose turn came.
+    names = [server.commit({f"f{i}.txt": b"x"}) for i in range(3)]
+    with pytest.raises(Stopped):
+        run_once(server.config, Hooks(stop_requested=lambda: True))
+    folder = server.config.study_dir(STUDY) / OUTCOMES / str(os.getuid())
+    states = {n: json.loads((folder / f"{n}.json").read_text())["state"] for n in names}
+    assert states == dict.fromkeys(names, "waiting")
+    run_once(server.config)
+    assert {json.loads((folder / f"{n}.json").read_text())["state"] for n in names} == {"finalized"}
+
+
+def test_an_upload_its_owner_took_back_leaves_no_outcome(server: Server) -> None:
+    name = server.commit({"a.txt": b"a"})
+    folder = server.config.study_dir(STUDY) / OUTCOMES / str(os.getuid())
+
+    def took_back() -> bool:
+        # After the waiting outcomes are written, before the claim: the owner removes it.
+        if (server.inbox / name).exists():
+            shutil.rmtree(server.inbox / name)
+        return False
+
+    run_once(server.config, Hooks(stop_requested=took_back))
+    assert not (folder / f"{name}.json").exists()

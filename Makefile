@@ -24,7 +24,7 @@ COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile -
                  --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
                  --no-emit-find-links --no-emit-trusted-host $(PINS_FLAGS)
 DEMO_DEBS   := python3-venv
-TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace
+TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace xvfb xdotool python3-tk imagemagick
 
 .PHONY: demo test lint typecheck unit bench pins system-deps-demo system-deps-test clean
 

@@ -68,6 +68,7 @@ class Window:
         style = ttk.Style(root)
         if "clam" in style.theme_names() and sys.platform.startswith("linux"):
             style.theme_use("clam")  # draws the keyboard focus; Windows keeps its own theme
+            style.configure("Horizontal.TProgressbar", background="#3b7dd8")
         self._build()
         self.reload(preset)
         root.protocol("WM_DELETE_WINDOW", self.on_close)
@@ -96,7 +97,7 @@ class Window:
         self.preset_var = tk.StringVar(self.root)
         self.preset_box = ttk.Combobox(frame, textvariable=self.preset_var, state="readonly")
         self.preset_box.bind("<<ComboboxSelected>>", lambda _e: self.choose(self.preset_var.get()))
-        self._label(frame, "Preset:", 0, self.preset_box).grid(row=0, column=0, sticky="w")
+        self._label(frame, "Preset:", 1, self.preset_box).grid(row=0, column=0, sticky="w")
         self.preset_box.grid(row=0, column=1, sticky="we", pady=3)
         edits = ttk.Frame(frame)
         edits.grid(row=0, column=2, sticky="e")
@@ -131,17 +132,18 @@ class Window:
         self.password_label = self._label(login, "Password:", 0, self.password_entry)
         self.password_label.pack(side="left")
         self.password_entry.pack(side="left", padx=(8, 16))
-        self.key_label = ttk.Label(login, text="")
-        self.key_label.pack(side="left")
+        # A key's path can be long: on a row of its own, wrapped, never clipped.
+        self.key_label = ttk.Label(frame, text="", wraplength=860, justify="left")
+        self.key_label.grid(row=5, column=0, columnspan=3, sticky="w")
 
         self.bar = ttk.Progressbar(frame, mode="determinate", maximum=1.0)
-        self.bar.grid(row=5, column=0, columnspan=3, sticky="we", pady=(10, 2))
+        self.bar.grid(row=6, column=0, columnspan=3, sticky="we", pady=(10, 2))
         self.progress_text = ttk.Label(frame, text="")
-        self.progress_text.grid(row=6, column=0, columnspan=3, sticky="w")
+        self.progress_text.grid(row=7, column=0, columnspan=3, sticky="w")
 
         out = ttk.Frame(frame)
-        out.grid(row=7, column=0, columnspan=3, sticky="nsew", pady=6)
-        frame.rowconfigure(7, weight=1)
+        out.grid(row=8, column=0, columnspan=3, sticky="nsew", pady=6)
+        frame.rowconfigure(8, weight=1)
         self.output = tk.Text(out, height=8, wrap="word", state="disabled", takefocus=False)
         scroll = ttk.Scrollbar(out, command=self.output.yview)
         self.output.configure(yscrollcommand=scroll.set)
@@ -149,7 +151,7 @@ class Window:
         self.output.pack(side="left", fill="both", expand=True)
 
         buttons = ttk.Frame(frame)
-        buttons.grid(row=8, column=0, columnspan=3, sticky="e")
+        buttons.grid(row=9, column=0, columnspan=3, sticky="e")
         self.send_button = self._button(buttons, "Send", 0, self.send)
         self.send_button.configure(default="active")  # Return
         self.cancel_button = self._button(buttons, "Cancel", 0, self.cancel)
@@ -414,7 +416,10 @@ class Window:
         stopped = isinstance(error, Cancelled) or isinstance(error.__cause__, Cancelled)
         self.progress_text.configure(text="stopped" if stopped else "not sent")
         self.write(error.message)
+        if stopped:
+            self.write("Press Send to go on: what the server confirmed is not sent again.")
         if not stopped:
+            self.bar.configure(value=0)  # nothing of this part was stored
             dialogs.show_error(self.root, error)
 
     def remember(self) -> None:

@@ -53,10 +53,7 @@ class Cancelled(DittoheadError):
     exit_code = EX_INTERRUPTED
 
     def __init__(self) -> None:
-        super().__init__(
-            "stopped; nothing of the part being sent was stored; press Send to go on "
-            "(what the server already confirmed is not sent again)"
-        )
+        super().__init__("stopped; nothing of the part being sent was stored")
 
 
 # -- events, from the worker to the window -----------------------------------------------------

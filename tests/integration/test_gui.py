@@ -313,3 +313,33 @@ def _settled(path: Path) -> bool:
     before = path.stat().st_mtime_ns
     time.sleep(1.0)
     return path.stat().st_mtime_ns == before
+
+
+def test_a_preset_added_in_the_window_is_written_to_the_users_file(
+    sshd_deployment: Deployment, display: str, pc: Path
+) -> None:
+    from dittohead.client import presets
+
+    dep = sshd_deployment
+    folder = pc / "data"
+    (folder / "eyetracker").mkdir(parents=True)
+    config = write_config(dep, pc / "client.toml", folder, user=dep.collector)
+    gui = Gui(dep, display, pc, config)
+    try:
+        gui.keys(gui.main, "alt+n")
+        editor = gui.wait_for("^dittohead: new preset$")
+        # Name, Study, Folder, Things: Tab walks the fields in reading order.
+        for number, text in enumerate(("eyes", "other", str(folder), "eyetracker")):
+            if number:
+                gui.keys(editor, "Tab")
+            gui.type(editor, text)
+        gui.shot("new-preset")
+        gui.keys(editor, "Return")
+        wait_until(lambda: not gui.windows("^dittohead: new preset$"))
+    finally:
+        gui.close()
+    content = presets.read_file(str(config))
+    assert content is not None
+    added = {p.name: p for p in content.presets}["eyes"]
+    assert (added.study, added.folder, added.things) == ("other", str(folder), ("eyetracker",))
+    assert PRESET in {p.name for p in content.presets}  # the rest is kept

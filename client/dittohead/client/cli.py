@@ -246,7 +246,12 @@ def _dry_run(args: argparse.Namespace, job: Job) -> int:
     return 0
 
 
-def _receipts_text(receipts: Sequence[Receipt], stored: str) -> str:
+def receipts_text(
+    receipts: Sequence[Receipt],
+    stored: str,
+    later: str = "See what became of it later with 'dittohead status'.",
+) -> str:
+    """The receipt as a collector reads it (the window shows the same, with its own `later`)."""
     last = receipts[-1]
     files = sum(r.files for r in receipts)
     size = sum(r.bytes for r in receipts)
@@ -260,7 +265,7 @@ def _receipts_text(receipts: Sequence[Receipt], stored: str) -> str:
         f"  study:    {last.study}\n"
         f"  station:  {last.source}\n"
         f"  received: {last.received_at}\n"
-        "See what became of it later with 'dittohead status'."
+        f"{later}"
     )
 
 
@@ -358,7 +363,7 @@ def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) 
         display.confirmed()
     remember(settled, args)
     stored = landing(f.path for f in job.selected.files)
-    _emit(args, result_doc(receipts), _receipts_text(receipts, stored))
+    _emit(args, result_doc(receipts), receipts_text(receipts, stored))
     return 0
 
 

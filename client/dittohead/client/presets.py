@@ -344,6 +344,34 @@ def remember_login(path: str, preset: str, user: str) -> bool:
     return True
 
 
+def save_preset(path: str, fields: Mapping[str, Any], *, replacing: str | None = None) -> None:
+    """Write one preset into the per-user file at `path` (the window's editor): the table named
+    `replacing` (else the one named ``fields["name"]``) is replaced by `fields`, or `fields` is
+    added. The result is checked as `parse` would check it before it is written (atomically),
+    so a wrong value is a `ConfigError` and the file stays as it was; ``[server]`` and the
+    other presets are kept. Never the machine-wide file: the admin's presets are laid under
+    this one key by key (`merge`), so a preset of the same name here overrides theirs."""
+    content = read_file(path)
+    doc: dict[str, Any] = {}
+    if content is not None:
+        with open(path, "rb") as f:
+            doc = tomllib.loads(f.read().decode("utf-8"))
+    table = {k: v for k, v in fields.items() if v not in (None, "", [], ())}
+    if isinstance(table.get("things"), tuple):
+        table["things"] = list(table["things"])
+    tables: list[dict[str, Any]] = doc.setdefault("preset", [])
+    old = replacing if replacing is not None else table.get("name")
+    for number, existing in enumerate(tables):
+        if existing.get("name") == old:
+            tables[number] = table
+            break
+    else:
+        tables.append(table)
+    text = dumps(doc)
+    parse(text.encode("utf-8"), path)  # a ConfigError names the key; nothing is written
+    write_atomic(path, text.encode("utf-8"))
+
+
 def dumps(doc: Mapping[str, Any]) -> str:
     """TOML text for the documents this module reads (texts, numbers, lists of texts, the
     ``[server]`` table and ``[[preset]]`` tables)."""

@@ -192,3 +192,27 @@ def test_the_command_loads_only_the_client_until_ssh_starts(tmp_path: Path) -> N
     # and after ssh gave up, the fallback did load asyncssh: the marker is where it should be
     after = {line.rsplit("|", 1)[-1].strip() for line in lines[len(before) :]}
     assert "asyncssh" in after
+
+
+def test_the_window_loads_no_receiver_and_no_server_dependencies() -> None:
+    # The window's modules, all of them (the worker imports the sending side lazily; load it
+    # too): nothing from the server side, nothing POSIX-only of ours.
+    probe = PROBE.replace(
+        "import dittohead.client.cli\n",
+        "import dittohead.client.gui.app, dittohead.client.gui.presets_editor\n"
+        "import dittohead.client.gui.worker, dittohead.client.plan.batches\n",
+    )
+    assert probe != PROBE
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", probe], check=False, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0 and "tkinter" in done.stderr:
+        pytest.skip("this Python has no tkinter (Debian: python3-tk)")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    modules = result["modules"]
+    assert "dittohead.client.gui.app" in modules
+    assert [m for m in modules if str(m).startswith("dittohead.receiver")] == []
+    for server_only in ("sdnotify", "yaml", "pydantic", "aiosmtpd", "asyncssh"):
+        assert server_only not in modules, f"{server_only} is loaded by the window"
+    assert result["ours"] == []

@@ -242,3 +242,28 @@ def test_a_preset_send_remembers_the_login_given_with_user(
     assert (doc["files"], doc["study"], doc["source"]) == (1, "nccam3", "brogden-a")
     assert presets.load().preset("p").user == "alice"
     assert "password" not in mine.read_text()
+
+
+def test_save_preset_adds_replaces_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('[server]\nhost = "drop"\n\n[[preset]]\nname = "a"\nstudy = "s1"\n')
+    presets.save_preset(str(path), {"name": "b", "study": "s2", "things": ("eprime",)})
+    presets.save_preset(
+        str(path), {"name": "a2", "study": "s3", "user": "", "folder": None}, replacing="a"
+    )
+    content = presets.read_file(str(path))
+    assert content is not None
+    assert content.server.host == "drop"
+    assert [(p.name, p.study, p.things, p.user) for p in content.presets] == [
+        ("a2", "s3", (), None),
+        ("b", "s2", ("eprime",), None),
+    ]
+
+
+def test_save_preset_checks_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('[[preset]]\nname = "a"\nstudy = "s1"\n')
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="'study'"):
+        presets.save_preset(str(path), {"name": "a", "study": "../etc"})
+    assert path.read_bytes() == before

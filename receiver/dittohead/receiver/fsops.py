@@ -340,6 +340,15 @@ def fsync_dir(fd: int) -> None:
     os.fsync(fd)
 
 
+def fsync_folder(path: str | os.PathLike[str]) -> None:
+    """fsync the folder at `path`, so that the names just created or renamed in it last."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def opened(path: str, flags: int, mode: int = 0, *, dir_fd: int | None = None) -> Iterator[int]:
     fd = os.open(path, flags | os.O_CLOEXEC, mode, dir_fd=dir_fd)

@@ -38,14 +38,6 @@ DELIVERED = "delivered.log"
 LAST_MAIL = "last_mail.json"
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Queue:
     def __init__(self, state_dir: Path) -> None:
         self.dir = notices_dir(state_dir)
@@ -114,8 +106,8 @@ class Queue:
         name = f"{notice_id}.json"
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.queue / name, self.sent / name)
-        _sync_dir(self.sent)
-        _sync_dir(self.queue)
+        fsops.fsync_folder(self.sent)
+        fsops.fsync_folder(self.queue)
 
     def compact(self, live: set[str]) -> None:
         """Keep only the delivered lines of notices still queued."""
@@ -125,7 +117,7 @@ class Queue:
             return
         text = "".join(f"{i} {a}\n" for i, a in keep)
         fsops.replace_file(self.own / DELIVERED, [text.encode()])
-        _sync_dir(self.own)
+        fsops.fsync_folder(self.own)
 
     def prune(self, now: float) -> None:
         for path in self.sent.glob("*.json"):
@@ -145,4 +137,4 @@ class Queue:
     def save_last_mail(self, doc: dict[str, float], now: float, keep: float) -> None:
         doc = {k: v for k, v in doc.items() if now - v < keep}
         fsops.replace_file(self.own / LAST_MAIL, [json.dumps(doc, sort_keys=True).encode()])
-        _sync_dir(self.own)
+        fsops.fsync_folder(self.own)

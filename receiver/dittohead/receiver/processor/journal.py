@@ -18,7 +18,6 @@ Every step is idempotent, so a replay from any of these states ends in the same 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -89,7 +88,7 @@ class Journal:
 
     def write(self, item: JournalEntry) -> None:
         fsops.replace_file(self._path(item.entry), item.json_chunks())
-        self._sync_dir()
+        fsops.fsync_folder(self.dir)
 
     def read(self, entry: str) -> JournalEntry | None:
         try:
@@ -102,11 +101,4 @@ class Journal:
 
     def remove(self, entry: str) -> None:
         self._path(entry).unlink(missing_ok=True)
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsops.fsync_folder(self.dir)

@@ -104,14 +104,6 @@ def notices_dir(state_dir: Path) -> Path:
     return state_dir / NOTICES
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Outbox:
     """Where the processor records notices: exactly once per id, durably."""
 
@@ -135,7 +127,7 @@ class Outbox:
         if self.known(notice.id):
             return False
         fsops.replace_file(self.queue / f"{notice.id}.json", [notice.to_json()], mode=0o600)
-        _sync_dir(self.queue)
+        fsops.fsync_folder(self.queue)
         log.info("notice %s queued for mail", notice.id)
         return True
 
@@ -153,7 +145,7 @@ class Outbox:
 
     def write_state(self, name: str, doc: dict[str, Any]) -> None:
         fsops.replace_file(self.dir / name, [json.dumps(doc, sort_keys=True).encode()])
-        _sync_dir(self.dir)
+        fsops.fsync_folder(self.dir)
 
 
 # -- entries ------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from dittohead.client import presets_cmd, status_cmd
-from dittohead.client.plan.job import Job, prepare
-from dittohead.client.plan.layout import landing, misnamed_folder
+from dittohead.client.plan.job import Job
+from dittohead.client.plan.layout import landing
 from dittohead.client.presets_cmd import Settled, port_number, remember, settle
 from dittohead.client.progress import JsonLines, Reading, TerminalLine, human_bytes
 from dittohead.client.transport import CannotAsk, Prompts
@@ -308,20 +308,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace, settled: Settled, early: EarlyStart | None) -> int:
     from dittohead.client.plan.batches import Limits, limits_from_env
 
-    assert settled.folder is not None
     limits = Limits.from_options(args.batch_files, args.batch_bytes, limits_from_env())
-    job = prepare(
-        settled.server,
-        study=settled.study,
-        source=settled.source,
-        folder=settled.folder,
-        things=settled.things,
-        state=args.state,
-        on_new=early,
-    )
-    misnamed = misnamed_folder(job.scanned.root, job.request.study, job.state.files)
-    if misnamed is not None:
-        log.warning("%s", misnamed)
+    job = settled.prepare(state=args.state, on_new=early)
     if args.dry_run:
         return _dry_run(args, job)
     if not job.selected.files:

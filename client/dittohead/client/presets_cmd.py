@@ -12,10 +12,13 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dittohead.client import presets
+from dittohead.client.plan.job import Job, prepare
+from dittohead.client.plan.layout import misnamed_folder
 from dittohead.client.presets import ClientConfig, Preset
 from dittohead.client.transport import DEFAULT_PORT, Server, login_name
 from dittohead.core.errors import ConfigError, UsageError
@@ -35,6 +38,24 @@ class Settled:
     things: tuple[str, ...]
     preset: Preset | None
     config: ClientConfig
+
+    def prepare(self, *, state: str | None, on_new: Callable[[], None] | None = None) -> Job:
+        """The send of this folder (`plan.job.prepare`), with the warning a collector needs
+        when the folder looks like one of the study's subfolders (`plan.layout`)."""
+        assert self.folder is not None
+        job = prepare(
+            self.server,
+            study=self.study,
+            source=self.source,
+            folder=self.folder,
+            things=self.things,
+            state=state,
+            on_new=on_new,
+        )
+        misnamed = misnamed_folder(job.scanned.root, job.request.study, job.state.files)
+        if misnamed is not None:
+            log.warning("%s", misnamed)
+        return job
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -204,7 +204,7 @@ def test_internal_errors_are_one_line_exit_70(
     def boom(*args: Any, **kwargs: Any) -> None:
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(cli, "prepare", boom)
+    monkeypatch.setattr(presets_cmd, "prepare", boom)
     assert main(argv(folder)) == 70
     err = capsys.readouterr().err
     assert err == "dittohead: internal error: ZeroDivisionError: oops\n"

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from dittohead.client.plan.job import prepare
-from dittohead.client.plan.layout import landing, misnamed_folder
+from dittohead.client.plan.layout import landing
 from dittohead.client.presets_cmd import Settled
 from dittohead.client.progress import Reading
 from dittohead.client.transport import Prompts
@@ -214,18 +213,7 @@ class Worker:
         from dittohead.client.cli import receipts_text
         from dittohead.client.plan.batches import Limits, limits_from_env, send_all
 
-        assert settled.folder is not None
-        job = prepare(
-            settled.server,
-            study=settled.study,
-            source=settled.source,
-            folder=settled.folder,
-            things=settled.things,
-            state=state,
-        )
-        misnamed = misnamed_folder(job.scanned.root, job.request.study, job.state.files)
-        if misnamed is not None:
-            log.warning("%s", misnamed)
+        job = settled.prepare(state=state)
         if not job.selected.files:
             count = len(job.scanned.files)
             text = (

@@ -391,13 +391,17 @@ class Pack:
             raw_size=item.size,
         )  # fmt: skip
         for piece in frame:
-            if len(out) + len(piece) > READ_SIZE and out:
-                yield bytes(out)
-                out.clear()
             if len(piece) >= CHUNK_SIZE:
+                # Sent as it is, after what `out` holds (this member's header at least).
+                if out:
+                    yield bytes(out)
+                    out.clear()
                 yield piece
             else:
                 out += piece
+                if len(out) >= CHUNK_SIZE:
+                    yield bytes(out)
+                    out.clear()
         out += _ZEROS[: -size % BLOCK]
         return sha.digest()
 

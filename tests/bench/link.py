@@ -349,7 +349,8 @@ def table(results: dict[str, Any]) -> str:
         for rate in rates:
             med = results[rate]["median"][tool]
             cells.append(f"{med:.2f} s")
-        out.append(f"| {LABELS[tool]} | " + " | ".join(cells) + " |")
+        label = LABELS[tool].replace("|", "\\|")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     ratio = []
     for rate in rates:
         med = results[rate]["median"]

@@ -37,9 +37,11 @@ SAMPLE_BYTES = 64 * 1024
 SAMPLE_RATIO = 0.85
 #: a whole file is sent compressed only if it shrank to this fraction (else raw after all)
 FILE_RATIO = 0.95
-#: the level files are compressed at: level 1 compresses these files within a few percent of
-#: level 3 at ~1.5x its speed (docs/performance.md), so a 1 Gbit/s link stays the limit
-LEVEL = 1
+#: the level files are compressed at. On the link benchmark's lab mix (docs/performance.md):
+#: level 1 sends 54.0 MiB of 96.4 at ~620 MB/s of one core, level 3 48.1 MiB at ~230 MB/s;
+#: at 100 Mbit/s the smaller stream wins by ~0.5 s, and at 1 Gbit/s (~115 MB/s) level 3 still
+#: keeps up with the link. It is also the level of the `tar | zstd -3` peer.
+LEVEL = 3
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 

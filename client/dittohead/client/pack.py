@@ -372,7 +372,9 @@ class Pack:
             frame: list[bytes] | None = None
             if self._squeeze.pays(sample):
                 sha = hashlib.sha256(sample)
+                began = time.perf_counter()
                 frame = self._compress(fd, item, sample, buf, sha)
+                self._squeeze.pace(time.perf_counter() - began)
             if frame is None:
                 os.lseek(fd, 0, os.SEEK_SET)
                 out += tar_header(

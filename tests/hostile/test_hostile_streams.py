@@ -55,6 +55,7 @@ def test_generator_covers_every_threat_row() -> None:
         "ustar prefix applied",
         "pax path applied",
         "global pax headers applied",
+        "compression bombs: every cap on the decompressed bytes",
     ):
         assert needed in rows
     assert len(CASES) >= 40

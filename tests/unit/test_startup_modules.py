@@ -64,10 +64,15 @@ def dittohead_modules(modules: set[str]) -> set[str]:
     return {name for name in modules if name.startswith("dittohead.")}
 
 
-def test_the_receiver_loads_only_its_own_program_and_what_it_shares(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["", " zstd"], ids=["plain", "compression-asked"])
+def test_the_receiver_loads_only_its_own_program_and_what_it_shares(
+    tmp_path: Path, flag: str
+) -> None:
+    """Asking for compression loads nothing more either: zstandard (and the receiver's
+    `unzstd`) are loaded at the first compressed member, never at start-up."""
     server = make_server(tmp_path)  # writes the checked copy, as dittohead-admin init does
     argv = ["-m", "dittohead.receiver.upload.receive", "--config", str(server.config_path)]
-    env = {"SSH_ORIGINAL_COMMAND": "dittohead upload v1 nccam3 brogden-a"}
+    env = {"SSH_ORIGINAL_COMMAND": f"dittohead upload v1 nccam3 brogden-a{flag}"}
     loaded = imported(argv, env)  # an empty upload: refused after a whole start
     assert third_party(loaded) == set()
     allowed = {
@@ -84,6 +89,7 @@ def test_the_receiver_loads_only_its_own_program_and_what_it_shares(tmp_path: Pa
         assert name in allowed or name.startswith(
             ("dittohead.core.", "dittohead.receiver.upload.")
         ), name
+    assert "dittohead.receiver.upload.unzstd" not in loaded
 
 
 def test_the_processor_loads_no_ssh_library(tmp_path: Path) -> None:

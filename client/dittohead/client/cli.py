@@ -27,14 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from dittohead.client import presets_cmd, status_cmd
-from dittohead.client.plan.job import Job
+from dittohead.client.plan.job import Job, upload_request
 from dittohead.client.plan.layout import landing
 from dittohead.client.presets_cmd import Settled, port_number, remember, settle
 from dittohead.client.progress import JsonLines, Reading, TerminalLine, human_bytes
 from dittohead.client.transport import CannotAsk, Prompts
 from dittohead.client.transport.openssh import EarlyStart
 from dittohead.core.errors import DittoheadError, UsageError
-from dittohead.core.grammar import UploadRequest
 from dittohead.core.process import run_and_exit
 
 if TYPE_CHECKING:
@@ -296,7 +295,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     # The study and station go on the wire: `settle` checks them before anything else.
     settled = settle(args)
     server = settled.server
-    request = UploadRequest(settled.study, settled.source)
+    request = upload_request(server, settled.study, settled.source)
     early = None if args.dry_run else EarlyStart(server, request)
     try:
         return _send(args, settled, early)

@@ -14,6 +14,12 @@ A refusal by the server itself (``dittohead: …`` and its exit status) is final
 transport carried it: it is never retried the other way. Either way the answer is judged once,
 by `reply.receipt`.
 
+An upload that asks for compression (the `` zstd`` flag, `squeeze.wanted`) and meets a server
+from before the flag is refused at once (exit 64, "malformed upload request", before the
+receiver read a byte): it is sent again, once, without the flag (`_carry`). That costs one more
+connection against such a server; the refusal is the old server's fixed words, so nothing else
+is ever retried.
+
 `openssh.EarlyStart` starts ``ssh`` the moment the folder scan meets the first file the server
 has not confirmed, so that connecting, logging in and the receiver's start-up overlap with the
 rest of the scan; `run` takes that ``ssh`` over.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from dittohead.client import reply
 from dittohead.client.pack import Pack
@@ -31,7 +38,8 @@ from dittohead.client.plan.state import Staged
 from dittohead.client.reply import Sent
 from dittohead.client.transport import Progress, Prompts, Transport, Unusable, login_name, openssh
 from dittohead.client.transport.openssh import EarlyStart
-from dittohead.core.errors import LocalFileError
+from dittohead.core.errors import LocalFileError, ProtocolError
+from dittohead.core.grammar import UploadRequest
 from dittohead.core.receipt import Receipt
 
 log = logging.getLogger(__name__)
@@ -101,11 +109,39 @@ def _carry(
     early: EarlyStart | None,
     streamed: Callable[[], None],
 ) -> Receipt:
-    """The checked receipt, through OpenSSH when it can, else through asyncssh."""
-    session = early.take() if early is not None else openssh.start(job.server, job.request)
+    """The checked receipt; sent again without compression if the server predates it."""
+    try:
+        return _carry_as(
+            job.request, job, prompts=prompts, progress=progress, early=early, streamed=streamed
+        )
+    except ProtocolError as exc:
+        if not (job.request.compress and refuses_compression(exc)):
+            raise
+    log.info("the server does not know compression; sending again without it")
+    plain = replace(job.request, compress=False)
+    return _carry_as(plain, job, prompts=prompts, progress=progress, early=None, streamed=streamed)
+
+
+def refuses_compression(exc: ProtocolError) -> bool:
+    """Whether a server refused an upload request with the `` zstd`` flag because it predates
+    the flag: it then answers exactly as to any malformed upload request."""
+    return exc.exit_code == ProtocolError.exit_code and "malformed upload request" in exc.message
+
+
+def _carry_as(
+    request: UploadRequest,
+    job: Job,
+    *,
+    prompts: Prompts | None,
+    progress: Progress | None,
+    early: EarlyStart | None,
+    streamed: Callable[[], None],
+) -> Receipt:
+    """The checked receipt for `request`, through OpenSSH when it can, else through asyncssh."""
+    session = early.take() if early is not None else openssh.start(job.server, request)
     if session is not None:
         try:
-            confirmed = _through(session, job, progress, streamed)
+            confirmed = _through(session, job, request, progress, streamed)
         except Unusable as exc:
             log.info("OpenSSH did not send (%s); sending with dittohead's own SSH client", exc)
         else:
@@ -115,14 +151,20 @@ def _carry(
     # OpenSSH carries most uploads.
     from dittohead.client.transport.builtin import AsyncsshTransport
 
-    return _through(AsyncsshTransport(job.server, job.request, prompts), job, progress, streamed)
+    return _through(
+        AsyncsshTransport(job.server, request, prompts), job, request, progress, streamed
+    )
 
 
 def _through(
-    transport: Transport, job: Job, progress: Progress | None, streamed: Callable[[], None]
+    transport: Transport,
+    job: Job,
+    request: UploadRequest,
+    progress: Progress | None,
+    streamed: Callable[[], None],
 ) -> Receipt:
     """Stream the job's files through `transport` and check the receipt in its answer."""
-    pack = Pack(job.selected)
+    pack = Pack(job.selected, compress=request.compress)
     sent: Sent | None = None
 
     def complete() -> None:
@@ -134,4 +176,6 @@ def _through(
 
     answer = transport.carry(pack, progress=progress, streamed=complete)
     user = job.server.user or login_name()
-    return reply.receipt(answer, sent, job.request, job.server.host, user)
+    if pack.saved_bytes:
+        log.info("compression saved %d of %d bytes", pack.saved_bytes, pack.total_bytes)
+    return reply.receipt(answer, sent, request, job.server.host, user)

@@ -16,6 +16,10 @@ again unless it changed since); small members
 are batched into ~256 KiB chunks so a folder of tiny files does not cost one SSH write per
 file. Memory stays constant whatever the file sizes.
 
+An upload that asked for compression (`squeeze`) sends a file that shrinks as one zstd frame
+behind a pax record ``DITTOHEAD.zstd=<its size>`` (docs/protocol.md, "Compression"); the
+manifest still lists the file's own size and the sha256 of its own bytes.
+
 A file that changes while it is read is refused (LocalFileError): its bytes may already be on
 the wire, but without the manifest the server stores nothing, and the collector is told to send
 again once the recording has finished.
@@ -33,6 +37,7 @@ import time
 from collections.abc import Generator, Iterator
 from typing import TypeAlias
 
+from dittohead.client import squeeze
 from dittohead.client.plan.scan import FileItem, Plan, path_key
 from dittohead.core.errors import LocalFileError, describe_os_error
 from dittohead.core.manifest import MANIFEST_PATH, Manifest, in_blocks, json_pieces
@@ -44,6 +49,8 @@ CHUNK_SIZE = 256 << 10  # small members are batched up to about this much per wr
 #: small files read and hashed ahead of the stream at most (`Pack.hash_ahead`): ~100 bytes each
 AHEAD_FILES = 32768
 FILE_MODE = 0o644
+#: the pax key of a compressed member (docs/protocol.md, "Compression")
+ZSTD_KEY = "DITTOHEAD.zstd"
 DIR_MODE = 0o755
 
 _ZEROS = bytes(2 * BLOCK)
@@ -61,9 +68,14 @@ _OPEN_FLAGS = (
 )
 
 
-def tar_header_by_tarfile(name: str, *, is_dir: bool, size: int = 0, mtime: int = 0) -> bytes:
-    """`tar_header` as `tarfile` writes it (pax records where ustar cannot hold a value)."""
+def tar_header_by_tarfile(
+    name: str, *, is_dir: bool, size: int = 0, mtime: int = 0, raw_size: int = -1
+) -> bytes:
+    """`tar_header` as `tarfile` writes it (pax records where ustar cannot hold a value); with
+    `raw_size`, the header of a compressed file (`size` compressed bytes)."""
     info = tarfile.TarInfo(name)
+    if raw_size >= 0:
+        info.pax_headers = {ZSTD_KEY: str(raw_size)}
     if is_dir:
         info.type = tarfile.DIRTYPE  # tobuf adds the trailing "/" to the name
         info.mode = DIR_MODE
@@ -188,8 +200,13 @@ class Pack:
     what was sent. `bytes_done` counts file bytes read so far (for progress displays).
     """
 
-    def __init__(self, plan: Plan, *, now: int | None = None) -> None:
+    def __init__(self, plan: Plan, *, now: int | None = None, compress: bool = False) -> None:
         self.plan = plan
+        #: files that shrink may be sent compressed (the request asked for it)
+        self.compress = compress
+        self._squeeze: squeeze.Squeeze | None = None
+        #: bytes the compressed members saved on the wire (for the log and the benchmark)
+        self.saved_bytes = 0
         self.members = members(plan)
         self.total_bytes = plan.total_bytes
         self.bytes_done = 0
@@ -243,6 +260,8 @@ class Pack:
             self._at = index
             if isinstance(item, str):
                 out += tar_header(item, is_dir=True, mtime=self._now)
+            elif self.compress and squeeze.candidate(item.size):
+                digests += yield from self._maybe_compressed(item, self._path(item), out, buf)
             else:
                 out += tar_header(
                     item.path, is_dir=False, size=item.size, mtime=item.mtime_ns // 1_000_000_000
@@ -337,15 +356,101 @@ class Pack:
         self._ahead_at = i
         return False
 
-    def _file(
+    def _maybe_compressed(
         self, item: FileItem, path: str, out: bytearray, buf: memoryview
     ) -> Generator[bytes, None, bytes]:
-        """Stream one file's data (padded to a block) and return its sha256.
+        """A candidate file, header included: compressed if its sample says it pays and the
+        whole frame is smaller after all, else raw (`_file`); its sha256 either way."""
+        if self._squeeze is None:
+            self._squeeze = squeeze.Squeeze()
+        fd = _open_unchanged(item, path)
+        handed = False  # once `_file` has the fd, it closes it
+        try:
+            sample = _read_whole(fd, buf, item, min(item.size, squeeze.SAMPLE_BYTES))
+            if sample is None:
+                raise _changed(item.path)  # shorter than when it was scanned
+            frame: list[bytes] | None = None
+            if self._squeeze.pays(sample):
+                sha = hashlib.sha256(sample)
+                began = time.perf_counter()
+                frame = self._compress(fd, item, sample, buf, sha)
+                self._squeeze.pace(time.perf_counter() - began)
+            if frame is None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                out += tar_header(
+                    item.path, is_dir=False, size=item.size, mtime=item.mtime_ns // 1_000_000_000
+                )
+                handed = True
+                return (yield from self._file(item, path, out, buf, fd=fd))
+            _check_unchanged(fd, item)
+        finally:
+            if not handed:
+                os.close(fd)
+        size = sum(map(len, frame))
+        self.saved_bytes += item.size - size
+        out += tar_header_by_tarfile(
+            item.path, is_dir=False, size=size, mtime=item.mtime_ns // 1_000_000_000,
+            raw_size=item.size,
+        )  # fmt: skip
+        for piece in frame:
+            if len(piece) >= CHUNK_SIZE:
+                # Sent as it is, after what `out` holds (this member's header at least).
+                if out:
+                    yield bytes(out)
+                    out.clear()
+                yield piece
+            else:
+                out += piece
+                if len(out) >= CHUNK_SIZE:
+                    yield bytes(out)
+                    out.clear()
+        out += _ZEROS[: -size % BLOCK]
+        return sha.digest()
+
+    def _compress(
+        self,
+        fd: int,
+        item: FileItem,
+        sample: memoryview,
+        buf: memoryview,
+        sha: hashlib._Hash,
+    ) -> list[bytes] | None:
+        """The file's zstd frame in pieces, `sample` (its start, hashed already) included and
+        the rest read and hashed into `sha`; None if it did not shrink enough after all."""
+        assert self._squeeze is not None
+        compressor = self._squeeze.compressor(item.size)
+        frame = [compressor.compress(sample)]
+        remaining = item.size - len(sample)
+        self.bytes_done += len(sample)
+        while remaining:
+            want = buf[: min(remaining, READ_SIZE)]
+            n = _read_into(fd, want, item)
+            if not n:
+                raise _changed(item.path)  # shorter than when it was scanned
+            data = want[:n]
+            sha.update(data)
+            piece = compressor.compress(data)
+            if piece:
+                frame.append(piece)
+            remaining -= n
+            self.bytes_done += n
+        frame.append(compressor.flush())
+        if sum(map(len, frame)) > squeeze.FILE_RATIO * item.size:
+            self.bytes_done -= item.size  # `_file` reads (and counts) it again
+            return None
+        return frame
+
+    def _file(
+        self, item: FileItem, path: str, out: bytearray, buf: memoryview, *, fd: int = -1
+    ) -> Generator[bytes, None, bytes]:
+        """Stream one file's data (padded to a block) and return its sha256 (from `fd` if
+        given, at its start: it is closed here either way).
 
         Data goes into `out` while it is small; a full read is sent straight from the buffer
         after flushing `out`, so no chunk is ever larger than the read buffer.
         """
-        fd = _open_unchanged(item, path)
+        if fd < 0:
+            fd = _open_unchanged(item, path)
         try:
             sha = hashlib.sha256()
             remaining = item.size
@@ -401,11 +506,15 @@ def _as_scanned(st: os.stat_result, item: FileItem) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == item.size and st.st_mtime_ns == item.mtime_ns
 
 
-def _read_whole(fd: int, buf: memoryview, item: FileItem) -> memoryview | None:
-    """All of small file `item` read into `buf`; None if it ends early."""
+def _read_whole(
+    fd: int, buf: memoryview, item: FileItem, size: int | None = None
+) -> memoryview | None:
+    """All of small file `item` (or its first `size` bytes) read into `buf`; None if it ends
+    early."""
+    size = item.size if size is None else size
     got = 0
-    while got < item.size:  # once, unless a read comes back short
-        n = _read_into(fd, buf[got : item.size], item)
+    while got < size:  # once, unless a read comes back short
+        n = _read_into(fd, buf[got:size], item)
         if not n:
             return None
         got += n

@@ -1,5 +1,11 @@
 """The SSH command grammar (protocol v1).
 
+An upload may end in one flag, `` zstd`` (docs/protocol.md, "Compression"): the client asks to
+send some members zstd-compressed. A server from before the flag refuses the whole command as
+malformed (exit 64, before reading a byte), and the client then sends again without it
+(`dittohead.client.deliver`); a server that knows it refuses compressed members in an upload
+that did not ask for them.
+
 The client runs exactly one exec request; OpenSSH hands its command string to the receiver as
 ``SSH_ORIGINAL_COMMAND``. The receiver matches it against this exact grammar: no shell, no
 shlex, no tolerance for extra spaces. Everything else (an interactive shell, sftp, scp, rsync)
@@ -9,7 +15,7 @@ is refused with a line telling the person to use the dittohead client.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dittohead.core import PROTOCOL_VERSION
 from dittohead.core.errors import ProtocolError
@@ -18,8 +24,10 @@ STUDY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 SOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _UPLOAD_RE = re.compile(
     r"dittohead upload (?P<version>v[0-9]{1,3}) (?P<study>[a-z0-9][a-z0-9_-]{0,31}) "
-    r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+    r"(?P<source>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?P<flag> zstd)?"
 )
+#: the upload command's flag that asks for compressed members (docs/protocol.md)
+ZSTD_FLAG = "zstd"
 _STATUS_RE = re.compile(
     r"dittohead status (?P<version>v[0-9]{1,3}) (?P<study>[a-z0-9][a-z0-9_-]{0,31})"
 )
@@ -28,13 +36,16 @@ _USE_CLIENT = "this server only accepts uploads from the dittohead client; use '
 
 @dataclass(frozen=True, slots=True)
 class UploadRequest:
-    """``dittohead upload v1 <study> <source>``."""
+    """``dittohead upload v1 <study> <source>``, with `` zstd`` when `compress` is set."""
 
     study: str
     source: str
+    #: members may be zstd-compressed (left out of repr: a plain request reads as before)
+    compress: bool = field(default=False, repr=False)
 
     def command(self) -> str:
-        return f"dittohead upload {PROTOCOL_VERSION} {self.study} {self.source}"
+        flag = f" {ZSTD_FLAG}" if self.compress else ""
+        return f"dittohead upload {PROTOCOL_VERSION} {self.study} {self.source}{flag}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +129,8 @@ def parse_command(command: str | None) -> UploadRequest:
                 )
             raise ProtocolError(
                 "malformed upload request; expected "
-                f"'dittohead upload {PROTOCOL_VERSION} <study> <station>' ({_USE_CLIENT})"
+                f"'dittohead upload {PROTOCOL_VERSION} <study> <station> [{ZSTD_FLAG}]' "
+                f"({_USE_CLIENT})"
             )
         raise ProtocolError(_USE_CLIENT)
     if match["version"] != PROTOCOL_VERSION:
@@ -126,4 +138,6 @@ def parse_command(command: str | None) -> UploadRequest:
             f"protocol version {match['version']} is not supported by this server "
             f"(it speaks {PROTOCOL_VERSION}); install the matching dittohead client"
         )
-    return UploadRequest(study=match["study"], source=match["source"])
+    return UploadRequest(
+        study=match["study"], source=match["source"], compress=match["flag"] is not None
+    )

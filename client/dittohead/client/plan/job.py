@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dittohead.client import squeeze
 from dittohead.client.plan.scan import Plan, Watch, scan
 from dittohead.client.plan.state import State, StrPath, load_state
 from dittohead.client.transport import Server
@@ -27,6 +28,14 @@ class Job:
     scanned: Plan
     state: State
     selected: Plan  # the part of `scanned` the server has not confirmed
+
+
+def upload_request(server: Server, study: str, source: str) -> UploadRequest:
+    """The request for an upload to `server`, checked; compression is asked for unless the
+    server is this machine (`squeeze.wanted`)."""
+    return UploadRequest(
+        check_study(study), check_source(source), compress=squeeze.wanted(server.host)
+    )
 
 
 def prepare(
@@ -45,7 +54,7 @@ def prepare(
     while the scan goes on: the send can start connecting then (`openssh.EarlyStart`). It is
     never called when there is nothing to send.
     """
-    request = UploadRequest(check_study(study), check_source(source))
+    request = upload_request(server, study, source)
     loaded = load_state(state, host=server.host, port=server.port, study=study, source=source)
     watch = Watch(loaded.files, on_new) if on_new is not None else None
     plan = scan(folder, things, watch=watch)

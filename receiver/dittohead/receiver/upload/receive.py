@@ -151,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_line(1, status.answer(load_settings(options.config), request))
             return 0
         admission = gate.admit(options, os.environb)
-        staging = Staging(admission.inbox_fd, admission.request.source, admission.settings.limits)
+        staging = Staging(
+            admission.inbox_fd,
+            admission.request.source,
+            admission.settings.limits,
+            compressed=admission.request.compress,
+        )
         staged = staging.receive(0)
         receipt = commit.commit(admission, staging, staged)
         _write_line(1, receipt.to_json())

@@ -162,8 +162,12 @@ class _Dirs:
 class Staging:
     """One staging entry ``.<entry>`` in the inbox: created, filled, then committed or removed."""
 
-    def __init__(self, inbox_fd: int, source: str, limits: UploadLimits) -> None:
+    def __init__(
+        self, inbox_fd: int, source: str, limits: UploadLimits, *, compressed: bool = False
+    ) -> None:
         self.inbox_fd = inbox_fd
+        #: the upload asked for compressed members (the command's `` zstd`` flag)
+        self.compressed = compressed
         self.entry = entry_name(source)
         self.dot_entry = staging_name(self.entry)
         self.limits = limits
@@ -225,6 +229,9 @@ class Staging:
                 raise _rejected(f"the manifest {MANIFEST_PATH!r} must be the last member")
             name = self._admit_name(member, names)
             size = member.size
+            if member.raw_size >= 0:
+                # Compressed: every cap below applies to the bytes the file will have.
+                size = self._compressed_size(name, member)
             if member.is_dir:
                 folders += 1
                 if folders > max_files:
@@ -266,6 +273,21 @@ class Staging:
         reader.finish()
         self._verify(manifest, written)
         return Staged(self.entry, len(written), total, manifest_sha)
+
+    def _compressed_size(self, name: str, member: Member) -> int:
+        """The decompressed size of compressed `member`, once the member may be one."""
+        if not self.compressed:
+            raise _rejected(f"{name!r} is compressed, but the upload did not ask for compression")
+        if name == MANIFEST_PATH:
+            raise _rejected(f"the manifest {MANIFEST_PATH!r} must not be compressed")
+        # The client compresses only what gets smaller: more bytes on the wire than in the
+        # file would be data the caps on the file never counted.
+        if not 0 < member.size <= member.raw_size:
+            raise _rejected(
+                f"{name!r} has {member.size} compressed bytes for {member.raw_size} bytes of "
+                "data; compressed data must be smaller than the file"
+            )
+        return member.raw_size
 
     def _admit_name(self, member: Member, names: NameSet) -> str:
         """The member's checked name, recorded in `names` (duplicates, Windows collisions)."""
@@ -329,6 +351,8 @@ class Staging:
         parent, _, base = name.rpartition("/")
         out = os.open(base, _CREATE, FILE_MODE, dir_fd=self._dirs.open(parent))
         try:
+            if member.raw_size >= 0:
+                return self._inflate_into(out, name, member, reader)
             whole = None if sink else reader.whole(member)
             if whole is not None:
                 # The usual small file: data and padding are in the buffer already.
@@ -362,6 +386,29 @@ class Staging:
                 self._writeback(out, flushed, done - flushed)
                 flushed = done
             self._count(len(chunk))
+        if done >= WRITEBACK_TAIL_BYTES and done > flushed:
+            self._writeback(out, flushed, done - flushed)
+        return digest.digest()
+
+    def _inflate_into(self, out: int, name: str, member: Member, reader: TarReader) -> bytes:
+        """`_stream_into` for a compressed member: the decompressed bytes are hashed, written
+        and counted; `unzstd` bounds them by the size already checked against the caps."""
+        from dittohead.receiver.upload import unzstd  # zstandard: only for compressed uploads
+
+        digest = hashlib.sha256()
+        done = flushed = 0
+
+        def consume(chunk: memoryview) -> None:
+            nonlocal done, flushed
+            digest.update(chunk)
+            fsops.write_all(out, chunk)
+            done += len(chunk)
+            if done - flushed >= WRITEBACK_BYTES:
+                self._writeback(out, flushed, done - flushed)
+                flushed = done
+            self._count(len(chunk))
+
+        unzstd.inflate(reader.data(member), member.raw_size, name, consume)
         if done >= WRITEBACK_TAIL_BYTES and done > flushed:
             self._writeback(out, flushed, done - flushed)
         return digest.digest()

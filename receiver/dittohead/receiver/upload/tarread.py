@@ -18,6 +18,10 @@ the same answers). Its name handling is not used (it strips every trailing slash
 directories and reads GNU atime fields as a ustar prefix), the name is rebuilt from the raw
 fields instead.
 
+A member whose pax header carries ``DITTOHEAD.zstd=<size>`` is zstd-compressed (docs/protocol.md,
+"Compression"): its tar size counts the compressed bytes on the wire, the record the bytes the
+file will have; `Member.raw_size` says so and `stage` decompresses (`unzstd`).
+
 This module decides nothing about names or limits; `stage` does. It only refuses what is wrong
 as *tar*: bad checksums, member types other than files and folders, malformed extensions,
 truncation, non-NUL padding and anything but NUL bytes after the end of the archive.
@@ -44,6 +48,8 @@ MAX_EXTENSION_BYTES = 64 * 1024
 MAX_GLOBAL_HEADERS = 16
 #: NUL padding accepted after the end-of-archive blocks (tar pads to its record size)
 MAX_TRAILING_BYTES = 1024 * 1024
+#: the pax key of a compressed member: its value is the file's size once decompressed
+ZSTD_KEY = "DITTOHEAD.zstd"
 
 _ZERO_BLOCK = bytes(BLOCK)
 # The number fields of a header (mode, uid, gid, size, mtime, checksum, type) in the plain
@@ -224,7 +230,9 @@ class Member(NamedTuple):
 
     name: str  # as sent: not yet checked, may still carry a leading "./" or a trailing "/"
     is_dir: bool
-    size: int
+    size: int  # data bytes in the stream (compressed ones, for a compressed member)
+    #: the file's own size if its data is a zstd frame (pax ``DITTOHEAD.zstd``), else -1
+    raw_size: int = -1
 
 
 def parse_pax(data: bytes) -> dict[str, str]:
@@ -347,6 +355,8 @@ class TarReader:
                 if self._globals_seen > MAX_GLOBAL_HEADERS:
                     raise malformed(f"more than {MAX_GLOBAL_HEADERS} pax global headers")
                 for key, value in parse_pax(self._extension(size)).items():
+                    if key == ZSTD_KEY:
+                        raise malformed(f"the pax record {ZSTD_KEY} is in a global header")
                     if value:
                         self._global[key] = value
                     else:  # POSIX: an empty value deletes the keyword
@@ -387,7 +397,11 @@ class TarReader:
             raise malformed(f"{name!r} has a negative size")
         if kind in _FILE_TYPES:
             self._stream.unread = size
+            if pax is not None and ZSTD_KEY in pax:
+                return Member(name, False, size, _size(pax[ZSTD_KEY]))
             return Member(name, False, size)
+        if pax is not None and ZSTD_KEY in pax:
+            raise malformed(f"{name!r} is not a file but carries {ZSTD_KEY}")
         if kind == DIRTYPE:
             if size:
                 raise malformed(f"the folder {name!r} carries data")

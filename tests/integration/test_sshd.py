@@ -276,3 +276,30 @@ def test_an_authorized_key_line_forces_the_receiver(sshd_deployment: Deployment)
     refused = dep.send(user, study_folder(dep, "s05"))
     assert f"not an uploader for study '{dep.study}'" in one_error_line(refused.stderr)
     assert os.listdir(dep.inbox) == []
+
+
+@pytest.mark.parametrize("ssh", [None, "builtin"], ids=["openssh", "asyncssh"])
+def test_a_compressed_send_is_stored_byte_for_byte(
+    sshd_deployment: Deployment, ssh: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On loopback the client leaves compression off; DITTOHEAD_COMPRESS=1 asks for it, as a
+    # PC across a campus link would.
+    monkeypatch.setenv("DITTOHEAD_COMPRESS", "1")
+    dep = sshd_deployment
+    name = f"z-{ssh or 'openssh'}"
+    folder = dep.base / "pc" / name
+    (folder / "eprime").mkdir(parents=True)
+    log = "".join(
+        f"Trial {i}\tStimulus: face{i % 7}.bmp\tRT: {300 + i % 250}\r\n" for i in range(9000)
+    )
+    (folder / "eprime" / f"{name}.txt").write_bytes(log.encode("utf-16"))  # E-Prime's logs
+    (folder / "eprime" / f"{name}.bin").write_bytes(os.urandom(400_000))  # goes raw
+    sent = dep.send(dep.collector, folder, "-v", ssh=ssh)
+    assert sent.returncode == 0, sent.stderr
+    assert "compression saved" in sent.stderr, sent.stderr
+    assert dep.process().returncode == 0
+    files = tree_files(dep.destination)
+    for path in (folder / "eprime").iterdir():
+        assert files[f"eprime/{path.name}"] == path.read_bytes()
+    verify = dep.admin("verify", "--study", dep.study)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

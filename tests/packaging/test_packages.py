@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.packaging, pytest.mark.root, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW, OLD = "0.1.0", "0.0.9"
-BASE_DEBS = "python3.11,systemd,openssh-client"
+# what the packages depend on (dpkg -i installs no dependencies): python3-tk for dittohead-gui
+BASE_DEBS = "python3.11,python3-tk,systemd,openssh-client"
 CONFIG = """\
 dropbox: /srv/dittohead
 studies:

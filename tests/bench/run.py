@@ -277,11 +277,12 @@ class Bench:
         return timed(["rsync", "-a", "-e", e, f"{src}/", f"{self.shell}@127.0.0.1:{dest}/"])[0]
 
     def dh_send(
-        self, src: Path, state: Path, ssh: str | None = None
+        self, src: Path, state: Path, ssh: str | None = None, one_part: bool = False
     ) -> tuple[float, tuple[int, float], tuple[int, float], dict[str, Any] | None]:
         """(seconds, client usage, receiver usage or zeros, receipt or None); a usage is
         (peak RSS KiB, CPU seconds; the client's includes its ssh). `ssh` is DITTOHEAD_SSH
-        (None: the client uses OpenSSH's ssh, as it does wherever that is installed)."""
+        (None: the client uses OpenSSH's ssh, as it does wherever that is installed);
+        `one_part` sends everything as one upload (DITTOHEAD_BATCH), to weigh the parts."""
         dep = self.dep
         receiver_log = self.rss_dir / "receiver.txt"
         before = usage_lines(receiver_log.read_text())
@@ -296,6 +297,8 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k != "DITTOHEAD_SSH"}
         if ssh is not None:
             env["DITTOHEAD_SSH"] = ssh
+        if one_part:
+            env["DITTOHEAD_BATCH"] = "100000000,1000000000000000"
         start = time.perf_counter()
         done = subprocess.run(
             [TIME, "-f", USAGE, "-o", str(client_rss), *argv],
@@ -403,11 +406,16 @@ def one_run(
     subprocess.run(["sync"], check=False)
 
     def send(
-        key: str, files: int, *, with_state: Path = state, ssh: str | None = None
+        key: str,
+        files: int,
+        *,
+        with_state: Path = state,
+        ssh: str | None = None,
+        one_part: bool = False,
     ) -> tuple[dict[str, Any], float, float]:
         """One timed `dittohead send` of `src` that must report `files` files; peak RSS noted.
         Returns (receipt, client CPU seconds, receiver CPU seconds)."""
-        seconds, client, receiver, receipt = b.dh_send(src, with_state, ssh=ssh)
+        seconds, client, receiver, receipt = b.dh_send(src, with_state, ssh=ssh, one_part=one_part)
         assert receipt is not None and receipt["files"] == files, receipt
         times[key].append(seconds)
         rss["client"] = max(rss["client"], client[0])
@@ -430,6 +438,15 @@ def one_run(
             shutil.rmtree(b.dep.inbox / upload)
         builtin_state.unlink()
 
+    def dh_one_part() -> None:
+        # The same send as one upload, whatever its size: what cutting it into parts costs.
+        # Its entry is taken out of the inbox again, as the built-in client's is.
+        one_state = state.with_name(f"one-part-{state.name}")
+        receipt, _, _ = send("dh_send_one_part", n_files, with_state=one_state, one_part=True)
+        for upload in receipt.get("uploads", [receipt["upload"]]):
+            shutil.rmtree(b.dep.inbox / upload)
+        one_state.unlink()
+
     def tar() -> None:
         times["tar_ssh"].append(b.tar_ssh(src, tar_dest))
 
@@ -439,7 +456,7 @@ def one_run(
     def rs() -> None:
         times["rsync_fresh"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh, tar, rs, tar_nosync, dh_builtin], r, src)
+    run_rotated([dh, tar, rs, tar_nosync, dh_builtin, dh_one_part], r, src)
     shutil.rmtree(tar2_dest)
 
     # Finalizing: the processor on the entry just sent vs cp -a + sha256sum + sync.
@@ -504,9 +521,9 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {
         k: []
         for k in (
-            "dh_send", "dh_send_builtin", "tar_ssh", "tar_ssh_nosync", "rsync_fresh",
-            "dh_nochange", "rsync_nochange", "dh_change1", "rsync_change1", "dh_process",
-            "cp_sha256_sync",
+            "dh_send", "dh_send_builtin", "dh_send_one_part", "tar_ssh", "tar_ssh_nosync",
+            "rsync_fresh", "dh_nochange", "rsync_nochange", "dh_change1", "rsync_change1",
+            "dh_process", "cp_sha256_sync",
         )
     }  # fmt: skip
     rss = {"client": 0, "receiver": 0, "processor": 0}
@@ -542,6 +559,7 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
             "rsync_fresh / dh_send": med["rsync_fresh"] / med["dh_send"],
             "tar_ssh / dh_send_builtin": med["tar_ssh"] / med["dh_send_builtin"],
             "rsync_fresh / dh_send_builtin": med["rsync_fresh"] / med["dh_send_builtin"],
+            "dh_send_one_part / dh_send": med["dh_send_one_part"] / med["dh_send"],
             "rsync_nochange / dh_nochange": med["rsync_nochange"] / med["dh_nochange"],
             "rsync_change1 / dh_change1": med["rsync_change1"] / med["dh_change1"],
             "cp_sha256_sync / dh_process": med["cp_sha256_sync"] / med["dh_process"],
@@ -598,6 +616,7 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     rows = [
         ("dittohead send (to receipt)", "dh_send"),
         ("the same, built-in asyncssh client", "dh_send_builtin"),
+        ("the same as one upload (no parts)", "dh_send_one_part"),
         ("tar | ssh aes128-gcm 'tar -x && sync'", "tar_ssh"),
         ("the same without sync", "tar_ssh_nosync"),
         ("rsync -a (fresh)", "rsync_fresh"),

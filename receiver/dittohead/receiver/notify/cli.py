@@ -15,7 +15,6 @@ reached: the notices stay queued.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -26,13 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from dittohead.core.errors import DittoheadError
-from dittohead.receiver.config import DEFAULT_CONFIG
-from dittohead.receiver.config.model import Config, Mail, load_config
+from dittohead.receiver.config.model import Config, Mail
 from dittohead.receiver.notify import compose
 from dittohead.receiver.notify.queue import Queue
 from dittohead.receiver.notify.relay import Outcome, Relay, read_password
 from dittohead.receiver.processor.notices import Notice, notices_dir
+from dittohead.receiver.service_cli import run_service
 
 log = logging.getLogger(__name__)
 
@@ -164,27 +162,13 @@ def _has_new(queue: Queue, left: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return run_service(
+        argv,
         prog="dittohead-notify",
         description="Deliver the notices the processor queued, by mail through the relay.",
+        once_help="one delivery round, then exit",
+        work=run,
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the YAML configuration")
-    parser.add_argument("--once", action="store_true", help="one delivery round, then exit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return run(load_config(args.config), args.once)
-    except DittoheadError as exc:
-        print(exc.line(), file=sys.stderr)
-        log.debug("details", exc_info=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ SIGTERM stops it between two files; the journal lets the next run finish that up
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -30,8 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from dittohead.core.errors import DittoheadError, describe_os_error
-from dittohead.receiver.config import DEFAULT_CONFIG
-from dittohead.receiver.config.model import Config, load_config
+from dittohead.receiver.config.model import Config
 from dittohead.receiver.processor.finalize import (
     Hooks,
     Stopped,
@@ -40,6 +38,7 @@ from dittohead.receiver.processor.finalize import (
     check_kernel,
     run_once,
 )
+from dittohead.receiver.service_cli import run_service
 
 log = logging.getLogger(__name__)
 
@@ -351,29 +350,18 @@ def once(config: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return run_service(
+        argv,
         prog="dittohead-processor",
         description="Finalize committed uploads into the study destinations.",
+        once_help="finalize what is pending and exit",
+        work=_work,
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the YAML configuration")
-    parser.add_argument("--once", action="store_true", help="finalize what is pending and exit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        config = load_config(args.config)
-        check_kernel()
-        return once(config) if args.once else serve(config)
-    except DittoheadError as exc:
-        print(exc.line(), file=sys.stderr)
-        log.debug("details", exc_info=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+
+
+def _work(config: Config, once_only: bool) -> int:
+    check_kernel()
+    return once(config) if once_only else serve(config)
 
 
 if __name__ == "__main__":

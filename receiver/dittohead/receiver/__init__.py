@@ -1,9 +1,12 @@
-"""The server side of dittohead (Linux): two programs with two trust levels, and the admin tool.
+"""The server side of dittohead (Linux): two programs with two trust levels, the mailer, and
+the admin tool.
 
 - `upload/`: ``dittohead-receive``, run by sshd as the collector for each upload;
 - `processor/`: ``dittohead-processor``, the service running as ``dittohead``;
+- `notify/`: ``dittohead-notify``, which mails the notices the processor queued (its own unit,
+  the only one with network, and only to the relay);
 - `admin/`: ``dittohead-admin``, for admins and study runners;
-- shared by them: `dropbox` (the folders and entry names all three agree on), `config` (the
+- shared by them: `dropbox` (the folders and entry names they all agree on), `config` (the
   YAML file), `fsops` (file-system primitives relative to directory fds), `accounts` (users
-  and groups through NSS).
+  and groups through NSS), `service_cli` (the two services' command line).
 """

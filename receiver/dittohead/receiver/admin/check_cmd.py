@@ -470,19 +470,8 @@ def _unit_files(unit: str, dirs: tuple[Path, ...]) -> list[Path]:
 
 
 def _read_write_paths(files: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for file in files:
-        section = ""
-        for raw in file.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = raw.strip()
-            if line.startswith("["):
-                section = line
-            elif section == "[Service]" and line.startswith("ReadWritePaths="):
-                value = line.split("=", 1)[1].split()
-                if not value:
-                    paths = []  # an empty assignment resets the list
-                paths += [Path(v.lstrip("-+")) for v in value]
-    return paths
+    """The folders ``ReadWritePaths=`` lets the service write (a ``-``/``+`` prefix dropped)."""
+    return [Path(v.lstrip("-+")) for v in _service_values(files, "ReadWritePaths")]
 
 
 def check_units(config: Config, probe: Probe) -> list[Problem]:
@@ -622,7 +611,7 @@ def check_mail(config: Config, probe: Probe) -> list[Problem]:
                 )
             )
         return problems
-    writable = [Path(v.lstrip("-+")) for v in _service_values(files, "ReadWritePaths")]
+    writable = _read_write_paths(files)
     state = notices_dir(config.state_dir)
     if not any(state == w or w in state.parents for w in writable):
         problems.append(

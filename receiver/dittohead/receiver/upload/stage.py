@@ -374,44 +374,21 @@ class Staging:
     def _stream_into(
         self, out: int, chunks: Iterable[memoryview], sink: Callable[[memoryview], None] | None
     ) -> bytes:
-        digest = hashlib.sha256()
-        done = flushed = 0  # bytes written, and handed to writeback early
+        write = _HashedWrite(self, out)
         for chunk in chunks:
-            digest.update(chunk)
             if sink is not None:
                 sink(chunk)
-            fsops.write_all(out, chunk)
-            done += len(chunk)
-            if done - flushed >= WRITEBACK_BYTES:
-                self._writeback(out, flushed, done - flushed)
-                flushed = done
-            self._count(len(chunk))
-        if done >= WRITEBACK_TAIL_BYTES and done > flushed:
-            self._writeback(out, flushed, done - flushed)
-        return digest.digest()
+            write(chunk)
+        return write.digest()
 
     def _inflate_into(self, out: int, name: str, member: Member, reader: TarReader) -> bytes:
         """`_stream_into` for a compressed member: the decompressed bytes are hashed, written
         and counted; `unzstd` bounds them by the size already checked against the caps."""
         from dittohead.receiver.upload import unzstd  # zstandard: only for compressed uploads
 
-        digest = hashlib.sha256()
-        done = flushed = 0
-
-        def consume(chunk: memoryview) -> None:
-            nonlocal done, flushed
-            digest.update(chunk)
-            fsops.write_all(out, chunk)
-            done += len(chunk)
-            if done - flushed >= WRITEBACK_BYTES:
-                self._writeback(out, flushed, done - flushed)
-                flushed = done
-            self._count(len(chunk))
-
-        unzstd.inflate(reader.data(member), member.raw_size, name, consume)
-        if done >= WRITEBACK_TAIL_BYTES and done > flushed:
-            self._writeback(out, flushed, done - flushed)
-        return digest.digest()
+        write = _HashedWrite(self, out)
+        unzstd.inflate(reader.data(member), member.raw_size, name, write)
+        return write.digest()
 
     def _count(self, written: int) -> None:
         self._since_space_check += written
@@ -479,6 +456,33 @@ class Staging:
         # fd-based and never follows a symlink: whatever the entry holds, only it goes.
         with suppress(FileNotFoundError):
             shutil.rmtree(self.dot_entry, dir_fd=self.inbox_fd)
+
+
+class _HashedWrite:
+    """One file's data as it arrives (`Staging._stream_into`, `_inflate_into`): hashed, written
+    to `out`, handed to writeback as it grows, and counted against the free-space check."""
+
+    __slots__ = ("_hash", "done", "flushed", "out", "staging")
+
+    def __init__(self, staging: Staging, out: int) -> None:
+        self.staging, self.out = staging, out
+        self._hash = hashlib.sha256()
+        self.done = self.flushed = 0  # bytes written, and handed to writeback early
+
+    def __call__(self, chunk: memoryview) -> None:
+        self._hash.update(chunk)
+        fsops.write_all(self.out, chunk)
+        self.done += len(chunk)
+        if self.done - self.flushed >= WRITEBACK_BYTES:
+            self.staging._writeback(self.out, self.flushed, self.done - self.flushed)
+            self.flushed = self.done
+        self.staging._count(len(chunk))
+
+    def digest(self) -> bytes:
+        """The sha256 of all the data, once the tail is handed to writeback."""
+        if self.done >= WRITEBACK_TAIL_BYTES and self.done > self.flushed:
+            self.staging._writeback(self.out, self.flushed, self.done - self.flushed)
+        return self._hash.digest()
 
 
 class Written:

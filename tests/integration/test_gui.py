@@ -13,6 +13,8 @@ tests/gui/screenshots.py does for docs/collectors/window.md).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import subprocess
@@ -112,6 +114,14 @@ class Gui:
             run("import", "-window", "root", Path(folder) / f"{name}.png",
                 env={**os.environ, "DISPLAY": self.display})  # fmt: skip
 
+    def close_button(self, window: str) -> None:
+        """What a window manager's close button does: a ``WM_DELETE_WINDOW`` message.
+
+        Xvfb runs no window manager (and xdotool's ``windowclose`` destroys the window
+        instead of asking it), so the test sends the ICCCM client message itself, through
+        libX11, exactly as a window manager would."""
+        send_delete_window(self.display, int(window))
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -120,9 +130,56 @@ class Gui:
         assert err == "", err
 
 
+class _ClientMessage(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("serial", ctypes.c_ulong),
+        ("send_event", ctypes.c_int),
+        ("display", ctypes.c_void_p),
+        ("window", ctypes.c_ulong),
+        ("message_type", ctypes.c_ulong),
+        ("format", ctypes.c_int),
+        ("data", ctypes.c_long * 5),
+    ]
+
+
+class _XEvent(ctypes.Union):
+    _fields_ = [("xclient", _ClientMessage), ("pad", ctypes.c_long * 24)]
+
+
+def send_delete_window(display: str, window: int) -> None:
+    name = ctypes.util.find_library("X11")
+    require(name is not None, "libX11 is not installed (make test installs Xvfb, which needs it)")
+    x11 = ctypes.CDLL(name)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XInternAtom.restype = ctypes.c_ulong
+    x11.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    x11.XSendEvent.argtypes = [
+        ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.POINTER(_XEvent)
+    ]  # fmt: skip
+    x11.XFlush.argtypes = [ctypes.c_void_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    dpy = x11.XOpenDisplay(display.encode())
+    assert dpy, f"cannot open the display {display}"
+    try:
+        event = _XEvent()
+        event.xclient.type = 33  # ClientMessage
+        event.xclient.window = window
+        event.xclient.message_type = x11.XInternAtom(dpy, b"WM_PROTOCOLS", 0)
+        event.xclient.format = 32
+        event.xclient.data[0] = x11.XInternAtom(dpy, b"WM_DELETE_WINDOW", 0)
+        event.xclient.data[1] = 0  # CurrentTime
+        assert x11.XSendEvent(dpy, window, 0, 0, ctypes.byref(event)), "XSendEvent failed"
+        x11.XFlush(dpy)
+    finally:
+        x11.XCloseDisplay(dpy)
+
+
 def write_config(
     dep: Deployment, path: Path, folder: Path, *, user: str, port: int | None = None,
-    key: bool = False, pinned: bool = True, study: str | None = None,
+    key: bool | Path = False, pinned: bool = True, study: str | None = None,
+    things: tuple[str, ...] = ("eprime",),
 ) -> Path:  # fmt: skip
     lines = [
         "[server]",
@@ -133,9 +190,11 @@ def write_config(
     if pinned:
         lines.append(f'known_hosts = "{dep.known_hosts}"')
     lines += ["", "[[preset]]", f'name = "{PRESET}"', f'study = "{study or dep.study}"',
-              f'folder = "{folder}"', 'things = ["eprime"]', f'user = "{user}"']  # fmt: skip
+              f'folder = "{folder}"', f'user = "{user}"']  # fmt: skip
+    if things:
+        lines.append("things = [" + ", ".join(f'"{t}"' for t in things) + "]")
     if key:
-        lines.append(f'identity = "{dep.key(user)}"')
+        lines.append(f'identity = "{key if isinstance(key, Path) else dep.key(user)}"')
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -343,3 +402,104 @@ def test_a_preset_added_in_the_window_is_written_to_the_users_file(
     added = {p.name: p for p in content.presets}["eyes"]
     assert (added.study, added.folder, added.things) == ("other", str(folder), ("eyetracker",))
     assert PRESET in {p.name for p in content.presets}  # the rest is kept
+
+
+def test_closing_mid_send_asks_first_and_the_next_send_resumes(
+    sshd_deployment: Deployment, display: str, pc: Path
+) -> None:
+    dep = sshd_deployment
+    folder = pc / "data"
+    (folder / "eprime").mkdir(parents=True)
+    names = [f"gui-close{i:03d}.bin" for i in range(80)]
+    prefix = "eprime/gui-close"
+    for i, name in enumerate(names):
+        (folder / "eprime" / name).write_bytes(os.urandom(1 << 18) + bytes([i]))
+    config = write_config(dep, pc / "client.toml", folder, user=dep.collector, key=True)
+    gui = Gui(dep, display, pc, config, DITTOHEAD_BATCH="1")
+    try:
+        gui.keys(gui.main, "Return")
+        wait_until(lambda: state_files(pc))  # the first part is confirmed
+        state = state_files(pc)[0]
+        gui.close_button(gui.main)
+        question = gui.wait_for("^dittohead: stop sending\\?$")
+        gui.shot("stop-sending")
+        # Return is "Keep sending": a close one did not mean must not stop a send.
+        before = state.stat().st_mtime_ns
+        gui.keys(question, "Return")
+        wait_until(lambda: not gui.windows("^dittohead: stop sending"))
+        wait_until(lambda: state.stat().st_mtime_ns != before)  # more parts confirmed
+        assert gui.windows("^dittohead$") and gui.proc.poll() is None
+        gui.close_button(gui.main)
+        question = gui.wait_for("^dittohead: stop sending\\?$")
+        gui.keys(question, "alt+s")  # Stop and close
+        assert gui.proc.wait(timeout=WAIT) == 0
+    finally:
+        gui.close()
+    first = stored(dep, prefix)
+    assert 0 < len(first) < len(names), "the close stopped the send part-way"
+    # The next Send goes on from what the server confirmed, in a new window.
+    gui = Gui(dep, display, pc, config, DITTOHEAD_BATCH="1000")
+    try:
+        gui.keys(gui.main, "Return")
+        wait_until(lambda: len(stored(dep, prefix)) == len(names), timeout=60)
+    finally:
+        gui.close()
+    assert stored(dep, prefix) == sorted(f"eprime/{name}" for name in names)
+
+
+def test_a_key_with_a_passphrase_asks_for_it(
+    sshd_deployment: Deployment, display: str, pc: Path
+) -> None:
+    dep = sshd_deployment
+    folder = pc / "data"
+    (folder / "eprime").mkdir(parents=True)
+    (folder / "eprime" / "gui-phrase.txt").write_text("locked key\n")
+    # The collector's own key, with a passphrase on this copy (the public half is the same).
+    key = pc / "id_phrase"
+    shutil.copyfile(dep.key(dep.collector), key)
+    key.chmod(0o600)
+    run("ssh-keygen", "-q", "-p", "-f", key, "-P", "", "-N", "open sesame")
+    config = write_config(dep, pc / "client.toml", folder, user=dep.collector, key=key)
+    gui = Gui(dep, display, pc, config)
+    try:
+        gui.keys(gui.main, "Return")
+        asked = gui.wait_for("^dittohead: passphrase$")
+        gui.shot("passphrase")
+        gui.type(asked, "open sesame")
+        gui.keys(asked, "Return")
+        wait_until(lambda: state_files(pc))
+        assert not gui.windows("^dittohead: (?!$)"), "no error after the right passphrase"
+    finally:
+        gui.close()
+    assert stored(dep, "eprime/gui-phrase") == ["eprime/gui-phrase.txt"]
+
+
+def test_browse_picks_the_folder_and_lists_its_things(
+    sshd_deployment: Deployment, display: str, pc: Path
+) -> None:
+    dep = sshd_deployment
+    folder = pc / "data"
+    (folder / "eprime").mkdir(parents=True)
+    other = pc / "other-session"
+    (other / "biopac").mkdir(parents=True)
+    (other / "biopac" / "gui-browsed.acq").write_bytes(b"picked with Browse")
+    config = write_config(dep, pc / "client.toml", folder, user=dep.collector, key=True, things=())
+    gui = Gui(dep, display, pc, config)
+    try:
+        gui.keys(gui.main, "alt+b")
+        chooser = gui.wait_for("^dittohead: the folder to send$")
+        gui.shot("browse")
+        # Tk's own folder dialog on X11: its Selection field opens selected, and takes a
+        # typed path in place of the preset's folder.
+        gui.type(chooser, str(other))
+        gui.keys(chooser, "Return")  # Return opens the typed folder in the dialog …
+        time.sleep(0.5)
+        gui.keys(chooser, "alt+o")  # … and OK picks it
+        wait_until(lambda: not gui.windows("^dittohead: the folder to send$"))
+        gui.shot("browsed")
+        # The preset sends the whole folder: the picked folder's things, all ticked.
+        gui.keys(gui.main, "Return")
+        wait_until(lambda: bool(stored(dep, "biopac/gui-browsed")), timeout=60)
+    finally:
+        gui.close()
+    assert stored(dep, "biopac/gui-browsed") == ["biopac/gui-browsed.acq"]

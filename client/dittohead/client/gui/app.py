@@ -109,7 +109,7 @@ class Window:
 
         self.folder_var = tk.StringVar(self.root)
         self.folder_entry = ttk.Entry(frame, textvariable=self.folder_var)
-        self.folder_entry.bind("<FocusOut>", lambda _e: self.fill_things(self.ticked()))
+        self.folder_entry.bind("<FocusOut>", lambda _e: self.fill_things(self.kept_ticks()))
         self._label(frame, "Folder:", 0, self.folder_entry).grid(row=2, column=0, sticky="w")
         self.folder_entry.grid(row=2, column=1, sticky="we", pady=3)
         self._button(frame, "Browse\u2026", 0, self.pick_folder).grid(
@@ -249,10 +249,17 @@ class Window:
         )
         if chosen:
             self.folder_var.set(os.path.normpath(chosen))
-            self.fill_things(self.ticked())
+            self.fill_things(self.kept_ticks())
 
     def ticked(self) -> list[str]:
         return [name for name, var in self.checks if var.get()]
+
+    def kept_ticks(self) -> list[str]:
+        """What stays ticked when the folder changes: a choice of things carries over, but
+        everything ticked meant the whole folder, so the new folder's things all start ticked
+        (not the old folder's names, which the new one may not have)."""
+        ticked = self.ticked()
+        return [] if len(ticked) == len(self.checks) else ticked
 
     def fill_things(self, ticked: Sequence[str]) -> None:
         for child in self.things_frame.winfo_children():

@@ -22,7 +22,16 @@ What is measured, per dataset, tools alternating within each run, medians over t
   receiver runs under sshd as the collector, so for the benchmark the ForceCommand is wrapped
   in ``/usr/bin/time -a -o FILE`` (sshd reloaded with SIGHUP); the wrapper only waits.
 
-Usage: ``python tests/bench/run.py [--quick] [--runs N] [--only L,S,M] [--json FILE]``.
+With ``--sends-only``, each run makes only dittohead's fresh sends (in parts and as one upload,
+and the baseline's), each entry taken out again: enough runs to see a few percent through this
+machine's noise in minutes. With ``--baseline CHECKOUT`` (another checkout whose ``.venv`` is
+built, say ``git worktree add /tmp/base main`` and ``make lint`` there), each fresh send is
+also made by that checkout's client, as two parts and as one upload, rotated with the rest: a
+client change is then weighed within one run (``dh_send_baseline / dh_send``). The server side
+is this checkout's.
+
+Usage: ``python tests/bench/run.py [--quick] [--runs N] [--only L,S,M] [--json FILE]
+[--baseline CHECKOUT] [--sends-only]``.
 """
 
 from __future__ import annotations
@@ -245,6 +254,8 @@ class Bench:
     mnt: Path
     shell: str
     rss_dir: Path
+    baseline: Path | None = None  # another checkout's interpreter (--baseline)
+    sends_only: bool = False  # --sends-only
     results: dict[str, Any] = field(default_factory=dict)
 
     # -- the shell user's ssh, as a lab would type it
@@ -277,18 +288,24 @@ class Bench:
         return timed(["rsync", "-a", "-e", e, f"{src}/", f"{self.shell}@127.0.0.1:{dest}/"])[0]
 
     def dh_send(
-        self, src: Path, state: Path, ssh: str | None = None, one_part: bool = False
+        self,
+        src: Path,
+        state: Path,
+        ssh: str | None = None,
+        one_part: bool = False,
+        python: Path | None = None,
     ) -> tuple[float, tuple[int, float], tuple[int, float], dict[str, Any] | None]:
         """(seconds, client usage, receiver usage or zeros, receipt or None); a usage is
         (peak RSS KiB, CPU seconds; the client's includes its ssh). `ssh` is DITTOHEAD_SSH
         (None: the client uses OpenSSH's ssh, as it does wherever that is installed);
-        `one_part` sends everything as one upload (DITTOHEAD_BATCH), to weigh the parts."""
+        `one_part` sends everything as one upload (DITTOHEAD_BATCH), to weigh the parts;
+        `python` runs another checkout's client (--baseline)."""
         dep = self.dep
         receiver_log = self.rss_dir / "receiver.txt"
         before = usage_lines(receiver_log.read_text())
         client_rss = self.rss_dir / "client.txt"
         argv = [
-            str(dep.python), "-I", "-m", "dittohead.client.cli", "send",
+            str(python or dep.python), "-I", "-m", "dittohead.client.cli", "send",
             "--host", "127.0.0.1", "--port", str(dep.port), "--user", dep.collector,
             "--identity", str(dep.key(dep.collector)), "--known-hosts", str(dep.known_hosts),
             "--state", str(state), "--study", dep.study, "--source", "brogden-a", "--json",
@@ -412,10 +429,13 @@ def one_run(
         with_state: Path = state,
         ssh: str | None = None,
         one_part: bool = False,
+        python: Path | None = None,
     ) -> tuple[dict[str, Any], float, float]:
         """One timed `dittohead send` of `src` that must report `files` files; peak RSS noted.
         Returns (receipt, client CPU seconds, receiver CPU seconds)."""
-        seconds, client, receiver, receipt = b.dh_send(src, with_state, ssh=ssh, one_part=one_part)
+        seconds, client, receiver, receipt = b.dh_send(
+            src, with_state, ssh=ssh, one_part=one_part, python=python
+        )
         assert receipt is not None and receipt["files"] == files, receipt
         times[key].append(seconds)
         rss["client"] = max(rss["client"], client[0])
@@ -447,6 +467,19 @@ def one_run(
             shutil.rmtree(b.dep.inbox / upload)
         one_state.unlink()
 
+    def baseline(key: str, one_part: bool, python: Path | None) -> Callable[[], None]:
+        def step() -> None:
+            # The same send by the --baseline checkout's client (or, with --sends-only, this
+            # one's); its entry taken out again.
+            other_state = state.with_name(f"{key}-{state.name}")
+            receipt, _, _ = send(key, n_files, with_state=other_state, one_part=one_part,
+                                 python=python)  # fmt: skip
+            for upload in receipt.get("uploads", [receipt["upload"]]):
+                shutil.rmtree(b.dep.inbox / upload)
+            other_state.unlink()
+
+        return step
+
     def tar() -> None:
         times["tar_ssh"].append(b.tar_ssh(src, tar_dest))
 
@@ -456,7 +489,23 @@ def one_run(
     def rs() -> None:
         times["rsync_fresh"].append(b.rsync(src, rsync_dest))
 
-    run_rotated([dh, tar, rs, tar_nosync, dh_builtin, dh_one_part], r, src)
+    others = []
+    if b.baseline is not None:
+        others = [
+            baseline("dh_send_baseline", False, b.baseline),
+            baseline("dh_send_baseline_one_part", True, b.baseline),
+        ]
+    if b.sends_only:
+        # dittohead's fresh sends alone, many runs in the time of a few (--sends-only).
+        steps = [baseline("dh_send", False, None), dh_one_part, *others]
+        run_rotated(steps, r, src)
+        print(
+            f"[{spec.name}] run {r + 1}/{runs}: "
+            + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items() if v),
+            flush=True,
+        )
+        return 0
+    run_rotated([dh, tar, rs, tar_nosync, dh_builtin, dh_one_part, *others], r, src)
     shutil.rmtree(tar2_dest)
 
     # Finalizing: the processor on the entry just sent vs cp -a + sha256sum + sync.
@@ -496,7 +545,7 @@ def one_run(
     run_rotated([dh_some, rs_some], r, src)
     print(
         f"[{spec.name}] run {r + 1}/{runs}: "
-        + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()),
+        + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items() if v),
         flush=True,
     )
     return changed
@@ -524,6 +573,7 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
             "dh_send", "dh_send_builtin", "dh_send_one_part", "tar_ssh", "tar_ssh_nosync",
             "rsync_fresh", "dh_nochange", "rsync_nochange", "dh_change1", "rsync_change1",
             "dh_process", "cp_sha256_sync",
+            *(("dh_send_baseline", "dh_send_baseline_one_part") if b.baseline else ()),
         )
     }  # fmt: skip
     rss = {"client": 0, "receiver": 0, "processor": 0}
@@ -545,7 +595,15 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
     for name in ("tar", "rsync"):
         shutil.rmtree(b.mnt / "peers" / f"{name}-{spec.name}", ignore_errors=True)
     shutil.rmtree(src)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    pairs = [
+        ("tar_ssh", "dh_send"), ("tar_ssh_nosync", "dh_send"), ("rsync_fresh", "dh_send"),
+        ("tar_ssh", "dh_send_builtin"), ("rsync_fresh", "dh_send_builtin"),
+        ("dh_send_one_part", "dh_send"), ("rsync_nochange", "dh_nochange"),
+        ("rsync_change1", "dh_change1"), ("cp_sha256_sync", "dh_process"),
+        ("dh_send_baseline", "dh_send"), ("dh_send_baseline_one_part", "dh_send_baseline"),
+        ("tar_ssh", "dh_send_baseline"), ("rsync_fresh", "dh_send_baseline"),
+    ]  # fmt: skip
     return {
         "dataset": spec.what,
         "files": n_files,  # of the last run's data (S and M sizes vary per run)
@@ -553,17 +611,8 @@ def bench_dataset(b: Bench, spec: Spec, runs: int, seed: int) -> dict[str, Any]:
         "changed_files": changed,
         "runs": times,
         "median_s": med,
-        "ratios": {
-            "tar_ssh / dh_send": med["tar_ssh"] / med["dh_send"],
-            "tar_ssh_nosync / dh_send": med["tar_ssh_nosync"] / med["dh_send"],
-            "rsync_fresh / dh_send": med["rsync_fresh"] / med["dh_send"],
-            "tar_ssh / dh_send_builtin": med["tar_ssh"] / med["dh_send_builtin"],
-            "rsync_fresh / dh_send_builtin": med["rsync_fresh"] / med["dh_send_builtin"],
-            "dh_send_one_part / dh_send": med["dh_send_one_part"] / med["dh_send"],
-            "rsync_nochange / dh_nochange": med["rsync_nochange"] / med["dh_nochange"],
-            "rsync_change1 / dh_change1": med["rsync_change1"] / med["dh_change1"],
-            "cp_sha256_sync / dh_process": med["cp_sha256_sync"] / med["dh_process"],
-        },
+        # (--sends-only and a run without --baseline leave out what they did not measure)
+        "ratios": {f"{a} / {b}": med[a] / med[b] for a, b in pairs if a in med and b in med},
         "peak_rss_mib": {k: v / 1024 for k, v in rss.items()},
         # user + system CPU seconds of the fresh send's client and receiver, and the processor
         "cpu_s_median": {k: statistics.median(v) for k, v in cpu.items() if v},
@@ -591,7 +640,12 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         if dataset not in results:
             continue
         res = results[dataset]
-        value = res["peak_rss_mib"][key[4:]] if key.startswith("rss:") else res["ratios"][key]
+        if key.startswith("rss:"):
+            value = res["peak_rss_mib"][key[4:]]
+        elif key in res["ratios"]:
+            value = res["ratios"][key]
+        else:
+            continue  # not measured (--sends-only)
         met = value >= threshold if op == ">=" else value < threshold
         verdicts.append(
             {
@@ -626,7 +680,10 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
         ("rsync -a re-run, 1% changed", "rsync_change1"),
         ("processor --once (finalize)", "dh_process"),
         ("cp -a + sha256sum + sync", "cp_sha256_sync"),
+        ("--baseline's client: dittohead send", "dh_send_baseline"),
+        ("--baseline's client: as one upload", "dh_send_baseline_one_part"),
     ]
+    rows = [row for row in rows if row[1] in results[names[0]]["median_s"]]
     out = ["| seconds (median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, key in rows:
         cells = [f"{results[n]['median_s'][key]:.2f}" for n in names]
@@ -654,6 +711,16 @@ def table(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def baseline_python(checkout: Path | None) -> Path | None:
+    """The interpreter of `checkout`'s .venv (its client is that checkout's code)."""
+    if checkout is None:
+        return None
+    python = checkout.resolve() / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python} does not exist: build {checkout}'s .venv first (make lint)")
+    return python
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small datasets (a smoke run)")
@@ -661,6 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="L,S,M", help="datasets, e.g. L,S (default L,S,M)")
     parser.add_argument("--json", type=Path, help="results file (default: in the run dir)")
     parser.add_argument("--image-gib", type=int, default=0, help="size of the ext4 image")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (with its .venv) whose client to compare"
+    )
+    parser.add_argument(
+        "--sends-only",
+        action="store_true",
+        help="only dittohead's fresh sends (two parts, one upload, and --baseline's): an A/B "
+        "of the client with many runs",
+    )
     options = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (users, sshd, a loop mount)", file=sys.stderr)
@@ -690,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver_log.chmod(0o666)
         shell = add_shell_user(dep)
         wrap_receiver(dep, receiver_log)
-        b = Bench(dep, mnt, shell, rss_dir)
+        b = Bench(dep, mnt, shell, rss_dir, baseline_python(options.baseline), options.sends_only)
         wait_for_ssh(b)
         for i, name in enumerate(chosen):
             results[name] = bench_dataset(b, all_specs[name], options.runs, seed=1000 + i)

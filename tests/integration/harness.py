@@ -18,6 +18,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,11 +204,17 @@ def _write_config(dep: Deployment) -> None:
     (dep.base / "etc").mkdir()
     (dep.base / "study" / dep.study).mkdir(parents=True)
     (dep.base / "study" / "other").mkdir(parents=True)
+    write_dep_config(dep)
+
+
+def write_dep_config(dep: Deployment, **extra: Any) -> None:
+    """The deployment's YAML (again), with `extra` top-level keys (``limits={...}``); run
+    ``dep.admin("check")`` after a change, as an admin would."""
     studies = {
         dep.study: (dep.destination, [dep.collectors]),
         "other": (dep.base / "study" / "other" / "raw", [dep.other_collectors]),
     }
-    write_config(dep.config_path, config_doc(dep.base, dep.service, studies))
+    write_config(dep.config_path, config_doc(dep.base, dep.service, studies, **extra))
 
 
 def _start_sshd(dep: Deployment) -> None:

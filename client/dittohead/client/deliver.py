@@ -91,11 +91,23 @@ def run(
     prompts: Prompts | None = None,
     progress: Progress | None = None,
     early: EarlyStart | None = None,
+    streamed: Callable[[], None] | None = None,
 ) -> Receipt:
-    """Send what `job` selected and, once the receipt checks out, record it in the state."""
+    """Send what `job` selected and, once the receipt checks out, record it in the state.
+
+    `streamed` is called as soon as the whole stream is in the transport's hands, before the
+    receipt (`batches` starts the next part's stream then); again if the upload is sent again
+    without compression (`_carry`).
+    """
     record = _Record(job)
+
+    def complete() -> None:
+        if streamed is not None:
+            streamed()
+        record.stage()
+
     try:
-        receipt = _carry(job, prompts, progress, early, record.stage)
+        receipt = _carry(job, prompts, progress, early, complete)
         record.commit()
     finally:
         record.discard()  # no valid receipt (or an interrupt): the state stays as it was

@@ -54,12 +54,16 @@ class Meter:
         self.batch = 1
         self.clock = clock
         self.started = clock()
-        self.offset = 0  # bytes of the batches confirmed before the current one
+        self.offset = 0  # bytes of the batches streamed before the current one
         self.samples: deque[tuple[float, int]] = deque([(self.started, 0)])
 
-    def next_batch(self, confirmed_bytes: int) -> None:
-        """The current batch is confirmed; `confirmed_bytes` of the send are done."""
-        self.offset = confirmed_bytes
+    def next_batch(self, streamed_bytes: int) -> None:
+        """The current batch's stream is complete; `streamed_bytes` of the send are streamed.
+
+        Bytes count once they are streamed (the next batch streams while the server confirms
+        this one: `batches`); only the last batch's confirmation makes the send 100%
+        (`describe`, `TerminalLine.confirmed`)."""
+        self.offset = streamed_bytes
         self.batch += 1
 
     def read(self, batch_done: int) -> Reading:

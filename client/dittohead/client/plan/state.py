@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -108,6 +109,10 @@ class State:
         self.study = study
         self.source = source
         self.files = {} if files is None else files
+        # Two parts of one send may get their receipts at the same moment, each in its own
+        # thread (`batches`): their commits take turns, so neither replaces the file with a
+        # merge that misses the other's files.
+        self.commit_lock = threading.Lock()
 
     def is_confirmed(self, item: FileItem) -> bool:
         return self.files.get(item.path) == (item.size, item.mtime_ns)
@@ -185,13 +190,18 @@ class Staged:
 
         Raises `LocalFileError` when it cannot (the temporary file is removed then).
         """
+        with self.state.commit_lock:
+            self._commit()
+
+    def _commit(self) -> None:
         if self.tmp is None:
             raise RuntimeError("this state was committed or discarded already")
         if _signature(self.state.path) != self.before:
-            # Another send recorded something since the stage: merge again from its file,
-            # as a state written all at once after the receipt would have.
+            # Another send (or another part of this one) recorded something since the stage:
+            # merge again from its file, as a state written all at once after the receipt
+            # would have.
             self.discard()
-            self.state.stage(self.sent).commit()
+            self.state.stage(self.sent)._commit()
             return
         try:
             os.replace(self.tmp, self.state.path)

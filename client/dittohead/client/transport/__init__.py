@@ -99,7 +99,8 @@ class Transport(Protocol):
 
         `streamed` is called once the whole stream is in the transport's hands, while the
         receiver checks it (the client's own work that may come before the receipt: see
-        `deliver`); when the server stops reading first it is never called. Raises `Unusable`
+        `deliver`; and the next part of a send starts to stream then: `plan.parts`); when the
+        server stops reading first it is never called. Raises `Unusable`
         when this transport could not reach the receiver, a `DittoheadError` for a failure it
         can explain itself (connecting, logging in, a local file that changed: the receiver
         then sees a stream without its manifest and stores nothing).

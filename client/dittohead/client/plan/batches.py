@@ -40,7 +40,8 @@ __all__ = ["EX_INTERRUPTED", "Limits", "PartlySent", "limits_from_env", "send_al
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_MAX_FILES = 10_000
 #: TEST AND TUNING ONLY: ``<files>`` or ``<files>,<bytes>`` instead of the default limits
-#: (docs/collectors/README.md, "Batches"); ``--batch-files``/``--batch-bytes`` win over it
+#: (docs/collectors/sending.md, "Progress, and sending in parts"); ``--batch-files`` and
+#: ``--batch-bytes`` win over it
 LIMITS_ENV = "DITTOHEAD_BATCH"
 
 

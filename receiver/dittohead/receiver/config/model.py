@@ -82,6 +82,7 @@ class Limits(_Model):
     max_upload_bytes: Size = 1024**4
     max_files: Annotated[int, Field(ge=1)] = 1_000_000
     max_file_bytes: Size = 256 * 1024**3
+    #: per user; at least 2, since one send holds two (see `_a_send_holds_two_uploads`)
     max_concurrent_uploads: Annotated[int, Field(ge=1)] = 4
     #: seconds without a byte from the client before the receiver gives up
     stall_timeout: Annotated[float, Field(gt=0)] = 300.0
@@ -96,6 +97,18 @@ class Limits(_Model):
         # may the janitor call its staging entry abandoned.
         if self.stale_after <= 2 * self.stall_timeout:
             raise ValueError("stale_after must be more than twice stall_timeout")
+        return self
+
+    @model_validator(mode="after")
+    def _a_send_holds_two_uploads(self) -> Self:
+        # The client streams a send's next part while the server commits the last one
+        # (client/plan/parts.py), so one send of several parts holds two upload slots at once:
+        # with one slot every such send would be refused at its second part.
+        if self.max_concurrent_uploads < 2:
+            raise ValueError(
+                "max_concurrent_uploads must be at least 2: a send of several parts holds two "
+                f"uploads at once (it is {self.max_concurrent_uploads})"
+            )
         return self
 
 

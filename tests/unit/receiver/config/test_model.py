@@ -123,6 +123,11 @@ def test_defaults() -> None:
             {"studies": {"Bad Name": {"destination": "/d", "uploaders": ["g"]}}},
             "t.yaml: studies: 'Bad Name' is not a valid study name",
         ),
+        (
+            {"limits": {"max_concurrent_uploads": 1}},
+            "t.yaml: limits: max_concurrent_uploads must be at least 2: a send of several "
+            "parts holds two uploads at once (it is 1)",
+        ),
         ({"sources": {"no way": "x"}}, "'no way' is not a valid station id"),
         (
             {"studies": {"s": {"destination": "/d", "uploaders": []}}},

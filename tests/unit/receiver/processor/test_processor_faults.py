@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from dittohead.receiver.dropbox import claims_dir
 from dittohead.receiver.processor.finalize import CRASH_STEPS
 from tests.support.invariants import (
     ledger_of,
@@ -176,7 +177,7 @@ def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path: Pat
     leaves its temporary file; the next run removes it (the journal itself is whole)."""
     server = make_server(tmp_path)
     sent, _ = commit_all(server)
-    journal = server.config.state_dir / "journal" / STUDY
+    journal = claims_dir(server.config.dropbox, STUDY)
     ledgers = server.config.state_dir / "ledgers"
     left = {journal: ".entry.json.4242.tmp", ledgers: f".{STUDY}.summary.4242.tmp"}
     for folder, name in left.items():

@@ -131,6 +131,14 @@ class KernelSettingError(DittoheadError):
     exit_code = 78
 
 
+class Blocked(Exception):
+    """Another entry was left part-published by a host that may still come back to it; this
+    one waits (staged, with its journal) for a later pass."""
+
+    def __init__(self, entry: str, host: str) -> None:
+        super().__init__(f"{entry} of host {host} was left part-published")
+
+
 class Stopped(Exception):
     """A stop was requested (SIGTERM); the pass ended between two files.
 
@@ -373,8 +381,21 @@ class StudyRun:
                     entry,
                     lease.holder.host,
                 )
-            self.claims.take(entry, item.uid)
+            self.claims.take(entry, item.uid, publishing=lease is not None and lease.publishing)
             return item
+
+    def _clear_the_way(self, entry: str) -> None:
+        """Under the lock, before `entry` is published: finish first any entry left
+        part-published (`Claims.publishing`), or raise `Blocked` while its holder may still
+        come back to it. Files it put into the tree may have no ledger record yet: another
+        entry's duplicate check would not see them and store the same content again."""
+        for lease in self.claims.publishing():
+            if lease.entry == entry:
+                continue
+            item = self._take_over(lease.entry)
+            if item is None:
+                raise Blocked(lease.entry, lease.holder.host)
+            self._resume_entry(item)
 
     def _claim(self, cand: Candidate, skipped: set[int], summary: Summary) -> JournalEntry | None:
         """Claim `cand` under the study lock: journal, lease, then the move to processing/.
@@ -382,7 +403,10 @@ class StudyRun:
         entry; it left the inbox; it was refused and quarantined)."""
         with self.claims.lock.held():
             if self.journal.read(cand.name) is not None:
-                return None  # another host claimed it since the listing
+                # Another host claimed it since the listing: this uploader's later entries
+                # wait for it.
+                skipped.add(cand.uid)
+                return None
             if any(lease.uid == cand.uid for lease in self.claims.leases()):
                 # Another host works on an earlier entry of this uploader: this one must wait,
                 # or its versions could take names ahead of that one's.
@@ -430,6 +454,11 @@ class StudyRun:
             # Frozen past our lease: another host finishes it; nothing was written since.
             log.warning("%s: %s; left to it", self.name, exc)
             summary = Summary()
+        except Blocked as exc:
+            log.warning(
+                "%s: %s: %s is published after it, on a later pass", self.name, exc, item.entry
+            )
+            summary = Summary(deferred=1)
         self.current = None  # not in a finally: an error keeps the entry for the caller's line
         return summary
 
@@ -463,6 +492,9 @@ class StudyRun:
             # The whole of publishing under the lock: the duplicate check, the version names,
             # the ledger's chain and the move to done/ are decided on what every host did.
             with self._fenced(item.entry):
+                self._clear_the_way(item.entry)
+                self.claims.mark_publishing(item.entry)
+                self.ledger.catch_up()  # what other hosts recorded since
                 return self._publish(item)
         except EntryRejected as exc:
             return self._quarantine(item.entry, str(exc))

@@ -114,6 +114,8 @@ class LeaseRecord:
     token: str
     holder: Holder
     expires: float  # the holder's wall clock, seconds since the epoch
+    #: files of the entry may be in the tree without their ledger records (see `Claims.publishing`)
+    publishing: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -127,6 +129,7 @@ class LeaseRecord:
             token=str(doc["token"]),
             holder=Holder(**doc["holder"]),
             expires=float(doc["expires"]),
+            publishing=bool(doc.get("publishing", False)),
         )
 
 
@@ -209,12 +212,28 @@ class Claims:
             or self.clock() > rec.expires
         )
 
-    def take(self, entry: str, uid: int) -> None:
+    def take(self, entry: str, uid: int, *, publishing: bool = False) -> None:
         """Make the entry ours: a lease with a new token (caller holds the lock and has asked
         `may_take`). A previous holder that wakes up finds the token changed (`check`)."""
         token = secrets.token_hex(16)
-        self._write(LeaseRecord(entry, uid, token, self.me, self.clock() + self.lease))
+        self._write(LeaseRecord(entry, uid, token, self.me, self.clock() + self.lease, publishing))
         self._mine[entry] = token
+
+    def mark_publishing(self, entry: str) -> None:
+        """Say that `entry`'s files start going into the tree (caller holds the lock and the
+        lease). Kept through renewals and takeovers until the entry is finished."""
+        rec = self.read(entry)
+        if rec is not None and not rec.publishing:
+            self._write(
+                LeaseRecord(entry, rec.uid, rec.token, rec.holder, rec.expires, publishing=True)
+            )
+
+    def publishing(self) -> list[LeaseRecord]:
+        """Entries left part-published (their holder died or failed while publishing; caller
+        holds the lock, so none is being published now). Their files in the tree may have no
+        ledger record yet, so no other entry may be published before they are finished: its
+        duplicate check would not see them."""
+        return [rec for rec in self.leases() if rec.publishing]
 
     def _write(self, rec: LeaseRecord) -> None:
         fsops.replace_file(self._path(rec.entry), (rec.to_json(),))
@@ -239,7 +258,9 @@ class Claims:
             rec = self.read(entry)
             assert rec is not None  # check() found it
             self._write(
-                LeaseRecord(entry, rec.uid, rec.token, rec.holder, self.clock() + self.lease)
+                LeaseRecord(
+                    entry, rec.uid, rec.token, rec.holder, self.clock() + self.lease, rec.publishing
+                )
             )
 
     def release(self, entry: str) -> None:

@@ -333,6 +333,19 @@ class StudyRun:
                 summary.add(self._resume(item))
             if self.out_of_space:
                 return summary
+        # Another host may hold an uploader's earlier entry; that uploader's later ones are
+        # skipped then, and looked at again once this host claimed something else meanwhile
+        # (the other host may have finished by then): a pass ends with nothing claimable.
+        again = True
+        while again and not self.out_of_space:
+            skipped: set[int] = set()  # uploaders with an entry another host is working on
+            claimed = self._claim_round(skipped, summary)
+            again = bool(skipped) and claimed
+        return summary
+
+    def _claim_round(self, skipped: set[int], summary: Summary) -> bool:
+        """Claim and finalize what the inbox holds now; whether anything was claimed."""
+        claimed = False
         allowed = []
         for cand in committed_entries(self.inbox):
             if may_upload(cand.uid, self.study.uploaders):
@@ -348,7 +361,6 @@ class StudyRun:
         # only when its turn comes: the entries ahead of it may take minutes.
         for cand in allowed:
             outcomes.waiting(self.study_fd, cand.uid, cand.name, iso_utc(cand.ctime_ns))
-        skipped: set[int] = set()  # uploaders with an entry another host is working on
         for cand in fair_order(allowed):
             self._check_stop()
             if cand.uid in skipped:
@@ -358,11 +370,12 @@ class StudyRun:
                 continue
             fault_point("claimed")
             summary.add(self._resume(item))
+            claimed = True
             if self.out_of_space:
                 # Stop here rather than let this uploader's later entries (or anyone's) take
                 # version names ahead of the deferred one.
                 break
-        return summary
+        return claimed
 
     def _take_over(self, entry: str) -> JournalEntry | None:
         """The journal of `entry` with its lease made ours, if nobody else may be working on

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError, describe_os_error
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.checked import unknown_source
 from dittohead.receiver.config.model import Config, Study
@@ -234,6 +234,9 @@ class StudyRun:
         )
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False
+        # Set when folders of the tree could not be synced one by one (a file system without
+        # an honest syncfs): the records queued for them are not written (found by inode later).
+        self.tree_unsynced = False
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
@@ -244,10 +247,10 @@ class StudyRun:
             # Records still queued (a pass that failed while publishing) describe files in the
             # tree: as in _publish, the tree is made durable before the ledger says so. If it
             # cannot be, they are not written: the next run finds the files by inode.
-            flush = True
-            if self.ledger.queued_bytes:
+            flush = not self.tree_unsynced
+            if self.ledger.queued_bytes and flush:
                 try:
-                    fsops.syncfs(self.dest)
+                    fscaps.sync_written(self.dest, ())
                 except OSError as exc:
                     log.error("%s: the study tree could not be synced (%s)", self.name, exc)
                     flush = False
@@ -338,6 +341,9 @@ class StudyRun:
             notices.replayed(self.config, self.name, item, self.quarantine)  # notice hook
             self._cleanup(item.entry)
             return Summary()
+        # A name the claim reserved where the file system lacks RENAME_NOREPLACE, left by a
+        # crash before the rename onto it: the claim never happened.
+        fscaps.remove_placeholder(self.processing, item.entry)
         if not exists(self.processing, item.entry):
             if item.step == "claiming":
                 # The claim never happened (crash between journal and rename): forget it.
@@ -365,8 +371,9 @@ class StudyRun:
                 # any copy renamed but not yet recorded by its inode. Record what moved now if
                 # the ledger still has room; if not, that replay records it.
                 with contextlib.suppress(OSError, OutOfSpace):
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
+                    if not self.tree_unsynced:
+                        fscaps.sync_written(self.dest, ())  # _publish synced what it wrote
+                        self.ledger.flush()
             else:
                 # Not staged: nothing is published; the journal still says "claiming", so the
                 # next run verifies and copies the entry again from scratch.
@@ -403,7 +410,7 @@ class StudyRun:
                         ahead.finish()
                     raise
                 ahead.finish()  # before the fd closes; raises what the thread met
-                fsops.syncfs(staging)
+                fscaps.sync_tree(staging)
             finally:
                 os.close(entry_fd)
                 os.close(staging)
@@ -477,7 +484,7 @@ class StudyRun:
                         # then leave the entry in processing/ with its journal for the next run
                         # (files that came with a folder and were not reached yet are in the
                         # tree and synced: the next run records them, finding them by inode).
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
                         raise Stopped()
                     staged = todo.pop()
@@ -495,7 +502,7 @@ class StudyRun:
                         # A big entry: make what is published so far durable and record it,
                         # as at a stop (a replay skips what is recorded), so the queue stays
                         # small.
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
             except Stopped:
                 raise  # between two files, as before folders moved whole: nothing more to write
@@ -506,10 +513,17 @@ class StudyRun:
                 # longer in `todo`: it went by itself (a moved folder's file raises nothing
                 # before its record). A real kill writes nothing: the next run finds them.
                 record_moved(self.ledger, up, todo, moved)
+                if not fscaps.native(self.dest, "syncfs"):
+                    # The folders written into are about to be closed, and the later sync
+                    # (syncfs, or a fsync of the destination alone) would not cover them.
+                    try:
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
+                    except OSError:
+                        self.tree_unsynced = True
                 raise
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
-            fsops.syncfs(self.dest)
+            fscaps.sync_written(self.dest, [*tree.fds(), staging])
             self.ledger.flush()
             fault_point("flushed")
         finally:
@@ -569,7 +583,7 @@ class StudyRun:
         else anything. Writing the note again after a crash is harmless.
         """
         try:
-            fsops.renameat2(self.processing, entry, to_fd, entry)
+            fscaps.rename_noreplace(self.processing, entry, to_fd, entry)
         except PermissionError:
             log.warning(
                 "%s: %s: its owner took away the write bit a move needs; left in processing/",

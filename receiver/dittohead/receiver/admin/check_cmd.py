@@ -5,7 +5,8 @@ destination, a temporary folder is made and removed again, to try the file-syste
 there for real (`fscaps.probe`); one line per folder says which of them run natively and which
 by their fallback, and whether fcntl locks work. Each finding names the path (or account, or
 setting) that is wrong and the command that fixes it; the exit status is 0 only when there is
-nothing to report. The folder table is `init_cmd.layout` itself, so ``init`` and ``check`` can never disagree about what is right.
+nothing to report. The folder table is `init_cmd.layout` itself, so ``init`` and ``check`` can
+never disagree about what is right.
 """
 
 from __future__ import annotations

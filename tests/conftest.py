@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-_NEEDS_ROOT = ("root", "sshd")
+_NEEDS_ROOT = ("root", "sshd", "cluster")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -244,3 +244,28 @@ def test_uploads_through_the_receiver_are_finalized_on_glusterfs(
         assert "(fuse.glusterfs)" in line, line
         assert "rename_noreplace=fallback tmpfile=fallback syncfs=fallback" in line, line
         assert "fcntl-locks=work" in line, line
+
+
+def test_a_mount_without_the_acl_option_refuses_acls_and_the_probe_says_so(
+    glusterfs: gluster.Volume,
+) -> None:
+    point = glusterfs.base / "noacl"
+    point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "glusterfs", f"{glusterfs.server}:/{glusterfs.name}", point], check=True
+    )
+    try:
+        fd = os.open(point, fsops.DIR_FLAGS)
+        try:
+            found = fscaps.probe(fd)
+        finally:
+            os.close(fd)
+        assert found.acls is False
+        assert "acls=REFUSED" in list(fscaps.describe(found))
+        with_acl = os.open(glusterfs.mounts[0], fsops.DIR_FLAGS)
+        try:
+            assert fscaps.probe(with_acl).acls is True
+        finally:
+            os.close(with_acl)
+    finally:
+        subprocess.run(["umount", point], check=True)

@@ -28,7 +28,8 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -347,12 +348,13 @@ def _fill(fd: int, chunks: Iterable[bytes], mode: int) -> None:
 @dataclass(frozen=True, slots=True)
 class Found:
     """What `probe` found in one folder: per primitive, native (True) or fallback (False);
-    whether fcntl locks work there (None: not tried, ``why`` says why)."""
+    whether fcntl locks work there; whether POSIX ACLs can be set (the processor grants each
+    uploader their outcomes/ folder by one; a GlusterFS mount without ``-o acl`` refuses)."""
 
     modes: dict[Primitive, bool]
-    locks: bool | None
+    locks: bool
     fstype: str
-    why: str = ""
+    acls: bool = True
 
 
 def probe(dir_fd: int) -> Found:
@@ -368,7 +370,7 @@ def probe(dir_fd: int) -> Found:
     try:
         tmp = os.open(name, fsops.DIR_FLAGS, dir_fd=dir_fd)
         try:
-            return Found(_probe_modes(tmp), _probe_locks(tmp), fstype)
+            return Found(_probe_modes(tmp), _probe_locks(tmp), fstype, _probe_acls(tmp))
         finally:
             _empty(tmp)
             os.close(tmp)
@@ -437,6 +439,28 @@ def _probe_locks(fd: int) -> bool:
         os.close(first)
 
 
+def _probe_acls(fd: int) -> bool:
+    from dittohead.receiver.processor.outcomes import acl_xattr
+
+    with _opened_new(fd, "acl") as file_fd:
+        try:
+            os.setxattr(file_fd, "system.posix_acl_access", acl_xattr(0o6, os.geteuid(), 0o4))
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                return False
+            raise
+    return True
+
+
+@contextmanager
+def _opened_new(dir_fd: int, name: str) -> Iterator[int]:
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 F_OFD_SETLK = 37
 F_OFD_SETLKW = 38
 
@@ -471,4 +495,5 @@ def describe(found: Found) -> Iterable[str]:
     """One word per primitive and for locking, for check's table."""
     for what in PRIMITIVES:
         yield f"{what}={'native' if found.modes[what] else 'fallback'}"
-    yield "fcntl-locks=" + {True: "work", False: "DO NOT WORK", None: "not tried"}[found.locks]
+    yield "fcntl-locks=" + ("work" if found.locks else "DO NOT WORK")
+    yield "acls=" + ("work" if found.acls else "REFUSED")

@@ -678,7 +678,16 @@ def check_filesystems(config: Config, lines: list[str]) -> list[Problem]:
         finally:
             os.close(fd)
         lines.append(f"file system: {folder} ({found.fstype}): {' '.join(fscaps.describe(found))}")
-        if found.locks is False:
+        if not found.acls and folder == config.dropbox:
+            problems.append(
+                Problem(
+                    str(folder),
+                    f"this {found.fstype} file system refuses POSIX ACLs, which the processor "
+                    "sets on each uploader's outcomes/ folder",
+                    "mount it with ACLs on (GlusterFS: -o acl; docs/admins/scale-out.md)",
+                )
+            )
+        if not found.locks:
             problems.append(
                 Problem(
                     str(folder),

@@ -263,7 +263,7 @@ def test_each_folder_gets_a_file_system_line_and_the_probe_leaves_nothing(
     folders = [server.config.dropbox, study / "inbox", study / "processing", server.destination]
     assert [line.split(" (")[0] for line in lines] == [f"file system: {f}" for f in folders]
     for line in lines:
-        assert "fcntl-locks=work" in line
+        assert "fcntl-locks=work" in line and "acls=work" in line
         for what in fscaps.PRIMITIVES:
             assert f"{what}={mode}" in line
     assert sorted(p for p in server.base.rglob("*")) == before

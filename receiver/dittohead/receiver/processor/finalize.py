@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError, describe_os_error
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.checked import unknown_source
 from dittohead.receiver.config.model import Config, Study
@@ -273,6 +273,9 @@ class StudyRun:
         self._publishing = ""
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False
+        # Set when folders of the tree could not be synced one by one (a file system without
+        # an honest syncfs): the records queued for them are not written (found by inode later).
+        self.tree_unsynced = False
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
@@ -286,11 +289,11 @@ class StudyRun:
             # cannot be, they are not written: the next run finds the files by inode. Nor are
             # they if the entry was taken over meanwhile: its new holder records them.
             with self.claims.lock.held():
-                flush = True
-                if self.ledger.queued_bytes:
+                flush = not self.tree_unsynced
+                if self.ledger.queued_bytes and flush:
                     try:
                         self.claims.check(self._publishing)
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, ())  # _publish synced what it wrote
                     except LeaseLost as exc:
                         log.warning("%s: %s", self.name, exc)
                         flush = False
@@ -476,6 +479,12 @@ class StudyRun:
         return summary
 
     def _resume_entry(self, item: JournalEntry) -> Summary:
+        with self._fenced(item.entry):
+            # Names a move reserved where the file system lacks RENAME_NOREPLACE (an empty
+            # 0000 folder), left by a crash before the rename onto them: the move never
+            # happened. One in done/ would otherwise pass for the entry finished.
+            for fd in (self.processing, self.done, self.quarantine):
+                fscaps.remove_placeholder(fd, item.entry)
         if exists(self.done, item.entry) or exists(self.quarantine, item.entry):
             # Finished (or quarantined) before the journal could be removed.
             with self._fenced(item.entry):
@@ -523,8 +532,9 @@ class StudyRun:
                     contextlib.suppress(OSError, OutOfSpace, LeaseLost),
                     self._fenced(item.entry),
                 ):
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
+                    if not self.tree_unsynced:
+                        fscaps.sync_written(self.dest, ())  # _publish synced what it wrote
+                        self.ledger.flush()
             else:
                 # Not staged: nothing is published; the journal still says "claiming", so the
                 # next run verifies and copies the entry again from scratch.
@@ -562,7 +572,7 @@ class StudyRun:
                         ahead.finish()
                     raise
                 ahead.finish()  # before the fd closes; raises what the thread met
-                fsops.syncfs(staging)
+                fscaps.sync_tree(staging)
             finally:
                 os.close(entry_fd)
                 os.close(staging)
@@ -638,7 +648,7 @@ class StudyRun:
                         # then leave the entry in processing/ with its journal for the next run
                         # (files that came with a folder and were not reached yet are in the
                         # tree and synced: the next run records them, finding them by inode).
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
                         raise Stopped()
                     staged = todo.pop()
@@ -656,7 +666,7 @@ class StudyRun:
                         # A big entry: make what is published so far durable and record it,
                         # as at a stop (a replay skips what is recorded), so the queue stays
                         # small.
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
             except Stopped:
                 raise  # between two files, as before folders moved whole: nothing more to write
@@ -668,15 +678,20 @@ class StudyRun:
                 # before its record). A real kill writes nothing: the next run finds them.
                 record_moved(self.ledger, up, todo, moved)
                 # Written now, while the lock is held: once it is let go, another host's
-                # duplicate check must see these files (if they cannot be, a replay records
-                # them).
-                with contextlib.suppress(OSError, OutOfSpace):
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
+                # duplicate check must see these files. The folders written into are synced
+                # one by one before they close where syncfs is not honest; if that fails, no
+                # record is written (the next run finds the files by inode).
+                try:
+                    fscaps.sync_written(self.dest, [*tree.fds(), staging])
+                except OSError:
+                    self.tree_unsynced = True
+                else:
+                    with contextlib.suppress(OSError, OutOfSpace):
+                        self.ledger.flush()
                 raise
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
-            fsops.syncfs(self.dest)
+            fscaps.sync_written(self.dest, [*tree.fds(), staging])
             self.ledger.flush()
             fault_point("flushed")
         finally:
@@ -740,7 +755,7 @@ class StudyRun:
         else anything. Writing the note again after a crash is harmless.
         """
         try:
-            fsops.renameat2(self.processing, entry, to_fd, entry)
+            fscaps.rename_noreplace(self.processing, entry, to_fd, entry)
         except PermissionError:
             log.warning(
                 "%s: %s: its owner took away the write bit a move needs; left in processing/",

@@ -36,7 +36,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.dropbox import OUTCOMES, source_of
 from dittohead.receiver.processor.journal import Journal
 
@@ -121,7 +121,9 @@ def _write(
             os.rename(tmp, f"{entry}.json", src_dir_fd=folder, dst_dir_fd=folder)
         else:
             try:
-                fsops.renameat2(folder, tmp, folder, f"{entry}.json")
+                # Never over another host's document (link()+unlink() where the file system
+                # refuses RENAME_NOREPLACE: a GlusterFS mount).
+                fscaps.rename_noreplace(folder, tmp, folder, f"{entry}.json")
             except FileExistsError:
                 os.unlink(tmp, dir_fd=folder)
         if sync:

@@ -234,7 +234,8 @@ def test_uploads_through_the_receiver_are_finalized_on_glusterfs(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Nothing left behind by the fallbacks: no placeholder, no temporary file.
     study = dep.base / "dropbox" / dep.study
-    assert os.listdir(study / "processing") == []
+    assert os.listdir(study / "processing") == [".claims"]  # the hosts' shared lock
+    assert os.listdir(study / "processing" / ".claims") == ["lock"]
     assert len(os.listdir(study / "done")) == 2
     check = dep.admin("check")
     lines = [line for line in check.stdout.splitlines() if line.startswith("file system: ")]

@@ -60,7 +60,8 @@ REFUSALS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSY
 FUSE_MAGIC = 0x65735546
 
 _lock = threading.Lock()
-#: (st_dev, forced) -> primitive -> native?  Only refusals are stored; absent means native.
+#: (st_dev, forced) -> primitive -> native?  Absent: native until refused (syncfs: decided by
+#: the mount's type on first use).
 _modes: dict[tuple[int, bool], dict[Primitive, bool]] = {}
 
 
@@ -113,9 +114,13 @@ def native(fd: int, what: Primitive) -> bool:
         known = _modes.get((dev, False), {}).get(what)
     if known is not None:
         return known
-    if what == "syncfs" and _is_fuse(fd):
-        refused(fd, "syncfs", "a FUSE file system: syncfs reaches no server")
-        return False
+    if what == "syncfs":
+        # Decided once per file system by its type (mountinfo is read once, not per sync).
+        if _is_fuse(fd):
+            refused(fd, "syncfs", "a FUSE file system: syncfs reaches no server")
+            return False
+        with _lock:
+            _modes.setdefault((dev, False), {}).setdefault("syncfs", True)
     return True
 
 
@@ -129,7 +134,7 @@ def refused(fd: int, what: Primitive, why: str) -> None:
     dev = os.fstat(fd).st_dev
     with _lock:
         seen = _modes.setdefault((dev, forced()), {})
-        first = what not in seen
+        first = seen.get(what) is not False
         seen[what] = False
     if first:
         log.info(

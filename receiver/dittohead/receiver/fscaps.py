@@ -25,7 +25,6 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterable, Iterator
@@ -328,7 +327,7 @@ def create_new(dir_fd: int, name: str, chunks: Iterable[bytes], mode: int = 0o60
     except FileExistsError:
         # Left by a killed process that had our pid (on this host or another one sharing
         # the folder): take a name of our own, which the janitor also knows.
-        tmp = f".{name}.{os.getpid()}{secrets.randbelow(10**9):09d}{fsops.TEMP_SUFFIX}"
+        tmp = f".{name}.{os.getpid()}{int.from_bytes(os.urandom(4)):010d}{fsops.TEMP_SUFFIX}"
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
@@ -370,7 +369,7 @@ def probe(dir_fd: int) -> Found:
 
     mount = mount_of(os.fstat(dir_fd).st_dev)
     fstype = mount.fstype if mount else "?"
-    name = f".dittohead-probe-{secrets.token_hex(6)}"
+    name = f".dittohead-probe-{os.urandom(6).hex()}"
     os.mkdir(name, 0o700, dir_fd=dir_fd)
     try:
         tmp = os.open(name, fsops.DIR_FLAGS, dir_fd=dir_fd)

@@ -153,7 +153,7 @@ def test_locks_exclude_across_mounts_and_locked_appends_are_seen_only_without_ca
     # exclusive, yet a mount reads a stale size and writes a number the other one wrote.
     caches_off(glusterfs, "on")
     try:
-        stale = locked_appends(*glusterfs.mounts[:2])
+        stale = locked_appends(glusterfs.mounts[0], glusterfs.mounts[1])
     finally:
         caches_off(glusterfs, "off")
     assert len(set(stale)) < len(stale), "GlusterFS's defaults became coherent: update the docs"
@@ -269,7 +269,7 @@ def dest(c: Cluster) -> Path:
 
 def versions(files: dict[str, bytes], path: str) -> list[bytes]:
     """The contents stored for `path`, version 1 first, up to the first missing number."""
-    out = []
+    out: list[bytes] = []
     while (name := version_name(path, len(out) + 1)) in files:
         out.append(files[name])
     return out

@@ -25,7 +25,6 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterable, Iterator
@@ -60,7 +59,8 @@ REFUSALS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSY
 FUSE_MAGIC = 0x65735546
 
 _lock = threading.Lock()
-#: (st_dev, forced) -> primitive -> native?  Only refusals are stored; absent means native.
+#: (st_dev, forced) -> primitive -> native?  Absent: native until refused (syncfs: decided by
+#: the mount's type on first use).
 _modes: dict[tuple[int, bool], dict[Primitive, bool]] = {}
 
 
@@ -113,9 +113,13 @@ def native(fd: int, what: Primitive) -> bool:
         known = _modes.get((dev, False), {}).get(what)
     if known is not None:
         return known
-    if what == "syncfs" and _is_fuse(fd):
-        refused(fd, "syncfs", "a FUSE file system: syncfs reaches no server")
-        return False
+    if what == "syncfs":
+        # Decided once per file system by its type (mountinfo is read once, not per sync).
+        if _is_fuse(fd):
+            refused(fd, "syncfs", "a FUSE file system: syncfs reaches no server")
+            return False
+        with _lock:
+            _modes.setdefault((dev, False), {}).setdefault("syncfs", True)
     return True
 
 
@@ -129,7 +133,7 @@ def refused(fd: int, what: Primitive, why: str) -> None:
     dev = os.fstat(fd).st_dev
     with _lock:
         seen = _modes.setdefault((dev, forced()), {})
-        first = what not in seen
+        first = seen.get(what) is not False
         seen[what] = False
     if first:
         log.info(
@@ -323,7 +327,7 @@ def create_new(dir_fd: int, name: str, chunks: Iterable[bytes], mode: int = 0o60
     except FileExistsError:
         # Left by a killed process that had our pid (on this host or another one sharing
         # the folder): take a name of our own, which the janitor also knows.
-        tmp = f".{name}.{os.getpid()}{secrets.randbelow(10**9):09d}{fsops.TEMP_SUFFIX}"
+        tmp = f".{name}.{os.getpid()}{int.from_bytes(os.urandom(4)):010d}{fsops.TEMP_SUFFIX}"
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
@@ -365,7 +369,7 @@ def probe(dir_fd: int) -> Found:
 
     mount = mount_of(os.fstat(dir_fd).st_dev)
     fstype = mount.fstype if mount else "?"
-    name = f".dittohead-probe-{secrets.token_hex(6)}"
+    name = f".dittohead-probe-{os.urandom(6).hex()}"
     os.mkdir(name, 0o700, dir_fd=dir_fd)
     try:
         tmp = os.open(name, fsops.DIR_FLAGS, dir_fd=dir_fd)

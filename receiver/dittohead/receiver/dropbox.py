@@ -9,6 +9,7 @@ docs/design.md ("The dropbox") describes the contract for people.
     <dropbox>/<study>/inbox/.<entry>/     staging: the receiver writes, as the collector
     <dropbox>/<study>/inbox/<entry>/      committed: waiting for the processor
     <dropbox>/<study>/processing/<entry>/ claimed by the processor
+    <dropbox>/<study>/processing/.claims/ the lock, journals and leases shared by the hosts
     <dropbox>/<study>/done/<entry>/       finalized; the collector's original kept
     <dropbox>/<study>/quarantine/<entry>/ refused, with ``<entry>.reason`` beside it
     <dropbox>/<study>/stale/.<entry>/     abandoned staging, moved aside by the janitor
@@ -31,6 +32,9 @@ STALE = "stale"
 #: per-uploader outcome documents (made by the processor when first needed; see
 #: processor/outcomes.py): ``outcomes/<uid>/<entry>.json``
 OUTCOMES = "outcomes"
+#: inside processing/: the study lock, each claimed entry's journal and lease, shared by every
+#: host's processor (see processor/lease.py)
+CLAIMS = ".claims"
 
 #: an entry's name while the receiver still writes it; nothing else in the inbox starts so
 STAGING_PREFIX = "."
@@ -68,6 +72,11 @@ STUDY_FOLDERS = (
 def study_dir(dropbox: Path, study: str) -> Path:
     """The study's folder in the dropbox."""
     return dropbox / study
+
+
+def claims_dir(dropbox: Path, study: str) -> Path:
+    """The study's shared claims folder (lock, journals, leases)."""
+    return study_dir(dropbox, study) / PROCESSING / CLAIMS
 
 
 def entry_name(source: str, now: float | None = None) -> str:

@@ -4,7 +4,9 @@ Everything the receiver and the processor do to the disk goes through these few 
 that the rules are in one place: never follow a symlink, never overwrite, never resolve a path
 from the root when a held directory fd can be used instead. The Linux-only calls that Python
 does not wrap (``renameat2``, ``openat2``, ``syncfs``, ``sync_file_range``) are reached through
-ctypes.
+ctypes. Where a file system lacks one of them (a cluster file system over FUSE or NFS), the
+functions here fall back to a way that keeps the same guarantee; `fscaps` finds out which
+file system needs which, once per file system, and says so once in the log.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ def open_beneath(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """
     if path in ("", "."):
         return os.open(".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=root_fd)
-    if _kernel.get("openat2", True):
+    from dittohead.receiver import fscaps  # builds on this module
+
+    if _kernel.get("openat2", True) and fscaps.native(root_fd, "openat2"):
         try:
             fd = openat2(
                 root_fd,
@@ -134,6 +138,7 @@ def open_beneath(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
             if exc.errno != errno.ENOSYS:
                 raise
             _kernel["openat2"] = False
+            fscaps.refused(root_fd, "openat2", "the kernel lacks it")
     return _walk_open(root_fd, path, flags, mode)
 
 
@@ -148,7 +153,12 @@ def _walk_open(root_fd: int, path: str, flags: int, mode: int) -> int:
             if current != root_fd:
                 os.close(current)
             current = nxt
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=current)
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=current)
+        if flags & O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode):
+            # O_PATH|O_NOFOLLOW opens the symlink itself; RESOLVE_NO_SYMLINKS refuses it.
+            os.close(fd)
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        return fd
     finally:
         if current != root_fd:
             os.close(current)
@@ -305,8 +315,10 @@ def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> 
     where the call is not available (e.g. ENOSYS, or a file system that refuses it), so the
     caller can stop asking.
     """
+    from dittohead.receiver import fscaps  # builds on this module
+
     func = _sync_file_range()
-    if func is None:
+    if func is None or fscaps.forced():
         return False
     flags = SYNC_FILE_RANGE_WRITE | (SYNC_FILE_RANGE_WAIT_BEFORE if wait else 0)
     if func(fd, offset, count, flags) != 0:

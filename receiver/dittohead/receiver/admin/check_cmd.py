@@ -1,8 +1,12 @@
 """``dittohead-admin check``: is this server set up the way docs/design.md says?
 
-Read-only. Each finding names the path (or account, or setting) that is wrong and the command
-that fixes it; the exit status is 0 only when there is nothing to report. The folder table is
-`init_cmd.layout` itself, so ``init`` and ``check`` can never disagree about what is right.
+Read-only but for one probe: in the dropbox, each study's inbox and processing folder and each
+destination, a temporary folder is made and removed again, to try the file-system primitives
+there for real (`fscaps.probe`); one line per folder says which of them run natively and which
+by their fallback, and whether fcntl locks work. Each finding names the path (or account, or
+setting) that is wrong and the command that fixes it; the exit status is 0 only when there is
+nothing to report. The folder table is `init_cmd.layout` itself, so ``init`` and ``check`` can
+never disagree about what is right.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dittohead.core.errors import ConfigError
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import group_name, user_name
 from dittohead.receiver.admin.init_cmd import layout
 from dittohead.receiver.admin.sshd_cmd import uploader_groups
@@ -647,10 +652,61 @@ def check_mail(config: Config, probe: Probe) -> list[Problem]:
     return problems
 
 
-def check(config: Config, probe: Probe | None = None) -> list[Problem]:
-    """Everything that is wrong with this deployment (empty: all is well)."""
+def _probe_folders(config: Config) -> list[Path]:
+    folders = [config.dropbox]
+    for name in config.studies:
+        folders += [config.study_dir(name) / "inbox", config.study_dir(name) / "processing"]
+    folders += [study.destination for study in config.studies.values()]
+    return folders
+
+
+def check_filesystems(config: Config, lines: list[str]) -> list[Problem]:
+    """Try the file-system primitives in each folder the receiver and processor write to; a
+    line for each into `lines`; a problem where fcntl locks do not work (several hosts
+    sharing the folder would then not serialize their ledger appends)."""
+    problems = []
+    for folder in _probe_folders(config):
+        try:
+            fd = os.open(folder, fsops.DIR_FLAGS)
+        except OSError:
+            continue  # missing or not a folder: check_layout / check_destinations say so
+        try:
+            found = fscaps.probe(fd)
+        except OSError as exc:
+            lines.append(f"file system: {folder}: could not be probed ({exc.strerror})")
+            continue
+        finally:
+            os.close(fd)
+        lines.append(f"file system: {folder} ({found.fstype}): {' '.join(fscaps.describe(found))}")
+        if not found.acls and folder == config.dropbox:
+            problems.append(
+                Problem(
+                    str(folder),
+                    f"this {found.fstype} file system refuses POSIX ACLs, which the processor "
+                    "sets on each uploader's outcomes/ folder",
+                    "mount it with ACLs on (GlusterFS: -o acl; docs/admins/scale-out.md)",
+                )
+            )
+        if not found.locks:
+            problems.append(
+                Problem(
+                    str(folder),
+                    f"fcntl locks do not work on this {found.fstype} file system",
+                    "mount it with locking (NFS: without nolock or local_lock), or run one "
+                    "host only (docs/admins/scale-out.md)",
+                )
+            )
+    return problems
+
+
+def check(
+    config: Config, probe: Probe | None = None, lines: list[str] | None = None
+) -> list[Problem]:
+    """Everything that is wrong with this deployment (empty: all is well). The file-system
+    lines (`check_filesystems`) go into `lines` where given."""
     probe = probe or Probe()
     return [
+        *check_filesystems(config, [] if lines is None else lines),
         *check_accounts(config),
         *check_layout(config),
         *check_destinations(config),
@@ -668,7 +724,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
         sshd_config=args.sshd_config,
         unit_dirs=tuple(args.unit_dirs) if args.unit_dirs else UNIT_DIRS,
     )
-    problems = check(config, probe)
+    lines: list[str] = []
+    problems = check(config, probe, lines)
+    for line in lines:
+        print(line)
     for problem in problems:
         print(problem.line())
     if problems:

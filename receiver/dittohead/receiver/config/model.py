@@ -12,6 +12,7 @@ it needs that ``dittohead-admin check`` writes (`dittohead.receiver.config.check
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -243,6 +244,30 @@ class Stations(_Model):
     silent_after: Duration | None = None
 
 
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _this_host() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+class Cluster(_Model):
+    """Several hosts on one dropbox (docs/admins/scale-out.md)."""
+
+    #: this host's name in the leases it writes; unique among the hosts (default: the host name)
+    host: str = Field(default_factory=_this_host)
+    #: how long a claimed entry stays with a host that stopped renewing its lease before
+    #: another host takes it over (renewed every quarter of it while the host works)
+    lease: Duration = 300.0
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name (letters, digits, '.', '_', '-')")
+        return value
+
+
 class Config(_Model):
     dropbox: AbsolutePath
     socket: AbsolutePath = Path("/run/dittohead/processor.sock")
@@ -258,6 +283,7 @@ class Config(_Model):
     mail: Mail | None = None
     disk: Disk = Disk()
     stations: Stations = Stations()
+    cluster: Cluster = Cluster()
 
     @field_validator("sources")
     @classmethod

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import groups_of
 from dittohead.receiver.dropbox import ENTRY_RE, is_staging, source_of
 
@@ -108,7 +108,7 @@ def claim(inbox_fd: int, processing_fd: int, cand: Candidate) -> None:
         if (st.st_dev, st.st_ino) != (cand.dev, cand.ino):
             raise ClaimLost(f"{cand.name}: replaced before it was claimed")
         try:
-            fsops.renameat2(inbox_fd, cand.name, processing_fd, cand.name)
+            fscaps.rename_noreplace(inbox_fd, cand.name, processing_fd, cand.name)
         except PermissionError:
             # Moving a folder to another parent rewrites its "..", which needs write
             # permission on the folder itself: the uploader chmodded their entry (the receiver

@@ -1,11 +1,14 @@
 """The processor: finalize committed uploads into each study's destination tree.
 
 ``claim → verify → publish → ledger → done``, one entry at a time, under a lock so only one
-processor works at once. Each uploader's entries are finalized in commit order, taking turns
-round-robin with the other uploaders' (`claim.fair_order`), so one flood cannot starve the rest.
-This is dittohead's security boundary (docs/design.md, "Trust boundaries"): it runs as the dittohead
-user and trusts nothing in the inbox but the kernel. It is also the one place where acknowledged
-data could be lost, so every step is journaled and idempotent (see `journal`).
+processor works at once on a host. Several hosts may work on one dropbox at the same time: each
+entry is claimed by one of them, under the study's shared lock, with a lease another host takes
+over when it expires; every step that changes shared state is fenced (processor/lease.py).
+Each uploader's entries are finalized in commit order, taking turns round-robin with the other
+uploaders' (`claim.fair_order`), so one flood cannot starve the rest. This is dittohead's
+security boundary (docs/design.md, "Trust boundaries"): it runs as the dittohead user and
+trusts nothing in the inbox but the kernel. It is also the one place where acknowledged data
+could be lost, so every step is journaled and idempotent (see `journal`).
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dittohead.core.errors import DittoheadError, OutOfSpace, ServerError, describe_os_error
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.checked import unknown_source
 from dittohead.receiver.config.model import Config, Study
-from dittohead.receiver.dropbox import DONE, INBOX, PROCESSING, QUARANTINE, source_of
+from dittohead.receiver.dropbox import (
+    DONE,
+    INBOX,
+    PROCESSING,
+    QUARANTINE,
+    claims_dir,
+    source_of,
+)
 from dittohead.receiver.processor import janitor, notices, outcomes
 from dittohead.receiver.processor.claim import (
+    Candidate,
     ClaimDenied,
     ClaimLost,
     EntryRejected,
@@ -40,6 +51,7 @@ from dittohead.receiver.processor.claim import (
     may_upload,
 )
 from dittohead.receiver.processor.journal import Journal, JournalEntry
+from dittohead.receiver.processor.lease import Claims, Heartbeat, LeaseLost
 from dittohead.receiver.processor.ledger import LEDGER_DIR, Ledger
 from dittohead.receiver.processor.publish import (
     MovedFolders,
@@ -82,18 +94,20 @@ _ENTRY_CHANGED = frozenset(
 )
 
 
-def _parse_crash_at(value: str | None) -> tuple[str, int] | None:
+def _parse_crash_at(value: str | None) -> tuple[str, int, signal.Signals] | None:
     if not value:
         return None
-    step, _, nth = value.partition(":")
-    if step not in CRASH_STEPS:
-        raise ValueError(f"DITTOHEAD_TEST_CRASH_AT: unknown step {step!r}")
-    return step, int(nth or "1")
+    step, _, rest = value.partition(":")
+    nth, _, how = rest.partition(":")
+    if step not in CRASH_STEPS or how not in ("", "stop"):
+        raise ValueError(f"DITTOHEAD_TEST_CRASH_AT: unknown step {value!r}")
+    return step, int(nth or "1"), signal.SIGSTOP if how else signal.SIGKILL
 
 
 # TEST ONLY. DITTOHEAD_TEST_CRASH_AT=<step>[:<n>] makes the processor SIGKILL itself the n-th
 # time (default: the first) a pass reaches <step> (one of CRASH_STEPS), so that tests can prove
-# a restart after a kill at exactly that instant loses nothing and stores nothing twice. Read
+# a restart after a kill at exactly that instant loses nothing and stores nothing twice; with
+# ``:stop`` after <n> it SIGSTOPs itself instead (a frozen host, for the fencing tests). Read
 # once, at import; unset (as it always is in production) `fault_point` does nothing. Nothing
 # an uploader controls can set it: the processor's environment comes from its unit.
 _CRASH_AT = _parse_crash_at(os.environ.get("DITTOHEAD_TEST_CRASH_AT"))
@@ -106,7 +120,7 @@ def fault_point(step: str) -> None:
         return
     _crash_seen[step] = _crash_seen.get(step, 0) + 1
     if _crash_seen[step] == _CRASH_AT[1]:
-        os.kill(os.getpid(), signal.SIGKILL)  # no finally blocks, no flush: a real crash
+        os.kill(os.getpid(), _CRASH_AT[2])  # no finally blocks, no flush: a real crash
 
 
 class KernelSettingError(DittoheadError):
@@ -115,6 +129,14 @@ class KernelSettingError(DittoheadError):
     the processor again."""
 
     exit_code = 78
+
+
+class Blocked(Exception):
+    """Another entry was left part-published by a host that may still come back to it; this
+    one waits (staged, with its journal) for a later pass."""
+
+    def __init__(self, entry: str, host: str) -> None:
+        super().__init__(f"{entry} of host {host} was left part-published")
 
 
 class Stopped(Exception):
@@ -224,41 +246,78 @@ class StudyRun:
         # publishing is a rename), until the whole entry has been verified.
         self.staging_root = self._keep(_open_sub(meta, "staging", 0o700))
         self.inbox_dev = os.fstat(self.inbox).st_dev
-        self.journal = Journal(config.state_dir, name)
+        # Shared by every host working on this dropbox: the study lock, journals and leases.
+        claims = claims_dir(config.dropbox, name)
+        self.journal = Journal(claims)
+        self.claims = Claims(claims, config.cluster.host, config.cluster.lease)
+        try:
+            with self.claims.lock.held():
+                # Journals of a processor from before they were shared are this host's own.
+                self.journal.adopt(config.state_dir / "journal" / name)
+                self.claims.sweep(set(self.journal.entries()))
+        except BaseException:
+            self.claims.close()
+            raise
         summaries = config.state_dir / "ledgers"
-        # As the journal's: a summary's temporary file left by a killed processor is garbage.
+        # A summary's temporary file left by a killed processor is garbage (host-local).
         fsops.remove_leftover_temps(summaries)
-        # The uploads a crash may have left part-recorded are exactly those with a journal.
-        self.ledger = Ledger(
-            self.dest, replay=self.journal.entries(), summary=summaries / f"{name}.summary"
-        )
+        try:
+            # The uploads a crash left part-recorded are told to it as they are resumed
+            # (`Ledger.add_replay`): which those are is known only once their lease is taken.
+            self.ledger = Ledger(self.dest, replay=(), summary=summaries / f"{name}.summary")
+        except BaseException:
+            self.claims.close()
+            raise
+        self.heartbeat = Heartbeat(self.claims)
+        #: the entry whose records the ledger may hold queued (see `close`)
+        self._publishing = ""
         # Set when the destination ran out of space: the rest of this pass is left for later.
         self.out_of_space = False
+        # Set when folders of the tree could not be synced one by one (a file system without
+        # an honest syncfs): the records queued for them are not written (found by inode later).
+        self.tree_unsynced = False
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
         return fd
 
     def close(self) -> None:
+        self.heartbeat.stop()
         try:
             # Records still queued (a pass that failed while publishing) describe files in the
             # tree: as in _publish, the tree is made durable before the ledger says so. If it
-            # cannot be, they are not written: the next run finds the files by inode.
-            flush = True
-            if self.ledger.queued_bytes:
-                try:
-                    fsops.syncfs(self.dest)
-                except OSError as exc:
-                    log.error("%s: the study tree could not be synced (%s)", self.name, exc)
-                    flush = False
-            self.ledger.close(flush=flush)
+            # cannot be, they are not written: the next run finds the files by inode. Nor are
+            # they if the entry was taken over meanwhile: its new holder records them.
+            with self.claims.lock.held():
+                flush = not self.tree_unsynced
+                if self.ledger.queued_bytes and flush:
+                    try:
+                        self.claims.check(self._publishing)
+                        fscaps.sync_written(self.dest, ())  # _publish synced what it wrote
+                    except LeaseLost as exc:
+                        log.warning("%s: %s", self.name, exc)
+                        flush = False
+                    except OSError as exc:
+                        log.error("%s: the study tree could not be synced (%s)", self.name, exc)
+                        flush = False
+                self.ledger.close(flush=flush)
         except OutOfSpace as exc:
             # The records not written describe files the journal still lists: the next run
             # finds them again by inode and records them then.
             log.error("%s: %s; the ledger will be completed on a later run", self.name, exc)
         finally:
+            self.claims.close()
             for fd in self._fds:
                 os.close(fd)
+
+    @contextlib.contextmanager
+    def _fenced(self, entry: str) -> Iterator[None]:
+        """Hold the study lock with our lease on `entry` checked: what happens inside cannot
+        interleave with another host's work, and never happens once the entry was taken over
+        (`LeaseLost`)."""
+        with self.claims.lock.held():
+            self.claims.check(entry)
+            yield
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -268,14 +327,28 @@ class StudyRun:
         summary.stale += len(
             janitor.sweep(self.study_fd, self.inbox, self.config.limits.stale_after)
         )
-        # First finish whatever a previous run was doing when it stopped.
+        # First finish whatever a previous run (or a host that died) was doing when it
+        # stopped; entries another live host holds are its own.
         for entry in self.journal.entries():
             self._check_stop()
-            item = self.journal.read(entry)
+            item = self._take_over(entry)
             if item is not None:
                 summary.add(self._resume(item))
             if self.out_of_space:
                 return summary
+        # Another host may hold an uploader's earlier entry; that uploader's later ones are
+        # skipped then, and looked at again once this host claimed something else meanwhile
+        # (the other host may have finished by then): a pass ends with nothing claimable.
+        again = True
+        while again and not self.out_of_space:
+            skipped: set[int] = set()  # uploaders with an entry another host is working on
+            claimed = self._claim_round(skipped, summary)
+            again = bool(skipped) and claimed
+        return summary
+
+    def _claim_round(self, skipped: set[int], summary: Summary) -> bool:
+        """Claim and finalize what the inbox holds now; whether anything was claimed."""
+        claimed = False
         allowed = []
         for cand in committed_entries(self.inbox):
             if may_upload(cand.uid, self.study.uploaders):
@@ -293,6 +366,68 @@ class StudyRun:
             outcomes.waiting(self.study_fd, cand.uid, cand.name, iso_utc(cand.ctime_ns))
         for cand in fair_order(allowed):
             self._check_stop()
+            if cand.uid in skipped:
+                continue  # their later entries wait too: versions follow the commit order
+            item = self._claim(cand, skipped, summary)
+            if item is None:
+                continue
+            fault_point("claimed")
+            summary.add(self._resume(item))
+            claimed = True
+            if self.out_of_space:
+                # Stop here rather than let this uploader's later entries (or anyone's) take
+                # version names ahead of the deferred one.
+                break
+        return claimed
+
+    def _take_over(self, entry: str) -> JournalEntry | None:
+        """The journal of `entry` with its lease made ours, if nobody else may be working on
+        it (its holder is known dead or its lease expired); None to leave it be."""
+        with self.claims.lock.held():
+            item = self.journal.read(entry)
+            if item is None:
+                return None  # finished by its holder since the listing
+            lease = self.claims.read(entry)
+            if not self.claims.may_take(lease):
+                return None
+            if lease is not None and lease.holder.host != self.claims.me.host:
+                log.warning(
+                    "%s: taking over %s from host %s, whose lease expired",
+                    self.name,
+                    entry,
+                    lease.holder.host,
+                )
+            self.claims.take(entry, item.uid, publishing=lease is not None and lease.publishing)
+            return item
+
+    def _clear_the_way(self, entry: str) -> None:
+        """Under the lock, before `entry` is published: finish first any entry left
+        part-published (`Claims.publishing`), or raise `Blocked` while its holder may still
+        come back to it. Files it put into the tree may have no ledger record yet: another
+        entry's duplicate check would not see them and store the same content again."""
+        for lease in self.claims.publishing():
+            if lease.entry == entry:
+                continue
+            item = self._take_over(lease.entry)
+            if item is None:
+                raise Blocked(lease.entry, lease.holder.host)
+            self._resume_entry(item)
+
+    def _claim(self, cand: Candidate, skipped: set[int], summary: Summary) -> JournalEntry | None:
+        """Claim `cand` under the study lock: journal, lease, then the move to processing/.
+        None when it is not ours to finish (another host has it or its uploader's earlier
+        entry; it left the inbox; it was refused and quarantined)."""
+        with self.claims.lock.held():
+            if self.journal.read(cand.name) is not None:
+                # Another host claimed it since the listing: this uploader's later entries
+                # wait for it.
+                skipped.add(cand.uid)
+                return None
+            if any(lease.uid == cand.uid for lease in self.claims.leases()):
+                # Another host works on an earlier entry of this uploader: this one must wait,
+                # or its versions could take names ahead of that one's.
+                skipped.add(cand.uid)
+                return None
             item = JournalEntry(
                 entry=cand.name,
                 study=self.name,
@@ -303,45 +438,64 @@ class StudyRun:
                 ino=cand.ino,
             )
             self.journal.write(item)
+            self.claims.take(cand.name, cand.uid)
             fault_point("claiming")
             try:
                 claim(self.inbox, self.processing, cand)
             except ClaimDenied as exc:
                 log.warning("%s: %s", self.name, exc)
-                self.journal.remove(cand.name)
-                continue
+                self._forget_claim(cand.name)
+                return None
             except ClaimLost as exc:
                 log.info("%s: %s", self.name, exc)
-                self.journal.remove(cand.name)
-                outcomes.forget(self.study_fd, cand.uid, cand.name)  # its owner took it back
-                continue
+                self._forget_claim(cand.name)
+                if not any(exists(fd, cand.name) for fd in (self.done, self.quarantine)):
+                    outcomes.forget(self.study_fd, cand.uid, cand.name)  # its owner took it back
+                return None
             except EntryRejected as exc:
                 summary.add(self._quarantine(cand.name, str(exc)))
-                continue
-            fault_point("claimed")
-            summary.add(self._resume(item))
-            if self.out_of_space:
-                # Stop here rather than let this uploader's later entries (or anyone's) take
-                # version names ahead of the deferred one.
-                break
-        return summary
+                return None
+            return item
+
+    def _forget_claim(self, entry: str) -> None:
+        self.journal.remove(entry)
+        self.claims.release(entry)
 
     def _resume(self, item: JournalEntry) -> Summary:
         self.current = item.entry
-        summary = self._resume_entry(item)
+        try:
+            with self.heartbeat.renewing(item.entry):
+                summary = self._resume_entry(item)
+        except LeaseLost as exc:
+            # Frozen past our lease: another host finishes it; nothing was written since.
+            log.warning("%s: %s; left to it", self.name, exc)
+            summary = Summary()
+        except Blocked as exc:
+            log.warning(
+                "%s: %s: %s is published after it, on a later pass", self.name, exc, item.entry
+            )
+            summary = Summary(deferred=1)
         self.current = None  # not in a finally: an error keeps the entry for the caller's line
         return summary
 
     def _resume_entry(self, item: JournalEntry) -> Summary:
+        with self._fenced(item.entry):
+            # Names a move reserved where the file system lacks RENAME_NOREPLACE (an empty
+            # 0000 folder), left by a crash before the rename onto them: the move never
+            # happened. One in done/ would otherwise pass for the entry finished.
+            for fd in (self.processing, self.done, self.quarantine):
+                fscaps.remove_placeholder(fd, item.entry)
         if exists(self.done, item.entry) or exists(self.quarantine, item.entry):
             # Finished (or quarantined) before the journal could be removed.
-            notices.replayed(self.config, self.name, item, self.quarantine)  # notice hook
-            self._cleanup(item.entry)
+            with self._fenced(item.entry):
+                notices.replayed(self.config, self.name, item, self.quarantine)  # notice hook
+                self._cleanup(item.entry)
             return Summary()
         if not exists(self.processing, item.entry):
             if item.step == "claiming":
                 # The claim never happened (crash between journal and rename): forget it.
-                self.journal.remove(item.entry)
+                with self._fenced(item.entry):
+                    self._forget_claim(item.entry)
                 return Summary()
             raise ServerError(f"{self.name}: {item.entry} is journaled but not in processing/")
         try:
@@ -353,7 +507,17 @@ class StudyRun:
                     raise EntryRejected(refused)
                 self.hooks.progress(f"verifying {self.name} {item.entry}")
                 self._stage(item)
-            return self._publish(item)
+            elif item.step == "staged":
+                # Resumed after a crash or taken over: some files may be recorded already.
+                with self._fenced(item.entry):
+                    self.ledger.add_replay(item.entry)
+            # The whole of publishing under the lock: the duplicate check, the version names,
+            # the ledger's chain and the move to done/ are decided on what every host did.
+            with self._fenced(item.entry):
+                self._clear_the_way(item.entry)
+                self.claims.mark_publishing(item.entry)
+                self.ledger.catch_up()  # what other hosts recorded since
+                return self._publish(item)
         except EntryRejected as exc:
             return self._quarantine(item.entry, str(exc))
         except OutOfSpace as exc:
@@ -364,13 +528,18 @@ class StudyRun:
                 # (the entry stays in processing/): the next run carries on from them, and finds
                 # any copy renamed but not yet recorded by its inode. Record what moved now if
                 # the ledger still has room; if not, that replay records it.
-                with contextlib.suppress(OSError, OutOfSpace):
-                    fsops.syncfs(self.dest)
-                    self.ledger.flush()
+                with (
+                    contextlib.suppress(OSError, OutOfSpace, LeaseLost),
+                    self._fenced(item.entry),
+                ):
+                    if not self.tree_unsynced:
+                        fscaps.sync_written(self.dest, ())  # _publish synced what it wrote
+                        self.ledger.flush()
             else:
                 # Not staged: nothing is published; the journal still says "claiming", so the
                 # next run verifies and copies the entry again from scratch.
-                self._remove_staging(item.entry)
+                with contextlib.suppress(LeaseLost), self._fenced(item.entry):
+                    self._remove_staging(item.entry)
             return Summary(deferred=1)
 
     def _stage(self, item: JournalEntry) -> None:
@@ -403,7 +572,7 @@ class StudyRun:
                         ahead.finish()
                     raise
                 ahead.finish()  # before the fd closes; raises what the thread met
-                fsops.syncfs(staging)
+                fscaps.sync_tree(staging)
             finally:
                 os.close(entry_fd)
                 os.close(staging)
@@ -425,7 +594,8 @@ class StudyRun:
         item.step = "staged"
         item.files = list(staged.files)
         item.dirs = list(staged.dirs)
-        self.journal.write(item)
+        with self._fenced(item.entry):
+            self.journal.write(item)
         fault_point("staged")
 
     def _publish(self, item: JournalEntry) -> Summary:
@@ -438,6 +608,7 @@ class StudyRun:
             recorded_at=iso_utc(time.time_ns()),
         )
         summary = Summary(entries=1, finalized=[item.entry])
+        self._publishing = item.entry
         finished = notices.Finished()  # notice hook: counts and first names
         staging = os.open(item.entry, fsops.DIR_FLAGS, dir_fd=self.staging_root)
         tree = TreeDirs(self.dest)
@@ -477,7 +648,7 @@ class StudyRun:
                         # then leave the entry in processing/ with its journal for the next run
                         # (files that came with a folder and were not reached yet are in the
                         # tree and synced: the next run records them, finding them by inode).
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
                         raise Stopped()
                     staged = todo.pop()
@@ -495,7 +666,7 @@ class StudyRun:
                         # A big entry: make what is published so far durable and record it,
                         # as at a stop (a replay skips what is recorded), so the queue stays
                         # small.
-                        fsops.syncfs(self.dest)
+                        fscaps.sync_written(self.dest, [*tree.fds(), staging])
                         self.ledger.flush()
             except Stopped:
                 raise  # between two files, as before folders moved whole: nothing more to write
@@ -506,10 +677,21 @@ class StudyRun:
                 # longer in `todo`: it went by itself (a moved folder's file raises nothing
                 # before its record). A real kill writes nothing: the next run finds them.
                 record_moved(self.ledger, up, todo, moved)
+                # Written now, while the lock is held: once it is let go, another host's
+                # duplicate check must see these files. The folders written into are synced
+                # one by one before they close where syncfs is not honest; if that fails, no
+                # record is written (the next run finds the files by inode).
+                try:
+                    fscaps.sync_written(self.dest, [*tree.fds(), staging])
+                except OSError:
+                    self.tree_unsynced = True
+                else:
+                    with contextlib.suppress(OSError, OutOfSpace):
+                        self.ledger.flush()
                 raise
             # Data and names on disk before the ledger says "stored" (one syncfs, not one
             # fsync per file); then the ledger; only then is the entry done.
-            fsops.syncfs(self.dest)
+            fscaps.sync_written(self.dest, [*tree.fds(), staging])
             self.ledger.flush()
             fault_point("flushed")
         finally:
@@ -523,7 +705,7 @@ class StudyRun:
         fault_point("done")
         self._remove_staging(item.entry)
         fault_point("cleaned")
-        self.journal.remove(item.entry)
+        self._forget_claim(item.entry)
         log.info(
             "%s: finalized %s from %s (%d stored, %d duplicates)",
             self.name,
@@ -535,6 +717,10 @@ class StudyRun:
         return summary
 
     def _quarantine(self, entry: str, reason: str) -> Summary:
+        with self._fenced(entry):
+            return self._quarantine_fenced(entry, reason)
+
+    def _quarantine_fenced(self, entry: str, reason: str) -> Summary:
         log.error("%s: quarantined %s: %s", self.name, entry, reason)
         # The reason first, then the move: a crash in between leaves the entry in processing/
         # to be judged again, never an entry in quarantine/ without its reason.
@@ -569,7 +755,7 @@ class StudyRun:
         else anything. Writing the note again after a crash is harmless.
         """
         try:
-            fsops.renameat2(self.processing, entry, to_fd, entry)
+            fscaps.rename_noreplace(self.processing, entry, to_fd, entry)
         except PermissionError:
             log.warning(
                 "%s: %s: its owner took away the write bit a move needs; left in processing/",
@@ -590,7 +776,7 @@ class StudyRun:
 
     def _cleanup(self, entry: str) -> None:
         self._remove_staging(entry)
-        self.journal.remove(entry)
+        self._forget_claim(entry)
 
     def _remove_staging(self, entry: str) -> None:
         with contextlib.suppress(FileNotFoundError):

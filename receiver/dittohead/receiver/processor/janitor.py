@@ -20,7 +20,7 @@ import os
 import stat
 import time
 
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.dropbox import STAGING_RE, STALE
 
@@ -83,7 +83,7 @@ def sweep(study_fd: int, inbox_fd: int, stale_after: float, now_ns: int | None =
             if idle_s < stale_after:
                 continue
             try:
-                fsops.renameat2(inbox_fd, name, stale_fd, name)
+                fscaps.rename_noreplace(inbox_fd, name, stale_fd, name)
             except OSError as exc:
                 log.warning("janitor: could not move %s aside: %s", name, exc)
                 continue

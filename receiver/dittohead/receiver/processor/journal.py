@@ -1,7 +1,10 @@
 """The processor's journal: what it was doing, so that a restart after a kill finishes it.
 
-One small JSON file per entry in ``<state_dir>/journal/<study>/``, replaced atomically (write,
-fsync, rename, fsync the folder) at each step:
+One small JSON file per entry in the study's shared claims folder,
+``<dropbox>/<study>/processing/.claims/`` (beside the entry's lease, processor/lease.py), so
+that another host can finish an entry whose host died. Written only under the study lock, by
+the holder of the entry's lease; replaced atomically (write, fsync, rename, fsync the folder)
+at each step:
 
 - ``claiming`` — written *before* the entry leaves the inbox, with the arrival time (the commit
   rename's ctime, the server's clock) and the uploader's uid;
@@ -76,12 +79,12 @@ _FILE_FIELDS = tuple(f.name for f in fields(StagedFile))
 
 
 class Journal:
-    def __init__(self, state_dir: Path, study: str) -> None:
-        self.dir = state_dir / "journal" / study
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # A processor killed while it replaced a journal file left its temporary file: the
-        # journal itself is whole (the old file or the new one), the temporary one is garbage.
-        fsops.remove_leftover_temps(self.dir)
+    def __init__(self, folder: Path) -> None:
+        """The journal in `folder` (the study's claims folder). A temporary file a killed
+        processor left there is removed by `lease.Claims.sweep`, under the study lock: without
+        it, it could be another host's write in progress."""
+        self.dir = folder
+        self.dir.mkdir(exist_ok=True, mode=0o700)
 
     def _path(self, entry: str) -> Path:
         return self.dir / f"{entry}.json"
@@ -102,3 +105,17 @@ class Journal:
     def remove(self, entry: str) -> None:
         self._path(entry).unlink(missing_ok=True)
         fsops.fsync_folder(self.dir)
+
+    def adopt(self, old: Path) -> None:
+        """Move the journal files a processor from before the shared journal left in `old`
+        (``<state_dir>/journal/<study>/``) into this one (under the study lock). They have no
+        lease, so this host finishes them: they are its own, from before an upgrade."""
+        if not old.is_dir():
+            return
+        fsops.remove_leftover_temps(old)  # host-local: only this host's processor wrote there
+        for path in sorted(old.glob("*.json")):
+            if not path.name.startswith(".") and not self._path(path.stem).exists():
+                fsops.replace_file(self._path(path.stem), (path.read_bytes(),))
+                fsops.fsync_folder(self.dir)
+            path.unlink()
+        fsops.fsync_folder(old)

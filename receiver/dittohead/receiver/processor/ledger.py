@@ -7,9 +7,16 @@ record's canonical JSON), so editing, dropping or reordering any line breaks the
 ``dittohead-admin verify`` reports.
 
 The file is only ever appended to. A crash can leave a torn last line; it is cut off when the
-ledger is next opened for writing (it was never acknowledged: the processor only moves an entry
-to ``done/`` after the ledger's fsync), and the processor then re-records the file from its
-journal.
+ledger is next written under the study lock (it was never acknowledged: the processor only
+moves an entry to ``done/`` after the ledger's fsync), and the processor then re-records the
+file from its journal.
+
+Several hosts may append to one ledger (docs/design.md, "Several hosts"). Each keeps what it
+knows of the file (count, last hash, path filter, the versions of the paths it asked about) up
+to `Ledger._end`, the bytes it has taken in. Appends, and the duplicate check they rest on,
+happen only under the study's fcntl lock (processor/lease.py), after `catch_up` has taken in
+whatever other hosts appended since: so each host decides "same content already stored" on
+the whole ledger, and writes its lines where the chain really ends.
 """
 
 from __future__ import annotations
@@ -196,6 +203,11 @@ class Ledger:
         )
         self.count = 0
         self._prev = GENESIS
+        #: bytes of whole lines taken in (read, or written by this process); past it, only lines
+        #: other hosts appended (or a torn one, cut off by `catch_up` under the lock)
+        self._end = 0
+        #: the count and last hash before the first of the queued lines (see `catch_up`)
+        self._base: tuple[int, str] = (0, GENESIS)
         # Encoded lines waiting for `flush`, back to back: one buffer written as it is, rather
         # than one bytes object per line joined into a second copy at the flush.
         self._pending = bytearray()
@@ -216,7 +228,7 @@ class Ledger:
         self._versions: dict[str, str | dict[str, str]] = {}
         self._filter = bytearray()
         self._mask = 0
-        self._replay = frozenset(replay)
+        self._replay = set(replay)
         self._seen: dict[tuple[str, str], tuple[str, Outcome]] = {}
         self._load()
 
@@ -229,24 +241,79 @@ class Ledger:
             bits = _filter_bits(2 * size)
             self._filter = bytearray(bits >> 3)
             self._mask = bits - 1
+        # A torn last line is not taken in; it is cut off by `catch_up`, under the lock: here
+        # it may be another host's line being written.
+        self._end = self._take_in(whole)
+
+    def _take_in(self, offset: int) -> int:
+        """Take in the whole lines from `offset` on; return the offset after the last one."""
         with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
-            fh.seek(whole)
+            fh.seek(offset)
             for raw in fh:
                 if not raw.endswith(b"\n"):
                     break
-                whole += len(raw)
+                offset += len(raw)
                 if not raw.strip():
                     continue
                 doc = _loads(raw)
                 self.count += 1
                 self._prev = doc["hash"]
-                self._mark(doc["path"])
+                path = doc["path"]
+                self._mark(path)
+                if path in self._versions:  # complete for the paths it has: keep it so
+                    self._add_version(path, doc["sha256"], doc["stored_as"])
                 if doc["upload"] in self._replay:
-                    self._seen[(doc["upload"], doc["path"])] = (doc["stored_as"], doc["outcome"])
-        if whole != size:
-            # A torn line from a crash: never acknowledged, cut it off (see module docstring).
-            os.ftruncate(self._fd, whole)
+                    self._seen[(doc["upload"], path)] = (doc["stored_as"], doc["outcome"])
+        return offset
+
+    def catch_up(self) -> None:
+        """Take in what other hosts appended since `_end` (call it holding the study lock).
+
+        Under the lock nobody is writing, so a torn last line is a writer's crash: never
+        acknowledged, it is cut off (see the module docstring). Lines still queued here were
+        chained onto the old end: they are chained again onto the new one.
+        """
+        size = os.fstat(self._fd).st_size
+        if size == self._end:
+            return
+        queued = self._unqueue()
+        self._end = self._take_in(self._end)
+        if self._end != size:
+            os.ftruncate(self._fd, self._end)
             os.fsync(self._fd)
+        for record in queued:
+            self._encode(record)
+
+    def _unqueue(self) -> list[Record]:
+        """The queued records, taken back out of the queue (count and last hash as before)."""
+        if not self._pending:
+            return []
+        records = []
+        for raw in bytes(self._pending).splitlines():
+            doc = json.loads(raw)
+            records.append(Record(**{name: doc[name] for name in _RECORD_FIELDS}))
+        self.count, self._prev = self._base
+        self._pending = bytearray()
+        return records
+
+    def add_replay(self, upload: str) -> None:
+        """Make `recorded` answer for `upload` too (an entry resumed after a crash or taken
+        over from another host): one read of the ledger for its records."""
+        if upload in self._replay:
+            return
+        self._replay.add(upload)
+        key = f'"upload":{json.dumps(upload, ensure_ascii=False)}'.encode()
+        with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as fh:
+            fh.seek(0)  # the dup shares the fd's offset
+            done = 0
+            for raw in fh:
+                if done >= self._end or not raw.endswith(b"\n"):
+                    break
+                done += len(raw)
+                if key in raw or b"\\" in raw:
+                    doc = _loads(raw)
+                    if doc["upload"] == upload:
+                        self._seen[(upload, doc["path"])] = (doc["stored_as"], doc["outcome"])
 
     def _resume(self, size: int) -> int:
         """Take count, last hash and filter from the summary a previous pass left, if it still
@@ -298,7 +365,7 @@ class Ledger:
         if self._summary is None or self._pending:
             return
         st = os.fstat(self._fd)
-        if len(self._filter) * 8 < _filter_bits(st.st_size):
+        if len(self._filter) * 8 < _filter_bits(self._end):
             # The ledger has outgrown its filter: the next open reads it all and sizes anew.
             with contextlib.suppress(FileNotFoundError):
                 self._summary.unlink()
@@ -307,7 +374,7 @@ class Ledger:
             if have:  # this run's paths (the others are marked already, or have no record)
                 self._mark(path)
         head = {
-            "v": 1, "dev": st.st_dev, "ino": st.st_ino, "offset": st.st_size,
+            "v": 1, "dev": st.st_dev, "ino": st.st_ino, "offset": self._end,
             "count": self.count, "prev": self._prev, "bits": len(self._filter) * 8,
         }  # fmt: skip
         try:
@@ -424,9 +491,14 @@ class Ledger:
 
     def append(self, record: Record) -> None:
         """Queue a record; it is written (and made durable) by `flush`."""
+        self._remember(record.upload, record.path, record.sha256, record.stored_as, record.outcome)
+        self._encode(record)
+
+    def _encode(self, record: Record) -> None:
+        if not self._pending:
+            self._base = (self.count, self._prev)
         self.count += 1
         line, digest = encode_line(self.count, self._prev, record)
-        self._remember(record.upload, record.path, record.sha256, record.stored_as, record.outcome)
         self._prev = digest
         self._pending += line
 
@@ -436,8 +508,10 @@ class Ledger:
         return len(self._pending)
 
     def flush(self) -> None:
+        """Write the queued lines and fsync (call it holding the study lock)."""
         if not self._pending:
             return
+        self.catch_up()
         end = os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(self._pending)
         try:
@@ -453,7 +527,12 @@ class Ledger:
             raise
         finally:
             view.release()  # else the kept queue could not grow again after a failed flush
+        self._end = end + len(self._pending)
         self._pending = bytearray()
+
+    def drop(self) -> None:
+        """Forget the queued lines (their entry was taken over: its new holder records them)."""
+        self._unqueue()
 
     def close(self, *, flush: bool = True) -> None:
         """Write what is queued (unless `flush` is False: then it is dropped) and close."""

@@ -30,12 +30,13 @@ import errno
 import json
 import logging
 import os
+import secrets
 import stat
 import struct
 from collections.abc import Iterable
 from typing import Any
 
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.dropbox import OUTCOMES, source_of
 from dittohead.receiver.processor.journal import Journal
 
@@ -88,13 +89,21 @@ def _open_folder(study_fd: int, uid: int) -> int:
         os.close(top)
 
 
-def _write(study_fd: int, uid: int, entry: str, doc: dict[str, Any], *, sync: bool) -> None:
+def _write(
+    study_fd: int, uid: int, entry: str, doc: dict[str, Any], *, sync: bool, replace: bool = True
+) -> None:
     data = json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8")
     folder = _open_folder(study_fd, uid)
-    tmp = f".{entry}.json.tmp"
+    # Per writer: several hosts may write an entry's document at once (see `waiting`).
+    tmp = f".{entry}.json.{secrets.token_hex(4)}.tmp"
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=folder)  # left by a killed run
+        # Temporary files of this document left by a killed run go with the next write that
+        # replaces it: the processor's own under the study lock, never a "waiting" one, which
+        # could be another host's final document on its way.
+        for name in os.listdir(folder) if replace else ():
+            if name.startswith(f".{entry}.json.") and name != tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
         fd = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -108,16 +117,26 @@ def _write(study_fd: int, uid: int, entry: str, doc: dict[str, Any], *, sync: bo
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, f"{entry}.json", src_dir_fd=folder, dst_dir_fd=folder)
+        if replace:
+            os.rename(tmp, f"{entry}.json", src_dir_fd=folder, dst_dir_fd=folder)
+        else:
+            try:
+                # Never over another host's document (link()+unlink() where the file system
+                # refuses RENAME_NOREPLACE: a GlusterFS mount).
+                fscaps.rename_noreplace(folder, tmp, folder, f"{entry}.json")
+            except FileExistsError:
+                os.unlink(tmp, dir_fd=folder)
         if sync:
             os.fsync(folder)
     finally:
         os.close(folder)
 
 
-def _record(study_fd: int, uid: int, entry: str, doc: dict[str, Any], *, sync: bool) -> None:
+def _record(
+    study_fd: int, uid: int, entry: str, doc: dict[str, Any], *, sync: bool, replace: bool = True
+) -> None:
     try:
-        _write(study_fd, uid, entry, doc, sync=sync)
+        _write(study_fd, uid, entry, doc, sync=sync, replace=replace)
     except OSError as exc:
         # The ledger is the truth; an outcome its uploader cannot see is a nuisance, not a
         # reason to stop finalizing. ENOTSUP: a file system without POSIX ACLs.
@@ -145,8 +164,11 @@ def _base(entry: str, received_at: str, state: str) -> dict[str, Any]:
 
 
 def waiting(study_fd: int, uid: int, entry: str, received_at: str) -> None:
-    """The entry is committed in the inbox (or claimed); its outcome is not known yet."""
-    _record(study_fd, uid, entry, _base(entry, received_at, "waiting"), sync=False)
+    """The entry is committed in the inbox (or claimed); its outcome is not known yet.
+
+    Never replaces a document: another host may have claimed and finished the entry since
+    this one listed the inbox, and its "finalized" must not turn back into "waiting"."""
+    _record(study_fd, uid, entry, _base(entry, received_at, "waiting"), sync=False, replace=False)
 
 
 def forget(study_fd: int, uid: int, entry: str) -> None:

@@ -40,7 +40,7 @@ from typing import Literal
 
 from dittohead.core.errors import OutOfSpace
 from dittohead.core.versions import candidate_names, version_name
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.processor.ledger import Ledger, Outcome, Record
 from dittohead.receiver.processor.verify import StagedFile
 
@@ -97,9 +97,9 @@ class TreeDirs:
             return fd, stored
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def sync(self) -> None:
-        for fd, _ in self._fds.values():
-            os.fsync(fd)
+    def fds(self) -> list[int]:
+        """The folders opened so far (what a fsync-per-folder sync must cover)."""
+        return [fd for fd, _ in self._fds.values()]
 
     def close(self) -> None:
         for fd, _ in self._fds.values():
@@ -114,26 +114,16 @@ def _raise_space(exc: OSError) -> None:
 
 
 def _move_noreplace(staging_fd: int, staged: str, dir_fd: int, name: str) -> bool:
-    """Move staged → name unless name exists. True when moved, False when taken."""
+    """Move staged → name unless name exists. True when moved, False when taken (where the
+    file system refuses RENAME_NOREPLACE, `fscaps` links and unlinks: never replaces either)."""
     try:
-        fsops.renameat2(staging_fd, staged, dir_fd, name, noreplace=True)
+        fscaps.rename_noreplace(staging_fd, staged, dir_fd, name)
         return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            _raise_space(exc)
-            raise
-    # The file system refuses RENAME_NOREPLACE: link() never replaces either.
-    try:
-        os.link(staged, name, src_dir_fd=staging_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
         return False
     except OSError as exc:
         _raise_space(exc)
         raise
-    os.unlink(staged, dir_fd=staging_fd)
-    return True
 
 
 def _find_moved(dir_fd: int, base: str, dev: int, ino: int) -> str | None:
@@ -196,7 +186,11 @@ def _move_folder(staging_fd: int, staged: str, dir_fd: int, base: str) -> tuple[
     """Move staged folder `staged` to the first free name of `base` in `dir_fd`, never onto
     anything. ("moved", name); ("taken", name): a folder stands at `name`, publish into it file
     by file; ("gone", ""): not in staging any more (moved by a run that crashed);
-    ("unsupported", ""): the file system refuses RENAME_NOREPLACE."""
+    ("unsupported", ""): the file system refuses RENAME_NOREPLACE (a folder moved without it
+    would have to reserve its name with an empty folder first, which `TreeDirs.open` of
+    another processor could be filling at that moment: files then go one by one)."""
+    if not fscaps.native(dir_fd, "rename_noreplace"):
+        return "unsupported", ""
     for _, name in candidate_names(base):
         try:
             fsops.renameat2(staging_fd, staged, dir_fd, name, noreplace=True)
@@ -208,7 +202,8 @@ def _move_folder(staging_fd: int, staged: str, dir_fd: int, base: str) -> tuple[
                 raise
             return "gone", ""
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if fscaps.refusal(exc):
+                fscaps.refused(dir_fd, "rename_noreplace", "renameat2 refused a folder")
                 return "unsupported", ""
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 _raise_space(exc)

@@ -11,6 +11,10 @@ Order matters, and is the whole point of this module:
 3. ``syncfs`` again, so that the rename itself is on disk before the receipt says so: a
    receipt is a promise that nothing will be lost.
 
+Where the file system lacks RENAME_NOREPLACE or an honest ``syncfs`` (a cluster file system
+over FUSE: `fscaps`), step 2 is a plain ``rename`` (see `publish` for why that is safe here), and
+steps 1 and 3 fsync the entry's files and folders one by one.
+
 Then the processor is poked on its socket. The poke is only a hint (the processor also rescans
 on a timer), so any failure there is logged and otherwise ignored.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from dittohead.core.errors import ServerError
 from dittohead.core.receipt import Receipt
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.upload.gate import Admission
 from dittohead.receiver.upload.stage import Staged, Staging
 
@@ -39,29 +43,42 @@ POKE_TIMEOUT = 2.0
 def publish(staging: Staging) -> None:
     """Sync, rename ``.<entry>`` to ``<entry>`` without replacing anything, sync again."""
     assert staging.fd is not None
-    fsops.syncfs(staging.fd)
+    fscaps.sync_tree(staging.fd)
+    taken = ServerError(
+        f"an upload named {staging.entry} already exists; nothing was stored. Send again"
+    )
     try:
-        fsops.renameat2(
-            staging.inbox_fd, staging.dot_entry, staging.inbox_fd, staging.entry, noreplace=True
-        )
+        if fscaps.native(staging.fd, "rename_noreplace"):
+            try:
+                fsops.renameat2(
+                    staging.inbox_fd, staging.dot_entry, staging.inbox_fd, staging.entry
+                )
+            except OSError as exc:
+                if not fscaps.refusal(exc):
+                    raise
+                fscaps.refused(staging.fd, "rename_noreplace", "renameat2 refused the commit")
+            else:
+                staging.committed = True
+        if not staging.committed:
+            # A plain rename is still safe here (fscaps' placeholder scheme is not: the
+            # processor would take an empty placeholder for an upload): the name is
+            # unguessable, rename(2) never replaces a non-empty folder, and in the sticky
+            # inbox it may not replace another user's folder either; so at worst it replaces
+            # an empty folder of this same user, which cannot hold data.
+            os.rename(
+                staging.dot_entry, staging.entry, src_dir_fd=staging.inbox_fd,
+                dst_dir_fd=staging.inbox_fd,
+            )  # fmt: skip
+            staging.committed = True
     except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            raise ServerError(
-                f"an upload named {staging.entry} already exists; nothing was stored. Send again"
-            ) from None
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        # A file system without RENAME_NOREPLACE. A plain rename is still safe here: the name
-        # is unguessable, rename(2) never replaces a non-empty folder, and in the sticky inbox
-        # it may not replace another user's folder either; so at worst it replaces an empty
-        # folder of this same user, which cannot hold data.
-        os.rename(
-            staging.dot_entry, staging.entry, src_dir_fd=staging.inbox_fd,
-            dst_dir_fd=staging.inbox_fd,
-        )  # fmt: skip
-    staging.committed = True
-    # The entry fd still names the same folder after the rename: same file system.
-    fsops.syncfs(staging.fd)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise taken from None
+        raise
+    # The entry fd still names the same folder after the rename: same file system. Without an
+    # honest syncfs, the rename is made durable by a fsync of the entry itself: the inbox
+    # cannot be opened by a collector to fsync it (3773: no read), and a brick's journaling
+    # file system (ext4, XFS) commits the rename with the journal that fsync forces.
+    fscaps.sync_written(staging.fd, ())
 
 
 def poke(path: Path) -> None:

@@ -244,3 +244,26 @@ def test_init_names_a_destinations_missing_parent(server: Server) -> None:
     server.config_path.write_text(yaml.safe_dump(doc))
     with pytest.raises(InitError, match=r"its parent .*/nowhere does not exist; create it with"):
         init(load_config(server.config_path))
+
+
+@pytest.mark.parametrize("mode", ["native", "fallback"])
+def test_each_folder_gets_a_file_system_line_and_the_probe_leaves_nothing(
+    server: Server, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dittohead.receiver import fscaps
+    from dittohead.receiver.admin.check_cmd import check_filesystems
+
+    if mode == "fallback":
+        monkeypatch.setenv(fscaps.FORCE_ENV, "1")
+    fscaps.forget()
+    before = sorted(p for p in server.base.rglob("*"))
+    lines: list[str] = []
+    assert check_filesystems(server.config, lines) == []  # locks work on the local fs
+    study = server.config.study_dir(STUDY)
+    folders = [server.config.dropbox, study / "inbox", study / "processing", server.destination]
+    assert [line.split(" (")[0] for line in lines] == [f"file system: {f}" for f in folders]
+    for line in lines:
+        assert "fcntl-locks=work" in line and "acls=work" in line
+        for what in fscaps.PRIMITIVES:
+            assert f"{what}={mode}" in line
+    assert sorted(p for p in server.base.rglob("*")) == before

@@ -16,6 +16,9 @@ from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.janitor import sweep
 from tests.support.server import STUDY, Server, make_server
 
+# The same guarantees with every file-system fallback forced (fscaps).
+pytestmark = pytest.mark.usefixtures("fs_mode")
+
 DAY = 86400.0
 
 

@@ -18,6 +18,9 @@ from dittohead.receiver.processor.ledger import check_chain, read_ledger
 from tests.support.invariants import ledger_of, tree_files
 from tests.support.server import STUDY, Server
 
+# The same guarantees with every file-system fallback forced (fscaps).
+pytestmark = pytest.mark.usefixtures("fs_mode")
+
 
 def test_first_upload_is_stored_under_its_own_names(server: Server) -> None:
     name = server.commit({"eprime/s01.txt": b"one", "biopac/s01.acq": b"\x00" * 1000})

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.config.model import load_config
+from dittohead.receiver.dropbox import claims_dir
 from dittohead.receiver.processor import finalize as processor
 from dittohead.receiver.processor.claim import Candidate, fair_order
 from dittohead.receiver.processor.finalize import StudiesFailed, run_once
@@ -102,7 +103,7 @@ def test_a_failing_study_does_not_stop_the_others(
     init(config)
     server = Server(server.base, server.config_path, config)
     # A journal naming an entry that is nowhere: that study stops with an error for the admin.
-    Journal(config.state_dir, "broken").write(
+    Journal(claims_dir(config.dropbox, "broken")).write(
         JournalEntry("brogden-a-20260101T000000Z-0000000000000000", "broken", "staged", 0, "", 0, 0)
     )
     name = server.commit({"a.txt": b"still flows"})

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from dittohead.receiver.dropbox import claims_dir
+from dittohead.receiver.fscaps import FORCE_ENV
 from dittohead.receiver.processor.finalize import CRASH_STEPS
 from tests.support.invariants import (
     ledger_of,
@@ -176,7 +178,7 @@ def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path: Pat
     leaves its temporary file; the next run removes it (the journal itself is whole)."""
     server = make_server(tmp_path)
     sent, _ = commit_all(server)
-    journal = server.config.state_dir / "journal" / STUDY
+    journal = claims_dir(server.config.dropbox, STUDY)
     ledgers = server.config.state_dir / "ledgers"
     left = {journal: ".entry.json.4242.tmp", ledgers: f".{STUDY}.summary.4242.tmp"}
     for folder, name in left.items():
@@ -221,3 +223,13 @@ def test_kills_at_random_instants(tmp_path: Path) -> None:
     assert kills >= 3, "the processor was too quick to be killed: make the entries bigger"
     assert all_problems(server, sent) == []
     assert len(list((server.config.study_dir(STUDY) / "done").iterdir())) == 6
+
+
+@pytest.mark.parametrize("crash", [c for c in STEP_CASES if not c.startswith("moved:")])
+def test_a_kill_at_each_step_with_the_fallbacks_forced(
+    tmp_path: Path, crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, every file-system fallback forced (the processes inherit the variable): no
+    folder is moved whole then, so the "moved" steps do not exist."""
+    monkeypatch.setenv(FORCE_ENV, "1")
+    test_a_kill_at_each_step_is_finished_by_the_next_run(tmp_path, crash)

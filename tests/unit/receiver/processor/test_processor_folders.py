@@ -22,6 +22,7 @@ import pytest
 
 from dittohead.receiver import fsops
 from dittohead.receiver.admin.history_cmd import verify
+from dittohead.receiver.dropbox import claims_dir
 from dittohead.receiver.processor import finalize as processor
 from dittohead.receiver.processor.finalize import Hooks, Stopped, run_once
 from dittohead.receiver.processor.journal import Journal
@@ -388,7 +389,7 @@ def test_a_folder_already_in_the_tree_is_filled_file_by_file_and_new_subfolders_
 def flatten_staging(server: Server) -> None:
     """Turn a staged entry into the layout of an older processor: flat ``00000000`` copies,
     no folders, and a journal naming them so."""
-    journal = Journal(server.config.state_dir, STUDY)
+    journal = Journal(claims_dir(server.config.dropbox, STUDY))
     (entry,) = journal.entries()
     item = journal.read(entry)
     assert item is not None and item.step == "staged"
@@ -497,7 +498,7 @@ def test_a_stop_between_files_of_moved_folders_is_finished_by_the_next_run(
     assert len(records) == after - 1
     in_folders = {p: d for p, d in files.items() if "/" in p}
     assert tree_files(server.destination).items() >= in_folders.items()
-    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    assert Journal(claims_dir(server.config.dropbox, STUDY)).read(name) is not None
     summary = run_once(server.config)
     assert summary.entries == 1
     assert tree_files(server.destination) == files
@@ -509,7 +510,7 @@ def test_the_journal_lists_staged_paths(server: Server) -> None:
     files = {"a/b.txt": b"b", "c.txt": b"c"}
     server.commit(files)
     assert run_processor(server, "staged:1") == -signal.SIGKILL
-    journal = Journal(server.config.state_dir, STUDY)
+    journal = Journal(claims_dir(server.config.dropbox, STUDY))
     (entry,) = journal.entries()
     doc = json.loads((journal.dir / f"{entry}.json").read_bytes())
     assert {f["path"]: f["staged"] for f in doc["files"]} == {

@@ -21,6 +21,9 @@ from dittohead.receiver.processor.finalize import run_once
 from tests.support.invariants import tree_files, tree_problems
 from tests.support.server import STUDY, Server, make_server
 
+# The same guarantees with every file-system fallback forced (fscaps).
+pytestmark = pytest.mark.usefixtures("fs_mode")
+
 
 def remove_file(entry: Path) -> None:
     (entry / "b.txt").unlink()

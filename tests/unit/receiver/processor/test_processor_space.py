@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dittohead.receiver import fsops
+from dittohead.receiver.dropbox import claims_dir
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.journal import Journal
 from dittohead.receiver.processor.publish import _move_noreplace
@@ -65,7 +66,7 @@ def test_a_full_disk_while_copying_defers_the_entry_until_there_is_room(
     # Nothing of the big entry is in the tree; it waits in processing/ with its journal.
     assert tree_files(small_destination) == {"small.txt": b"fits"}
     assert (server.config.study_dir(STUDY) / "processing" / name).is_dir()
-    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    assert Journal(claims_dir(server.config.dropbox, STUDY)).read(name) is not None
     assert (server.inbox / after).is_dir()  # the pass stopped rather than jump the queue
     assert [r["upload"] for r in ledger_of(small_destination)] == [first]
     assert not any((small_destination / ".dittohead" / "staging").iterdir())
@@ -122,7 +123,7 @@ def test_a_full_disk_while_publishing_keeps_the_rest_for_the_next_run(
     # What was published is whole and recorded; the rest waits, staged, with the journal.
     assert tree_files(server.destination) == {"d/f0.txt": b"file 0", "d/f1.txt": b"file 1"}
     assert tree_problems(server.destination) == []
-    item = Journal(server.config.state_dir, STUDY).read(name)
+    item = Journal(claims_dir(server.config.dropbox, STUDY)).read(name)
     assert item is not None and item.step == "staged"
     assert (server.config.study_dir(STUDY) / "processing" / name).is_dir()
     assert (server.inbox / later).is_dir()
@@ -149,7 +150,7 @@ def test_a_full_disk_while_moving_folders_whole_records_what_moved(
     assert tree_files(server.destination) == {"a/x.txt": b"x", "a/sub/y.txt": b"y"}
     assert tree_problems(server.destination) == []  # what moved is recorded
     assert {r["stored_as"] for r in ledger_of(server.destination)} == {"a/x.txt", "a/sub/y.txt"}
-    item = Journal(server.config.state_dir, STUDY).read(name)
+    item = Journal(claims_dir(server.config.dropbox, STUDY)).read(name)
     assert item is not None and item.step == "staged"
     monkeypatch.undo()  # the disk has room again
     run_once(server.config)
@@ -169,7 +170,7 @@ def test_a_full_disk_after_folders_moved_whole_still_records_them(
     assert run_once(server.config).deferred == 1
     assert tree_files(server.destination) == {"a/x.txt": b"x", "a/b/y.txt": b"y"}
     assert tree_problems(server.destination) == []
-    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    assert Journal(claims_dir(server.config.dropbox, STUDY)).read(name) is not None
     monkeypatch.undo()  # the disk has room again
     run_once(server.config)
     assert tree_files(server.destination) == files
@@ -198,7 +199,7 @@ def test_a_full_disk_while_writing_the_ledger_leaves_no_torn_line(
     assert summary.deferred == 1
     ledger_file = server.destination / ".dittohead" / "ledger.jsonl"
     assert ledger_file.read_bytes() == b""  # the partial line was cut off again
-    assert Journal(server.config.state_dir, STUDY).read(name) is not None
+    assert Journal(claims_dir(server.config.dropbox, STUDY)).read(name) is not None
     run_once(server.config)
     sent = {"a.txt": {b"a"}, "b.txt": {b"b"}}
     assert server.problems(sent) == []

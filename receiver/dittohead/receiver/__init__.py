@@ -8,7 +8,7 @@ the admin tool.
 - `admin/`: ``dittohead-admin``, for admins and study runners;
 - shared by them: `dropbox` (the folders and entry names they all agree on), `config` (the
   YAML file), `fsops` (file-system primitives relative to directory fds), `fscaps` (the
-  fallbacks where a file system lacks a primitive) and `fsmodes` (which file system lacks
-  which, found at run time),
-  `accounts` (users and groups through NSS), `service_cli` (the two services' command line).
+  fallbacks where a file system lacks a primitive), `fsmodes` (which file system lacks which,
+  found at run time), `accounts` (users and groups through NSS), `service_cli` (the two
+  services' command line).
 """

@@ -166,7 +166,7 @@ def test_fscaps_chooses_the_fallbacks_by_itself_and_says_so_once(
     (folders[0] / "b").write_bytes(b"b")
     (folders[0] / "d").mkdir()
     (folders[0] / "empty").mkdir()
-    with caplog.at_level(logging.INFO, logger="dittohead.receiver.fscaps"):
+    with caplog.at_level(logging.INFO, logger="dittohead.receiver.fsmodes"):
         fscaps.rename_noreplace(fd, "a", fd, "c")
         with pytest.raises(FileExistsError):
             fscaps.rename_noreplace(fd, "c", fd, "b")

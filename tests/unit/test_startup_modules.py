@@ -84,6 +84,7 @@ def test_the_receiver_loads_only_its_own_program_and_what_it_shares(
         "dittohead.receiver.dropbox",
         "dittohead.receiver.fsops",
         "dittohead.receiver.fscaps",  # the commit's rename and syncs, per file system
+        "dittohead.receiver.fsmodes",
         "dittohead.receiver.upload",
     }
     for name in dittohead_modules(loaded):

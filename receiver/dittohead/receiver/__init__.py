@@ -7,7 +7,8 @@ the admin tool.
   the only one with network, and only to the relay);
 - `admin/`: ``dittohead-admin``, for admins and study runners;
 - shared by them: `dropbox` (the folders and entry names they all agree on), `config` (the
-  YAML file), `fsops` (file-system primitives relative to directory fds), `fscaps` (what
-  each file system offers, found at run time, and the fallbacks where it lacks a primitive),
-  `accounts` (users and groups through NSS), `service_cli` (the two services' command line).
+  YAML file), `fsops` (file-system primitives relative to directory fds), `fscaps` (the
+  fallbacks where a file system lacks a primitive), `fsmodes` (which file system lacks which,
+  found at run time), `accounts` (users and groups through NSS), `service_cli` (the two
+  services' command line).
 """

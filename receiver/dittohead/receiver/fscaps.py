@@ -7,13 +7,13 @@ exist; NFS and CephFS answer EINVAL or ENOTSUP), ``O_TMPFILE`` (FUSE: ENOTSUP), 
 docs/admins/scale-out.md), ``openat2`` and ``sync_file_range``. Each has a fallback here that
 keeps the same guarantee: nothing is ever overwritten, nothing is called durable that is not.
 
-The mode is decided per file system (per ``st_dev``): ``syncfs`` by the mount's type (any
-``fuse.*``), the others on the first refusal (EINVAL, ENOTSUP/EOPNOTSUPP, ENOSYS), and logged
-once, one INFO line naming the folder, the file system and the fallback. A developer without a
-cluster file system forces every fallback everywhere with the environment variable
-``DITTOHEAD_FS_FALLBACKS=1`` (a test and development switch, not an admin setting: an
-environment variable needs no config key in both the full and the receiver's checked copy, and
-it reaches the receiver, which sshd starts, only where a test sets it).
+The mode is decided per file system (per ``st_dev``, kept by `fsmodes`, which `fsops` asks too):
+``syncfs`` by the mount's type (any ``fuse.*``), the others on the first refusal (EINVAL,
+ENOTSUP/EOPNOTSUPP, ENOSYS), and logged once, one INFO line naming the folder, the file system and
+the fallback. A developer without a cluster file system forces every fallback everywhere with the
+environment variable ``DITTOHEAD_FS_FALLBACKS=1`` (a test and development switch, not an admin
+setting: an environment variable needs no config key in both the full and the receiver's checked
+copy, and it reaches the receiver, which sshd starts, only where a test sets it).
 
 `probe` tries every primitive in a folder for real (in a temporary folder it removes again), for
 ``dittohead-admin check``.
@@ -23,142 +23,50 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
-log = logging.getLogger(__name__)
-
-#: set to 1 to use every fallback on every file system (tests, development)
-FORCE_ENV = "DITTOHEAD_FS_FALLBACKS"
-
-Primitive = Literal["rename_noreplace", "tmpfile", "syncfs", "openat2", "sync_file_range"]
-PRIMITIVES: tuple[Primitive, ...] = (
-    "rename_noreplace",
-    "tmpfile",
-    "syncfs",
-    "openat2",
-    "sync_file_range",
+from dittohead.receiver import fsops
+from dittohead.receiver.fsmodes import (
+    FALLBACKS,
+    FORCE_ENV,
+    PRIMITIVES,
+    Primitive,
+    errno_name,
+    forced,
+    forget,
+    is_fuse,
+    mount_of,
+    native,
+    refusal,
+    refused,
 )
-#: what each fallback is, in the log line and in ``dittohead-admin check``
-FALLBACKS: dict[Primitive, str] = {
-    "rename_noreplace": "link()+unlink() for files, mkdir() placeholder + rename() for folders",
-    "tmpfile": "named temporary file, then link()",
-    "syncfs": "fsync of each file and folder written",
-    "openat2": "one component at a time with O_NOFOLLOW",
-    "sync_file_range": "none (writeback left to the final sync)",
-}
-#: errnos by which a file system (or kernel) says it lacks a primitive
-REFUSALS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
-#: the f_type of every FUSE mount (fuse and fuseblk alike)
-FUSE_MAGIC = 0x65735546
 
-_lock = threading.Lock()
-#: (st_dev, forced) -> primitive -> native?  Absent: native until refused (syncfs: decided by
-#: the mount's type on first use).
-_modes: dict[tuple[int, bool], dict[Primitive, bool]] = {}
-
-
-def forced() -> bool:
-    """Whether the fallbacks are forced on every file system (``DITTOHEAD_FS_FALLBACKS=1``)."""
-    return os.environ.get(FORCE_ENV, "") not in ("", "0")
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """The mount a device number belongs to, from /proc/self/mountinfo."""
-
-    point: str
-    fstype: str
-    source: str
-
-
-def mount_of(dev: int) -> Mount | None:
-    """The mount of device `dev`, or None where mountinfo cannot tell."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    found: Mount | None = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                head, _, tail = line.partition(" - ")
-                fields, rest = head.split(), tail.split()
-                if len(fields) >= 5 and len(rest) >= 2 and fields[2] == want:
-                    # Several lines for one device (bind mounts): any names the file system.
-                    found = Mount(fields[4], rest[0], rest[1])
-    except OSError:
-        return None
-    return found
-
-
-def _describe(fd: int, dev: int) -> str:
-    try:
-        where = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        where = f"fd {fd}"
-    mount = mount_of(dev)
-    return f"{where} ({mount.fstype} {mount.source})" if mount else where
-
-
-def native(fd: int, what: Primitive) -> bool:
-    """Whether the file system `fd` lives on is known (or assumed) to offer `what` natively."""
-    if forced():
-        return False
-    dev = os.fstat(fd).st_dev
-    with _lock:
-        known = _modes.get((dev, False), {}).get(what)
-    if known is not None:
-        return known
-    if what == "syncfs":
-        # Decided once per file system by its type (mountinfo is read once, not per sync).
-        if _is_fuse(fd):
-            refused(fd, "syncfs", "a FUSE file system: syncfs reaches no server")
-            return False
-        with _lock:
-            _modes.setdefault((dev, False), {}).setdefault("syncfs", True)
-    return True
-
-
-def _is_fuse(fd: int) -> bool:
-    mount = mount_of(os.fstat(fd).st_dev)
-    return mount is not None and (mount.fstype == "fuse" or mount.fstype.startswith("fuse."))
-
-
-def refused(fd: int, what: Primitive, why: str) -> None:
-    """Note that the file system of `fd` lacks `what`; the first time, say so in one line."""
-    dev = os.fstat(fd).st_dev
-    with _lock:
-        seen = _modes.setdefault((dev, forced()), {})
-        first = seen.get(what) is not False
-        seen[what] = False
-    if first:
-        log.info(
-            "%s: %s not available (%s); using the fallback: %s",
-            _describe(fd, dev),
-            what,
-            why,
-            FALLBACKS[what],
-        )
-
-
-def _name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
-
-
-def refusal(exc: OSError) -> bool:
-    """Whether `exc` is a file system's way of saying it lacks a primitive."""
-    return exc.errno in REFUSALS
-
-
-def forget() -> None:
-    """Forget every mode found (tests switch the forcing on and off)."""
-    with _lock:
-        _modes.clear()
-
+__all__ = [
+    "FALLBACKS",
+    "FORCE_ENV",
+    "PLACEHOLDER_MODE",
+    "PRIMITIVES",
+    "Found",
+    "Primitive",
+    "create_new",
+    "describe",
+    "forced",
+    "forget",
+    "is_placeholder",
+    "native",
+    "ofd_lock",
+    "probe",
+    "refusal",
+    "refused",
+    "remove_placeholder",
+    "rename_noreplace",
+    "sync_tree",
+    "sync_written",
+]
 
 #: the mode of a folder made to reserve a name (see `rename_noreplace`): no collector's entry
 #: ever has it (the receiver makes them 2770), so a leftover one is known for what it is
@@ -189,7 +97,6 @@ def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
       its own rule) nor for the study tree (the processor's `TreeDirs` may be filling a
       folder of that name at that moment: publish moves folders whole only natively).
     """
-    from dittohead.receiver import fsops
 
     if native(dst_dir, "rename_noreplace"):
         try:
@@ -198,7 +105,7 @@ def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
         except OSError as exc:
             if not refusal(exc):
                 raise
-            refused(dst_dir, "rename_noreplace", "renameat2 answered " + _name(exc))
+            refused(dst_dir, "rename_noreplace", "renameat2 answered " + errno_name(exc))
     st = os.stat(src, dir_fd=src_dir, follow_symlinks=False)
     if stat.S_ISDIR(st.st_mode):
         _rename_folder(src_dir, src, dst_dir, dst)
@@ -261,7 +168,6 @@ def sync_tree(fd: int) -> None:
     """Make every file and folder beneath folder `fd` durable: one ``syncfs`` where it is
     honest, else a fsync of each file and folder beneath `fd` (for a tree only the caller
     writes and of bounded size: an entry being staged or committed, never a study tree)."""
-    from dittohead.receiver import fsops
 
     if native(fd, "syncfs"):
         fsops.syncfs(fd)
@@ -284,7 +190,6 @@ def sync_written(fd: int, written: Iterable[int]) -> None:
     """Make what was just written on `fd`'s file system durable: one ``syncfs`` where it is
     honest, else a fsync of `fd` and of each of the `written` fds (the files and folders the
     caller wrote or renamed into since the last sync)."""
-    from dittohead.receiver import fsops
 
     if native(fd, "syncfs"):
         fsops.syncfs(fd)
@@ -303,7 +208,6 @@ def create_new(dir_fd: int, name: str, chunks: Iterable[bytes], mode: int = 0o60
     ``.<name>.<pid>.tmp`` beside it (``O_EXCL``), written, synced, linked to `name`, then
     unlinked; a process killed before the unlink leaves it for
     `fsops.remove_leftover_temps`, which knows that name. The folder is fsynced after."""
-    from dittohead.receiver import fsops
 
     if native(dir_fd, "tmpfile"):
         try:
@@ -311,7 +215,7 @@ def create_new(dir_fd: int, name: str, chunks: Iterable[bytes], mode: int = 0o60
         except OSError as exc:
             if not (refusal(exc) or exc.errno == errno.EISDIR):  # EISDIR: kernel < 3.11
                 raise
-            refused(dir_fd, "tmpfile", "O_TMPFILE answered " + _name(exc))
+            refused(dir_fd, "tmpfile", "O_TMPFILE answered " + errno_name(exc))
         else:
             try:
                 _fill(fd, chunks, mode)
@@ -341,7 +245,6 @@ def create_new(dir_fd: int, name: str, chunks: Iterable[bytes], mode: int = 0o60
 
 
 def _fill(fd: int, chunks: Iterable[bytes], mode: int) -> None:
-    from dittohead.receiver import fsops
 
     os.fchmod(fd, mode)
     for chunk in chunks:
@@ -365,7 +268,6 @@ def probe(dir_fd: int) -> Found:
     """Try each primitive in a temporary folder made in `dir_fd` (removed again, whatever
     happens): which of them the file system offers, and whether a fcntl lock taken there is
     seen by a second open file description (two processors on two hosts meet that way)."""
-    from dittohead.receiver import fsops  # fsops builds on this module
 
     mount = mount_of(os.fstat(dir_fd).st_dev)
     fstype = mount.fstype if mount else "?"
@@ -383,7 +285,6 @@ def probe(dir_fd: int) -> Found:
 
 
 def _probe_modes(fd: int) -> dict[Primitive, bool]:
-    from dittohead.receiver import fsops
 
     modes: dict[Primitive, bool] = {}
     force = forced()  # probe what is there, but report what will be used
@@ -404,7 +305,7 @@ def _probe_modes(fd: int) -> dict[Primitive, bool]:
         if not (refusal(exc) or exc.errno == errno.EISDIR):
             raise
         modes["tmpfile"] = False
-    modes["syncfs"] = not force and not _is_fuse(fd)
+    modes["syncfs"] = not force and not is_fuse(fd)
     try:
         flags = os.O_RDONLY | os.O_DIRECTORY
         os.close(fsops.openat2(fd, ".", flags, resolve=fsops.RESOLVE_BENEATH))
@@ -444,11 +345,9 @@ def _probe_locks(fd: int) -> bool:
 
 
 def _probe_acls(fd: int) -> bool:
-    from dittohead.receiver.processor.outcomes import acl_xattr
-
     with _opened_new(fd, "acl") as file_fd:
         try:
-            os.setxattr(file_fd, "system.posix_acl_access", acl_xattr(0o6, os.geteuid(), 0o4))
+            os.setxattr(file_fd, "system.posix_acl_access", fsops.acl_xattr(0o6, os.geteuid(), 0o4))
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
                 return False

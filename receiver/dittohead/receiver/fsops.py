@@ -17,10 +17,13 @@ import fcntl
 import functools
 import os
 import stat
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from dittohead.receiver import fsmodes
 
 
 @functools.cache
@@ -121,9 +124,7 @@ def open_beneath(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """
     if path in ("", "."):
         return os.open(".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=root_fd)
-    from dittohead.receiver import fscaps  # builds on this module
-
-    if _kernel.get("openat2", True) and fscaps.native(root_fd, "openat2"):
+    if _kernel.get("openat2", True) and fsmodes.native(root_fd, "openat2"):
         try:
             fd = openat2(
                 root_fd,
@@ -138,7 +139,7 @@ def open_beneath(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
             if exc.errno != errno.ENOSYS:
                 raise
             _kernel["openat2"] = False
-            fscaps.refused(root_fd, "openat2", "the kernel lacks it")
+            fsmodes.refused(root_fd, "openat2", "the kernel lacks it")
     return _walk_open(root_fd, path, flags, mode)
 
 
@@ -315,10 +316,8 @@ def start_writeback(fd: int, offset: int, count: int, *, wait: bool = False) -> 
     where the call is not available (e.g. ENOSYS, or a file system that refuses it), so the
     caller can stop asking.
     """
-    from dittohead.receiver import fscaps  # builds on this module
-
     func = _sync_file_range()
-    if func is None or fscaps.forced():
+    if func is None or fsmodes.forced():
         return False
     flags = SYNC_FILE_RANGE_WRITE | (SYNC_FILE_RANGE_WAIT_BEFORE if wait else 0)
     if func(fd, offset, count, flags) != 0:
@@ -386,3 +385,25 @@ def free_bytes(fd: int) -> int:
     """
     st = os.statvfs(fd)
     return st.f_bavail * st.f_frsize
+
+
+#: the access ACL xattr (linux/posix_acl_xattr.h) and its tags
+ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def acl_xattr(owner: int, uid: int, perm: int) -> bytes:
+    """The ACL ``user::<owner>,user:<uid>:<perm>,group::---,mask::<perm>,other::---`` in the
+    kernel's xattr format (entries sorted by tag, then id, as the kernel requires)."""
+    entries = [
+        (_USER_OBJ, owner, _UNDEFINED_ID),
+        (_USER, perm, uid),
+        (_GROUP_OBJ, 0, _UNDEFINED_ID),
+        (_MASK, perm, _UNDEFINED_ID),
+        (_OTHER, 0, _UNDEFINED_ID),
+    ]
+    return struct.pack("<I", _ACL_VERSION) + b"".join(
+        struct.pack("<HHI", tag, p, ident) for tag, p, ident in entries
+    )

@@ -172,7 +172,7 @@ def test_probe_reports_fallbacks_when_forced_and_logs_a_mode_once(
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").write_bytes(b"b")
     fscaps.forget()
-    with caplog.at_level(logging.INFO, logger="dittohead.receiver.fscaps"):
+    with caplog.at_level(logging.INFO, logger="dittohead.receiver.fsmodes"):
         # a refusal noted twice (as two moves on one file system would): one line
         fscaps.refused(dir_fd, "rename_noreplace", "renameat2 answered EINVAL")
         fscaps.refused(dir_fd, "rename_noreplace", "renameat2 answered EINVAL")

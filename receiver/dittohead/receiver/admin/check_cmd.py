@@ -2,11 +2,12 @@
 
 Read-only but for one probe: in the dropbox, each study's inbox and processing folder and each
 destination, a temporary folder is made and removed again, to try the file-system primitives
-there for real (`fscaps.probe`); one line per folder says which of them run natively and which
-by their fallback, and whether fcntl locks work. Each finding names the path (or account, or
-setting) that is wrong and the command that fixes it; the exit status is 0 only when there is
-nothing to report. The folder table is `init_cmd.layout` itself, so ``init`` and ``check`` can
-never disagree about what is right.
+there for real (`fscaps.probe`); a folder where any of them runs by its fallback gets one line
+saying which (where all run natively nothing is printed: the output stays as it was on a local
+file system), and one where fcntl locks or POSIX ACLs do not work is a problem. Each finding
+names the path (or account, or setting) that is wrong and the command that fixes it; the exit
+status is 0 only when there is nothing to report. The folder table is `init_cmd.layout`
+itself, so ``init`` and ``check`` can never disagree about what is right.
 """
 
 from __future__ import annotations
@@ -662,8 +663,9 @@ def _probe_folders(config: Config) -> list[Path]:
 
 def check_filesystems(config: Config, lines: list[str]) -> list[Problem]:
     """Try the file-system primitives in each folder the receiver and processor write to; a
-    line for each into `lines`; a problem where fcntl locks do not work (several hosts
-    sharing the folder would then not serialize their ledger appends)."""
+    line into `lines` for each folder where a fallback is used; a problem where fcntl locks do
+    not work (several hosts sharing the folder would then not serialize their ledger appends)
+    or the dropbox refuses POSIX ACLs."""
     problems = []
     for folder in _probe_folders(config):
         try:
@@ -673,11 +675,19 @@ def check_filesystems(config: Config, lines: list[str]) -> list[Problem]:
         try:
             found = fscaps.probe(fd)
         except OSError as exc:
-            lines.append(f"file system: {folder}: could not be probed ({exc.strerror})")
+            problems.append(
+                Problem(
+                    str(folder),
+                    f"cannot try the file-system primitives here ({exc.strerror})",
+                    "make the folder writable again (a read-only or full file system?)",
+                )
+            )
             continue
         finally:
             os.close(fd)
-        lines.append(f"file system: {folder} ({found.fstype}): {' '.join(fscaps.describe(found))}")
+        if not all(found.modes.values()):
+            described = " ".join(fscaps.describe(found))
+            lines.append(f"file system: {folder} ({found.fstype}): {described}")
         if not found.acls and folder == config.dropbox:
             problems.append(
                 Problem(

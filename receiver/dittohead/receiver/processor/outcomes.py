@@ -32,7 +32,6 @@ import logging
 import os
 import secrets
 import stat
-import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,30 +41,12 @@ from dittohead.receiver.processor.journal import Journal
 
 log = logging.getLogger(__name__)
 
-#: the access ACL xattr (linux/posix_acl_xattr.h) and its tags
-_ACL_XATTR = "system.posix_acl_access"
-_ACL_VERSION = 2
-_USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_UNDEFINED_ID = 0xFFFFFFFF
-
-
-def acl_xattr(owner: int, uid: int, perm: int) -> bytes:
-    """The ACL ``user::<owner>,user:<uid>:<perm>,group::---,mask::<perm>,other::---`` in the
-    kernel's xattr format (entries sorted by tag, then id, as the kernel requires)."""
-    entries = [
-        (_USER_OBJ, owner, _UNDEFINED_ID),
-        (_USER, perm, uid),
-        (_GROUP_OBJ, 0, _UNDEFINED_ID),
-        (_MASK, perm, _UNDEFINED_ID),
-        (_OTHER, 0, _UNDEFINED_ID),
-    ]
-    return struct.pack("<I", _ACL_VERSION) + b"".join(
-        struct.pack("<HHI", tag, p, ident) for tag, p, ident in entries
-    )
+#: in the kernel's xattr format (`fsops.acl_xattr`), as setfacl writes it
+acl_xattr = fsops.acl_xattr
 
 
 def _grant(fd: int, owner_perm: int, uid: int, perm: int) -> None:
-    os.setxattr(fd, _ACL_XATTR, acl_xattr(owner_perm, uid, perm))
+    os.setxattr(fd, fsops.ACL_XATTR, acl_xattr(owner_perm, uid, perm))
 
 
 def _open_folder(study_fd: int, uid: int) -> int:

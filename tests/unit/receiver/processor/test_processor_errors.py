@@ -8,13 +8,14 @@ test made to fail (EIO cannot be produced on demand here).
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from dittohead.receiver import fsops
+from dittohead.receiver import fscaps, fsops
 from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.config.model import load_config
 from dittohead.receiver.processor import publish
@@ -140,3 +141,75 @@ def test_an_unexpected_error_in_one_study_gives_one_line_and_the_others_flow(
     assert run_once(config).finalized == [bad_name]
     assert (tmp_path / "first" / "raw" / "x.txt").read_bytes() == b"meets a bug"
     assert tree_problems(tmp_path / "first" / "raw") == []
+
+
+def _fail_mid_publish_with_fallbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, sync_fails: bool
+) -> tuple[Server, str, list[str]]:
+    """As `_fail_mid_publish`, every file-system fallback forced: no syncfs then, but a fsync
+    of each folder written (`fscaps.sync_written`, watched here as ``sync:<folders>``)."""
+    server = make_server(tmp_path)
+    server.commit(FIRST)
+    run_once(server.config)
+    second = server.commit(SECOND)
+    events: list[str] = []
+    _fail_at(monkeypatch, 3, events)
+    real_sync, real_flush = fscaps.sync_written, Ledger.flush
+
+    def sync_written(fd: int, written: Any) -> None:
+        written = list(written)
+        events.append(f"sync:{len(written)}")
+        if sync_fails and "boom" in events:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd, written)
+
+    def flush(self: Ledger) -> None:
+        if self.queued_bytes:
+            events.append("ledger write")
+        real_flush(self)
+
+    monkeypatch.setattr(fscaps, "sync_written", sync_written)
+    monkeypatch.setattr(Ledger, "flush", flush)
+    with pytest.raises(StudiesFailed):
+        run_once(server.config)
+    monkeypatch.undo()
+    return server, second, events
+
+
+@pytest.fixture
+def fallbacks() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(fscaps.FORCE_ENV, "1")
+        fscaps.forget()
+        yield
+    fscaps.forget()
+
+
+def test_with_the_fallbacks_the_folders_written_are_synced_before_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: None
+) -> None:
+    server, second, events = _fail_mid_publish_with_fallbacks(
+        tmp_path, monkeypatch, sync_fails=False
+    )
+    after = events[events.index("boom") + 1 :]
+    assert after[-1] == "ledger write"
+    # the folders the failed publish wrote into (the tree's, staging's), before they closed
+    assert after[0].startswith("sync:") and int(after[0].split(":")[1]) >= 2, after
+    assert len([r for r in ledger_of(server.destination) if r["upload"] == second]) == 2
+    run_once(server.config)
+    assert tree_problems(server.destination) == []
+    assert len([r for r in ledger_of(server.destination) if r["upload"] == second]) == 4
+
+
+def test_with_the_fallbacks_folders_that_cannot_be_synced_keep_the_records_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: None
+) -> None:
+    server, second, events = _fail_mid_publish_with_fallbacks(
+        tmp_path, monkeypatch, sync_fails=True
+    )
+    assert "ledger write" not in events[events.index("boom") :]
+    assert [r for r in ledger_of(server.destination) if r["upload"] == second] == []
+    run_once(server.config)  # finds the two published files by inode, publishes the rest
+    assert tree_problems(server.destination) == []
+    records = [r for r in ledger_of(server.destination) if r["upload"] == second]
+    assert sorted(r["stored_as"] for r in records) == [f"s{i}/b.txt" for i in range(4)]

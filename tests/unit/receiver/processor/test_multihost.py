@@ -155,14 +155,19 @@ def test_three_hosts_killed_at_random_store_every_version_once(tmp_path: Path, s
     commit_some(12)
     kills = 0
     for _ in range(8):  # bounded: each round starts every host, kills some, waits for all
-        procs = [start(h) for h in hosts]
+        # One host kills itself at a named instant (the n-th time it gets there), so that every
+        # round kills mid-entry even on a machine fast enough to finish before the timed kills.
+        crashing = rng.randrange(len(hosts))
+        crash = f"{rng.choice(['claiming', 'claimed', 'copied', 'staged', 'published'])}:"
+        crash += str(rng.randint(1, 3))
+        procs = [start(h, crash if i == crashing else None) for i, h in enumerate(hosts)]
         time.sleep(rng.uniform(0.05, 0.6))
         for proc in rng.sample(procs, rng.randrange(3)):
             if proc.poll() is None:
                 proc.kill()
-                kills += 1
         for proc in procs:
             finish(proc)
+            kills += proc.returncode == -signal.SIGKILL
         commit_some(rng.randrange(4))
     # A final clean pass, after the leases of the killed hosts ran out.
     for _ in range(4):

@@ -56,7 +56,6 @@ from dittohead.client.transport import (
     Progress,
     Server,
     Unusable,
-    dialer,
     login_name,
     server_words,
 )
@@ -290,6 +289,10 @@ class Session:
         argv = ssh_argv(program, server, request, known, dialing)
         env = None
         if dialing is not None:
+            # Imported here: the dialer is built on `posix`, which Windows has not (and there
+            # `dialer_command` is None).
+            from dittohead.client.transport import dialer
+
             # Where the dialer connects, out of any shell's reach; and the shell ssh runs it
             # with (ssh takes $SHELL, which may be one whose quoting differs).
             env = {

@@ -225,9 +225,10 @@ def _digest(paths: Iterable[Path]) -> str:
 
 
 def sources() -> list[Path]:
-    """Every file whose change changes what is built."""
+    """Every file whose change changes the frozen program (the installer is always made
+    anew: makensis takes seconds)."""
     found = [WHEELS_PINS, PYTHON_PINS, ROOT / "pyproject.toml"]
-    found += [p for p in HERE.iterdir() if p.is_file() and p.suffix in (".py", ".c", ".nsi")]
+    found += [p for p in HERE.iterdir() if p.is_file() and p.suffix in (".py", ".c")]
     for top in (ROOT / "core" / "dittohead", ROOT / "client" / "dittohead"):
         found += top.rglob("*.py")
     return found

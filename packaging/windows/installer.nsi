@@ -16,6 +16,7 @@
 ; (%APPDATA%\dittohead, %LOCALAPPDATA%\dittohead: settings, what was sent, trusted host keys).
 
 Unicode true
+Target amd64-unicode  ; a 64-bit installer for a 64-bit program (and Wine without 32-bit support)
 !include "FileFunc.nsh"
 !include "LogicLib.nsh"
 

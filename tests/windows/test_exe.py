@@ -109,7 +109,7 @@ def test_a_send_cut_off_sends_only_the_rest_when_run_again(
     for rel, data in files.items():
         assert stored[rel] == data
     # each file stored once: the second send did not repeat what the first had confirmed
-    paths = [r["path"] for r in ledger(dep) if str(r["path"]).startswith("run")]
+    paths = [str(r["path"]) for r in ledger(dep) if str(r["path"]).startswith("run")]
     assert sorted(paths) == sorted(files)
 
 

@@ -166,8 +166,8 @@ def test_windows_uses_its_own_openssh_or_asyncssh(
 
 def test_on_windows_the_program_is_windows_own_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
     """`program` on Windows (os.name and the file check stand in for Windows here)."""
-    monkeypatch.setattr(openssh.os, "name", "nt")
-    monkeypatch.setattr(openssh.os.path, "isfile", lambda path: path == WINDOWS_SSH)
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(os.path, "isfile", lambda path: path == WINDOWS_SSH)
     monkeypatch.delenv("DITTOHEAD_SSH", raising=False)
     monkeypatch.setenv("SYSTEMROOT", r"C:\Windows")
     assert openssh.program() == WINDOWS_SSH
@@ -176,7 +176,7 @@ def test_on_windows_the_program_is_windows_own_or_none(monkeypatch: pytest.Monke
     monkeypatch.setenv("DITTOHEAD_SSH", r"C:\Program Files\OpenSSH\ssh.exe")
     assert openssh.program() == r"C:\Program Files\OpenSSH\ssh.exe"
     monkeypatch.delenv("DITTOHEAD_SSH")
-    monkeypatch.setattr(openssh.os.path, "isfile", lambda path: False)
+    monkeypatch.setattr(os.path, "isfile", lambda path: False)
     assert openssh.program() is None
 
 

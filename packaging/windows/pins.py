@@ -2,7 +2,7 @@
 
 pip-compile cannot resolve for another platform, so this asks pip itself: ``pip download``
 with the Windows target's tags resolves the names in windows.in (and their dependencies) to
-win_amd64 wheels for CPython 3.13, and each wheel's sha256 becomes its pin. The versions
+win_amd64 wheels for CPython 3.11, and each wheel's sha256 becomes its pin. The versions
 pinned now are kept as constraints unless ``--upgrade`` is given (as ``make pins`` keeps
 them). The interpreter (``requirements/windows-python.txt``) is pinned by hand:
 docs/development.md says how.
@@ -46,7 +46,7 @@ def main() -> int:
             check=True,
         )  # fmt: skip
         lines = [
-            "# The Windows client's inputs as win_amd64 wheels for CPython 3.13, hash-pinned.",
+            "# The Windows client's inputs as win_amd64 wheels for CPython 3.11, hash-pinned.",
             "# Written by `make windows-pins` (packaging/windows/pins.py) from windows.in.",
         ]
         for wheel in sorted((folder / "wheels").glob("*.whl"), key=lambda p: p.name.lower()):

@@ -1,6 +1,7 @@
 """``dittohead-gui`` as a collector uses it: a real window on a real X server (Xvfb), driven
-with xdotool, sending through the real sshd tier (`harness.deployment`: real users with
-passwords ``<name>-pw`` and keys, OpenSSH's sshd with the receiver as ForceCommand).
+with xdotool (tests/support/desktop.py), sending through the real sshd tier
+(`harness.deployment`: real users with passwords ``<name>-pw`` and keys, OpenSSH's sshd with
+the receiver as ForceCommand).
 
 Each test starts the window as a process of its own and talks to it only through the X server:
 keys (Return, Escape, Alt + a mnemonic, typed text) and the titles of the windows it opens
@@ -14,7 +15,6 @@ tests/gui/screenshots.py does for docs/collectors/window.md).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,41 +22,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Deployment, free_port, require, run
+from tests.integration.harness import Deployment, free_port
+from tests.support.desktop import WAIT, Screen, xvfb
 
 pytestmark = [pytest.mark.gui, pytest.mark.sshd, pytest.mark.root]
 
-SCREEN = "1024x700x24"
 PRESET = "nccam3"
-WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
 def display() -> Iterator[str]:
-    for tool in ("Xvfb", "xdotool"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed (make test installs it)")
-    number = next(n for n in range(70, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    server = subprocess.Popen(
-        ["Xvfb", f":{number}", "-screen", "0", SCREEN, "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{number}").exists():
-            assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
-            time.sleep(0.05)
-        yield f":{number}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with xvfb() as name:
+        yield name
 
 
-class Gui:
+class Gui(Screen):
     """One ``dittohead-gui`` process and the X server it shows on."""
 
     def __init__(self, dep: Deployment, display: str, home: Path, config: Path, **env: str):
-        self.display = display
         self.home = home
         self.env = {
             **{
@@ -68,49 +51,13 @@ class Gui:
             "XDG_STATE_HOME": str(home / "state"),
             **env,
         }
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [str(dep.python), "-I", "-m", "dittohead.client.gui.app",
              "--config", str(config), "--preset", PRESET],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        super().__init__(display, proc)
         self.main = self.wait_for("^dittohead$")
-
-    def xdotool(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run("xdotool", *args, check=False, env={**os.environ, "DISPLAY": self.display})
-
-    def windows(self, pattern: str) -> list[str]:
-        found = self.xdotool("search", "--onlyvisible", "--name", pattern)
-        return found.stdout.split()
-
-    def wait_for(self, pattern: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.windows(pattern)
-            if found:
-                time.sleep(0.2)  # drawn and given its focus
-                return found[-1]
-            assert self.proc.poll() is None, f"the window ended: {self.proc.communicate()}"
-            time.sleep(0.1)
-        titles = [self.xdotool("getwindowname", w).stdout.strip() for w in self.windows(".")]
-        raise AssertionError(f"no window {pattern!r} within {timeout} s; there are: {titles}")
-
-    def keys(self, window: str, *keys: str) -> None:
-        # No window manager: the test gives the focus, as a collector's click would.
-        self.xdotool("windowfocus", "--sync", window)
-        for key in keys:
-            self.xdotool("key", "--clearmodifiers", key)
-            time.sleep(0.05)
-
-    def type(self, window: str, text: str) -> None:
-        self.xdotool("windowfocus", "--sync", window)
-        self.xdotool("type", "--delay", "20", text)
-
-    def shot(self, name: str) -> None:
-        folder = os.environ.get("DITTOHEAD_SCREENSHOTS")
-        if folder:
-            time.sleep(0.3)
-            run("import", "-window", "root", Path(folder) / f"{name}.png",
-                env={**os.environ, "DISPLAY": self.display})  # fmt: skip
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -1,6 +1,6 @@
-"""The windows tier: dittohead.exe and its installer, built once per session by `make windows`
-(packaging/windows/build.py, which keeps its results in build/windows/ and rebuilds only what
-changed), run under Wine against the real sshd tier.
+"""The windows tier: dittohead.exe, dittohead-gui.exe and the installer, built once per session
+by `make windows` (packaging/windows/build.py, which keeps its results in build/windows/ and
+rebuilds only what changed), run under Wine against the real sshd tier.
 
 The programs run in a Wine prefix of their own (build/windows/wine-test, kept between runs like
 the build's), headless; their standard output is always a pipe (Wine's Python cannot start on
@@ -47,6 +47,10 @@ class Windows:
     @property
     def exe(self) -> Path:
         return self.dist / "dittohead.exe"
+
+    @property
+    def gui_exe(self) -> Path:
+        return self.dist / "dittohead-gui.exe"
 
     @property
     def drive_c(self) -> Path:

@@ -5,6 +5,7 @@
 ;
 ;   dittohead-setup-VERSION.exe /S [/CONFIG=FILE] [/KNOWNHOSTS=FILE] [/D=FOLDER]
 ;
+; A FILE with spaces is quoted: /CONFIG="C:\lab files\client.toml" (or the whole option).
 ; /CONFIG and /KNOWNHOSTS name the machine-wide client.toml and the server's pinned host keys;
 ; without them, files called client.toml and known_hosts beside the installer are taken. Either
 ; is copied to %PROGRAMDATA%\dittohead\ (where the client looks, docs/collectors/), replacing
@@ -19,6 +20,7 @@ Unicode true
 Target amd64-unicode  ; a 64-bit installer for a 64-bit program (and Wine without 32-bit support)
 !include "FileFunc.nsh"
 !include "LogicLib.nsh"
+!include "WordFunc.nsh"
 
 !ifndef VERSION
   !error "makensis -DVERSION=... -DDIST=... -DOUTFILE=..."
@@ -46,6 +48,12 @@ Function .onInit
   SetShellVarContext all  ; Start menu and %PROGRAMDATA% ($APPDATA here) for every user
   SetRegView 64
   ${GetParameters} $R0
+  ; A path with spaces comes quoted in one of two ways: /CONFIG="C:\lab files\client.toml" as
+  ; typed in a script, or "/CONFIG=C:\lab files\client.toml" as Windows quotes a whole argument
+  ; (PowerShell, Python, Wine). GetOptions skips whatever is inside quotes, so it would never
+  ; see the second form: it is turned into the first.
+  ${WordReplace} $R0 '"/CONFIG=' '/CONFIG="' "+" $R0
+  ${WordReplace} $R0 '"/KNOWNHOSTS=' '/KNOWNHOSTS="' "+" $R0
   ClearErrors
   ${GetOptions} $R0 "/CONFIG=" $Config
   ${If} ${Errors}
@@ -75,10 +83,9 @@ FunctionEnd
 Section "dittohead"
   SetOutPath "$INSTDIR"
   File "${DIST}\dittohead.exe"
-!if /FileExists "${DIST}\dittohead-gui.exe"
   File "${DIST}\dittohead-gui.exe"
-  CreateShortcut "$SMPROGRAMS\dittohead.lnk" "$INSTDIR\dittohead-gui.exe"
-!endif
+  ; the window, for every user, under the name collectors look for
+  CreateShortcut "$SMPROGRAMS\dittohead.lnk" "$INSTDIR\dittohead-gui.exe" "" "" "" SW_SHOWNORMAL "" "Send study data to the lab's dittohead server"
   ${If} $Config != ""
     CreateDirectory "$APPDATA\dittohead"
     CopyFiles /SILENT "$Config" "$APPDATA\dittohead\client.toml"

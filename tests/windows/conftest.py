@@ -3,8 +3,8 @@ by `make windows` (packaging/windows/build.py, which keeps its results in build/
 rebuilds only what changed), run under Wine against the real sshd tier.
 
 The programs run in a Wine prefix of their own (build/windows/wine-test, kept between runs like
-the build's), headless; their standard output is always a pipe (Wine's Python cannot start on
-a file).
+the build's), on an Xvfb display of the session's; their standard output is always a pipe
+(Wine's Python cannot start on a file).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from types import ModuleType
 import pytest
 
 from tests.integration.harness import REPO, Deployment, deployment, require
+from tests.support.desktop import xvfb
 
 TOOLS = ("wine", "wineserver", "makensis", "osslsigncode", "x86_64-w64-mingw32-gcc")
 
@@ -43,6 +44,8 @@ class Windows:
     dist: Path
     prefix: Path
     build: ModuleType
+    #: the X display (Xvfb) every program of the prefix draws on
+    display: str
 
     @property
     def exe(self) -> Path:
@@ -61,7 +64,7 @@ class Windows:
         return str(self.build.windows_path(linux))
 
     def env(self, **extra: str) -> dict[str, str]:
-        env: dict[str, str] = self.build.wine_env(self.prefix)
+        env: dict[str, str] = self.build.wine_env(self.prefix, display=self.display)
         env.pop("DITTOHEAD_SSH", None)
         env.update(extra)
         return env
@@ -118,7 +121,19 @@ def windows() -> Iterator[Windows]:
     assert done.returncode == 0, done.stdout + done.stderr
     prefix = build.BUILD / "wine-test"
     build.ensure_prefix(prefix)
-    env = build.wine_env(prefix)
+    with xvfb() as display:
+        yield from _session(Windows(dist, prefix, build, display))
+
+
+def _session(win: Windows) -> Iterator[Windows]:
+    """`win`'s prefix with a wineserver of its own for the session. Every program in it gets
+    the tier's display, from the first on: Wine's desktop process (explorer.exe), started with
+    the first program, decides for all of them where windows are drawn, and started without
+    a display it would draw the window's exe nowhere."""
+    env = win.env()
+    # What an earlier, interrupted run left in the prefix goes first (its desktop would hold
+    # on to a display that no longer exists).
+    subprocess.run(["wineserver", "--kill"], env=env, check=False, timeout=60)
     subprocess.run(["wineserver", "--wait"], env=env, check=False, timeout=60)
     # The prefix's wineserver, started apart from any test's process group (a test that cuts
     # a send off kills its group), and kept until the session ends.
@@ -132,7 +147,7 @@ def windows() -> Iterator[Windows]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=120,
     )  # fmt: skip
     try:
-        yield Windows(dist, prefix, build)
+        yield win
     finally:
         subprocess.run(["wineserver", "--kill"], env=env, check=False, timeout=60)
         server.wait(timeout=30)

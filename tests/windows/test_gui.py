@@ -11,25 +11,18 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import Deployment
-from tests.support.desktop import Screen, colours, xvfb
+from tests.support.desktop import Screen, colours
 from tests.support.invariants import tree_files
 from tests.windows.conftest import Windows
 
 pytestmark = [pytest.mark.windows, pytest.mark.sshd, pytest.mark.root, pytest.mark.slow]
 
 PRESET = "w31"
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    with xvfb() as name:
-        yield name
 
 
 def write_config(win: Windows, dep: Deployment, path: Path) -> Path:
@@ -59,7 +52,7 @@ def landed(dep: Deployment, files: dict[str, bytes]) -> bool:
 
 
 def test_the_window_opens_and_return_sends_the_preset(
-    windows: Windows, sshd_deployment: Deployment, display: str, tmp_path: Path
+    windows: Windows, sshd_deployment: Deployment, tmp_path: Path
 ) -> None:
     dep = sshd_deployment
     folder = windows.drive_c / "Studies" / PRESET
@@ -73,10 +66,8 @@ def test_the_window_opens_and_return_sends_the_preset(
         shutil.rmtree(state)
     config = write_config(windows, dep, tmp_path / "client.toml")
 
-    proc = windows.popen(
-        windows.gui_exe, "--config", windows.path(config), "--preset", PRESET, DISPLAY=display
-    )
-    screen = Screen(display, proc)
+    proc = windows.popen(windows.gui_exe, "--config", windows.path(config), "--preset", PRESET)
+    screen = Screen(windows.display, proc)
     try:
         main = screen.wait_for("^dittohead$", timeout=120)  # a one-file exe unpacks first
         picture = screen.screenshot(tmp_path / "window.png")

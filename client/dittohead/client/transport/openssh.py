@@ -31,7 +31,8 @@ When: as soon as the folder scan meets the first file the server has not confirm
 (`EarlyStart`), so that connecting, logging in and the receiver's start-up (~0.2 s on a LAN)
 overlap with the rest of the scan; a send with nothing new still connects to nothing.
 
-``DITTOHEAD_SSH`` chooses the program: unset, ``ssh`` from ``PATH``; a path, that program;
+``DITTOHEAD_SSH`` chooses the program: unset, ``ssh`` from ``PATH`` (on Windows, Windows' own
+``System32\\OpenSSH\\ssh.exe`` when it is installed: `windows_ssh`); a path, that program;
 ``builtin``, never OpenSSH (asyncssh for everything).
 """
 
@@ -39,13 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ntpath
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dittohead.client.plan.state import StrPath, user_known_hosts_file
@@ -56,7 +57,6 @@ from dittohead.client.transport import (
     Progress,
     Server,
     Unusable,
-    dialer,
     login_name,
     server_words,
 )
@@ -94,15 +94,31 @@ def program() -> str | None:
         return None
     if chosen:
         return chosen
+    if os.name == "nt":
+        return windows_ssh(os.environ, os.path.isfile)
     return _which("ssh")
 
 
+def windows_ssh(environ: Mapping[str, str], is_file: Callable[[str], bool]) -> str | None:
+    r"""Windows' own OpenSSH client, ``%SystemRoot%\System32\OpenSSH\ssh.exe`` (a feature of
+    Windows 10 1809 and later, on by default), or None: then asyncssh carries the send.
+
+    Only there, never a search of ``PATH``: Windows looks in the current folder first, and
+    the ``ssh`` that is given the collector's key must not be one a folder being sent (or a
+    user's download) can hold; another OpenSSH can still be chosen with ``DITTOHEAD_SSH``.
+    """
+    root = environ.get("SYSTEMROOT") or environ.get("SystemRoot") or ""
+    if not ntpath.isabs(root) or not ntpath.splitdrive(root)[0]:
+        root = r"C:\Windows"  # unset or relative: where Windows always is
+    candidate = ntpath.join(root, "System32", "OpenSSH", "ssh.exe")
+    return candidate if is_file(candidate) else None
+
+
 def _which(name: str) -> str | None:
-    """`shutil.which` for a bare program name, except that on POSIX an empty ``PATH`` entry
-    (which shutil reads as the current folder) is never searched: the ``ssh`` that is given
-    the collector's key must not be one a folder being sent can hold."""
-    if os.name == "nt":
-        return shutil.which(name)  # PATHEXT and Windows' other rules
+    """`shutil.which` for a bare program name, except that an empty ``PATH`` entry (which
+    shutil reads as the current folder) is never searched: the ``ssh`` that is given the
+    collector's key must not be one a folder being sent can hold (POSIX; Windows:
+    `windows_ssh`)."""
     for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
         if not folder:
             continue
@@ -290,6 +306,10 @@ class Session:
         argv = ssh_argv(program, server, request, known, dialing)
         env = None
         if dialing is not None:
+            # Imported here: the dialer is built on `posix`, which Windows has not (and there
+            # `dialer_command` is None).
+            from dittohead.client.transport import dialer
+
             # Where the dialer connects, out of any shell's reach; and the shell ssh runs it
             # with (ssh takes $SHELL, which may be one whose quoting differs).
             env = {

@@ -129,7 +129,58 @@ def test_which_ssh_is_chosen(
     assert openssh.program() is None
 
 
-@pytest.mark.skipif(os.name == "nt", reason="POSIX lookup (Windows uses shutil.which)")
+WINDOWS_SSH = r"C:\Windows\System32\OpenSSH\ssh.exe"
+
+
+@pytest.mark.parametrize(
+    ("environ", "present", "chosen"),
+    [
+        ({"SYSTEMROOT": r"C:\Windows"}, {WINDOWS_SSH}, WINDOWS_SSH),
+        # os.environ spells it so on Windows; a plain mapping may not
+        (
+            {"SystemRoot": r"D:\WINNT"},
+            {r"D:\WINNT\System32\OpenSSH\ssh.exe"},
+            r"D:\WINNT\System32\OpenSSH\ssh.exe",
+        ),
+        ({}, {WINDOWS_SSH}, WINDOWS_SSH),  # unset: where Windows always is
+        ({"SYSTEMROOT": r"Windows"}, {r"Windows\System32\OpenSSH\ssh.exe"}, None),
+        ({"SYSTEMROOT": r"\Windows"}, {r"\Windows\System32\OpenSSH\ssh.exe"}, None),
+        ({"SYSTEMROOT": r"C:\Windows"}, set(), None),  # the feature is not installed
+        # never an ssh.exe from PATH or the current folder
+        ({"SYSTEMROOT": r"C:\Windows", "PATH": r"C:\Tools"}, {r"C:\Tools\ssh.exe"}, None),
+    ],
+    ids=["installed", "other-root", "unset", "relative", "no-drive", "absent", "on-path-only"],
+)
+def test_windows_uses_its_own_openssh_or_asyncssh(
+    environ: dict[str, str], present: set[str], chosen: str | None
+) -> None:
+    asked: list[str] = []
+
+    def is_file(path: str) -> bool:
+        asked.append(path)
+        return path in present
+
+    assert openssh.windows_ssh(environ, is_file) == chosen
+    assert len(asked) == 1  # one place looked at, nothing searched
+
+
+def test_on_windows_the_program_is_windows_own_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`program` on Windows (os.name and the file check stand in for Windows here)."""
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(os.path, "isfile", lambda path: path == WINDOWS_SSH)
+    monkeypatch.delenv("DITTOHEAD_SSH", raising=False)
+    monkeypatch.setenv("SYSTEMROOT", r"C:\Windows")
+    assert openssh.program() == WINDOWS_SSH
+    monkeypatch.setenv("DITTOHEAD_SSH", "builtin")
+    assert openssh.program() is None
+    monkeypatch.setenv("DITTOHEAD_SSH", r"C:\Program Files\OpenSSH\ssh.exe")
+    assert openssh.program() == r"C:\Program Files\OpenSSH\ssh.exe"
+    monkeypatch.delenv("DITTOHEAD_SSH")
+    monkeypatch.setattr(os.path, "isfile", lambda path: False)
+    assert openssh.program() is None
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX lookup (Windows: windows_ssh)")
 def test_ssh_is_found_on_path_as_shutil_finds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

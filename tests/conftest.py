@@ -8,8 +8,14 @@ they fail instead, so that a tier can never be skipped there and reported as pas
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.integration.harness import Deployment, deployment
 
 _NEEDS_ROOT = ("root", "sshd", "cluster")
 
@@ -39,3 +45,15 @@ def fs_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(fscaps.FORCE_ENV, raising=False)
     fscaps.forget()
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def sshd_deployment() -> Iterator[Deployment]:
+    """The real sshd tier (`harness.deployment`), one per session for every tier that sends
+    through it (integration, window, windows)."""
+    # Not under pytest's tmp dir: that lives below a 0700 folder the collectors cannot cross.
+    base = Path(tempfile.mkdtemp(prefix="dittohead-sshd-"))
+    try:
+        yield from deployment(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -235,10 +235,8 @@ def test_cancel_stops_and_the_next_send_resumes(
     dep = sshd_deployment
     folder = pc / "data"
     (folder / "eprime").mkdir(parents=True)
-    names = [f"gui-run{i:02d}.bin" for i in range(30)]
+    names = many_files(folder / "eprime", "gui-run", 30, 1 << 20)
     prefix = "eprime/gui-run"
-    for i, name in enumerate(names):
-        (folder / "eprime" / name).write_bytes(os.urandom(1 << 20) + bytes([i]))
     config = write_config(dep, pc / "client.toml", folder, user=dep.collector, key=True)
     # One file a batch: each is its own upload, so a cancel lands between confirmed parts.
     gui = Gui(dep, display, pc, config, DITTOHEAD_BATCH="1")
@@ -258,6 +256,14 @@ def test_cancel_stops_and_the_next_send_resumes(
         gui.close()
     # Each file stored exactly once: nothing the first Send confirmed was sent again.
     assert stored(dep, prefix) == sorted(f"eprime/{name}" for name in names)
+
+
+def many_files(folder: Path, stem: str, count: int, size: int) -> list[str]:
+    """`count` files of random bytes in `folder` (made already), named `stem` and a number."""
+    names = [f"{stem}{i:03d}.bin" for i in range(count)]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(os.urandom(size) + bytes([i]))
+    return names
 
 
 def _settled(path: Path) -> bool:
@@ -302,10 +308,8 @@ def test_closing_mid_send_asks_first_and_the_next_send_resumes(
     dep = sshd_deployment
     folder = pc / "data"
     (folder / "eprime").mkdir(parents=True)
-    names = [f"gui-close{i:03d}.bin" for i in range(80)]
+    names = many_files(folder / "eprime", "gui-close", 80, 1 << 18)
     prefix = "eprime/gui-close"
-    for i, name in enumerate(names):
-        (folder / "eprime" / name).write_bytes(os.urandom(1 << 18) + bytes([i]))
     config = write_config(dep, pc / "client.toml", folder, user=dep.collector, key=True)
     gui = Gui(dep, display, pc, config, DITTOHEAD_BATCH="1")
     try:

@@ -13,7 +13,6 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.integration.harness import REPO, Deployment, deployment, require
+from tests.integration.harness import REPO, require
 from tests.support.desktop import xvfb
 
 TOOLS = ("wine", "wineserver", "makensis", "osslsigncode", "x86_64-w64-mingw32-gcc")
@@ -151,12 +150,3 @@ def _session(win: Windows) -> Iterator[Windows]:
     finally:
         subprocess.run(["wineserver", "--kill"], env=env, check=False, timeout=60)
         server.wait(timeout=30)
-
-
-@pytest.fixture(scope="session")
-def sshd_deployment() -> Iterator[Deployment]:
-    base = Path(tempfile.mkdtemp(prefix="dittohead-sshd-"))
-    try:
-        yield from deployment(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)

@@ -48,7 +48,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, nth: int, events: list[str]) -> No
 def _watch_writes(
     monkeypatch: pytest.MonkeyPatch, events: list[str], *, syncfs_fails: bool
 ) -> None:
-    real_syncfs, real_flush = fsops.syncfs, Ledger.flush
+    real_syncfs = fsops.syncfs
 
     def syncfs(fd: int) -> None:
         events.append("syncfs")
@@ -56,12 +56,19 @@ def _watch_writes(
             raise OSError(errno.EIO, "Input/output error")
         real_syncfs(fd)
 
+    monkeypatch.setattr(fsops, "syncfs", syncfs)
+    _watch_ledger_writes(monkeypatch, events)
+
+
+def _watch_ledger_writes(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+    """Note ``ledger write`` in `events` whenever the ledger writes queued records."""
+    real_flush = Ledger.flush
+
     def flush(self: Ledger) -> None:
         if self.queued_bytes:
             events.append("ledger write")
         real_flush(self)
 
-    monkeypatch.setattr(fsops, "syncfs", syncfs)
     monkeypatch.setattr(Ledger, "flush", flush)
 
 
@@ -154,7 +161,7 @@ def _fail_mid_publish_with_fallbacks(
     second = server.commit(SECOND)
     events: list[str] = []
     _fail_at(monkeypatch, 3, events)
-    real_sync, real_flush = fscaps.sync_written, Ledger.flush
+    real_sync = fscaps.sync_written
 
     def sync_written(fd: int, written: Any) -> None:
         written = list(written)
@@ -163,13 +170,8 @@ def _fail_mid_publish_with_fallbacks(
             raise OSError(errno.EIO, "Input/output error")
         real_sync(fd, written)
 
-    def flush(self: Ledger) -> None:
-        if self.queued_bytes:
-            events.append("ledger write")
-        real_flush(self)
-
     monkeypatch.setattr(fscaps, "sync_written", sync_written)
-    monkeypatch.setattr(Ledger, "flush", flush)
+    _watch_ledger_writes(monkeypatch, events)
     with pytest.raises(StudiesFailed):
         run_once(server.config)
     monkeypatch.undo()

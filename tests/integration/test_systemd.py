@@ -400,6 +400,9 @@ def test_check_passes_a_good_deployment(
     code, out = checked.check(capsys)
     assert code == 0, out
     assert out.startswith("ok:")
+    # No file-system line: the local file system offers every primitive, and the ok line says so.
+    assert out.count("\n") == 1
+    assert out.rstrip().endswith("every file system offers the native primitives and fcntl locks")
 
 
 def _dir(c: Checked, *rel: str) -> Path:

@@ -30,7 +30,13 @@ def test_landing_stays_short() -> None:
 
 @pytest.mark.parametrize(
     "folder",
-    ["/data/nccam3/eprime", "/data/NCCAM3/eprime/", "D:\\Data\\nccam3\\eprime"],
+    [
+        "/data/nccam3/eprime",
+        "/data/NCCAM3/eprime/",
+        "D:\\Data\\nccam3\\eprime",
+        "D:/Data/nccam3/eprime",  # a toml's folder, written with slashes
+        "\\\\labnas\\studies\\nccam3\\eprime",  # a UNC share
+    ],
 )
 def test_a_folder_inside_one_named_like_the_study_is_warned_about(folder: str) -> None:
     warning = misnamed_folder(folder, "nccam3", [])
@@ -51,6 +57,8 @@ def test_a_folder_named_like_a_thing_the_server_has_is_warned_about() -> None:
         ("/data/nccam3", ["eprime/s01.txt"]),  # the study's folder itself
         ("/data/session-7", ["eprime/s01.txt", "s01.txt"]),  # loose files are not things
         ("/", []),
+        ("\\\\labnas\\nccam3", ["eprime/s01.txt"]),  # a UNC share named like the study
+        ("D:\\", []),
     ],
 )
 def test_the_study_folder_is_not_warned_about(folder: str, confirmed: list[str]) -> None:

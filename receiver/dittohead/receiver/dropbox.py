@@ -14,6 +14,7 @@ docs/design.md ("The dropbox") describes the contract for people.
     <dropbox>/<study>/quarantine/<entry>/ refused, with ``<entry>.reason`` beside it
     <dropbox>/<study>/stale/.<entry>/     abandoned staging, moved aside by the janitor
     <dropbox>/<study>/outcomes/<uid>/<entry>.json   what became of it, for its uploader alone
+    <dropbox>/.notices/                   the disk and silence checks' state, shared by the hosts
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ OUTCOMES = "outcomes"
 #: inside processing/: the study lock, each claimed entry's journal and lease, shared by every
 #: host's processor (see processor/lease.py)
 CLAIMS = ".claims"
+
+#: in the dropbox itself (no study name starts with a dot): the state of the disk and silence
+#: checks that every host's processor decides on together, and the lock it is changed under
+#: (see processor/notices.py); dittohead 0700
+SHARED_NOTICES = ".notices"
+SHARED_NOTICES_MODE = 0o700
 
 #: an entry's name while the receiver still writes it; nothing else in the inbox starts so
 STAGING_PREFIX = "."
@@ -77,6 +84,11 @@ def study_dir(dropbox: Path, study: str) -> Path:
 def claims_dir(dropbox: Path, study: str) -> Path:
     """The study's shared claims folder (lock, journals, leases)."""
     return study_dir(dropbox, study) / PROCESSING / CLAIMS
+
+
+def shared_notices_dir(dropbox: Path) -> Path:
+    """The dropbox-wide folder of the notice checks' shared state (see `SHARED_NOTICES`)."""
+    return dropbox / SHARED_NOTICES
 
 
 def entry_name(source: str, now: float | None = None) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from dittohead.core.errors import ConfigError, DittoheadError
 from dittohead.receiver.accounts import group_name
 from dittohead.receiver.config.model import Config
-from dittohead.receiver.dropbox import STUDY_FOLDERS
+from dittohead.receiver.dropbox import SHARED_NOTICES_MODE, STUDY_FOLDERS, shared_notices_dir
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,11 @@ def layout(config: Config) -> list[Want]:
     """The dropbox folders, in creation order."""
     uid, gid = service_ids(config)
     root_ids = (0, 0) if os.geteuid() == 0 else (uid, gid)
-    wants = [Want(config.dropbox, 0o755, *root_ids), Want(config.state_dir, 0o700, uid, gid)]
+    wants = [
+        Want(config.dropbox, 0o755, *root_ids),
+        Want(shared_notices_dir(config.dropbox), SHARED_NOTICES_MODE, uid, gid),
+        Want(config.state_dir, 0o700, uid, gid),
+    ]
     for name in config.studies:
         base = config.study_dir(name)
         wants += [Want(base / folder.name, folder.mode, uid, gid) for folder in STUDY_FOLDERS]

@@ -13,12 +13,26 @@ The processor has no network; it only writes what happened into ``<state_dir>/no
   makes a notice exactly-once although a pass killed at any instant repeats its last steps:
   an entry notice is written *before* the move that ends the entry (done/ or quarantine/), and
   the replay that repeats the move finds the notice already there.
-- ``levels.json`` and ``stations.json`` — the state of the two checks, replaced atomically.
-  Each check writes the notice first and the state after: a crash in between repeats the
-  notice with the same id, which then does nothing.
 
-Only the processor writes here (under its lock) except ``dittohead-notify``'s renames into
-``sent/``; without ``mail`` in the configuration nothing is recorded at all (nobody would read it).
+**Shared decisions.** Several hosts may work on one dropbox, each with its own ``state_dir``
+and outbox. An entry's notice is decided by the host that finishes the entry; the disk and
+silence checks concern everyone's uploads, so their state is the hosts' common one, in
+``<dropbox>/.notices/`` (dittohead 0700, made by ``dittohead-admin init``):
+
+- ``levels.json`` — per file system (named by what it holds, the same on every host: its
+  mount paths may differ): the level announced and the crossings so far;
+- ``stations.json`` — per station: last seen (from every host's finished entries), its
+  studies, the silence announced;
+- ``lock`` — an fcntl lock, held for each read-decide-write of either document, so that one
+  crossing or one silence is decided by exactly one host, which queues the notice in its own
+  outbox. Each check writes the notice first and the state after: a kill in between repeats
+  the same id, which does nothing on that host (on another host that decides it in that
+  instant it is a second mail: the one duplicate left, see docs/admins/scale-out.md).
+
+Without that folder (an older dropbox not yet given it by ``init``) the state and its lock are
+kept in ``<state_dir>/notices/`` as before: right for one host, per host on several (logged).
+
+Without ``mail`` in the configuration nothing is recorded at all (nobody would read it).
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +53,9 @@ from typing import Any, Concatenate, ParamSpec
 from dittohead.receiver import fsops
 from dittohead.receiver.accounts import user_name
 from dittohead.receiver.config.model import Config
-from dittohead.receiver.dropbox import source_of
+from dittohead.receiver.dropbox import shared_notices_dir, source_of
 from dittohead.receiver.processor.journal import JournalEntry
+from dittohead.receiver.processor.lease import StudyLock
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -131,7 +146,48 @@ class Outbox:
         log.info("notice %s queued for mail", notice.id)
         return True
 
-    def read_state(self, name: str) -> dict[str, Any]:
+
+#: shared folders found missing (and said so) by this process
+_UNSHARED: set[Path] = set()
+
+
+class Decisions:
+    """The state of the disk and silence checks, which every host decides on together
+    (see the module): ``<dropbox>/.notices/``, or ``<state_dir>/notices/`` without it."""
+
+    def __init__(self, config: Config, outbox: Outbox) -> None:
+        shared = shared_notices_dir(config.dropbox)
+        self.shared = shared.is_dir()
+        if not self.shared and shared not in _UNSHARED:
+            _UNSHARED.add(shared)  # said once per process, not at every upload
+            log.warning(
+                "%s is missing: disk levels and silent stations are judged by this host alone "
+                "(run 'dittohead-admin init' to share them between hosts)",
+                shared,
+            )
+        self.dir = shared if self.shared else outbox.dir
+
+    @contextlib.contextmanager
+    def state(self, name: str) -> Iterator[dict[str, Any]]:
+        """The document `name`, held under the lock: changes made to it are written back
+        (atomically: temporary file, rename, fsync of the folder) when the block ends."""
+        lock = StudyLock(self.dir)
+        try:
+            with lock.held():
+                # Every write here happens under the lock: a temporary file left now belongs
+                # to a process (of any host) that was killed.
+                fsops.remove_leftover_temps(self.dir)
+                doc = self._read(name)
+                before = json.dumps(doc, sort_keys=True)
+                yield doc
+                after = json.dumps(doc, sort_keys=True)
+                if after != before:
+                    fsops.replace_file(self.dir / name, [after.encode()])
+                    fsops.fsync_folder(self.dir)
+        finally:
+            lock.close()
+
+    def _read(self, name: str) -> dict[str, Any]:
         try:
             doc = json.loads((self.dir / name).read_bytes())
         except FileNotFoundError:
@@ -142,10 +198,6 @@ class Outbox:
             log.warning("%s is damaged; its state starts afresh", self.dir / name)
             return {}
         return doc if isinstance(doc, dict) else {}
-
-    def write_state(self, name: str, doc: dict[str, Any]) -> None:
-        fsops.replace_file(self.dir / name, [json.dumps(doc, sort_keys=True).encode()])
-        fsops.fsync_folder(self.dir)
 
 
 # -- entries ------------------------------------------------------------------------------------
@@ -179,21 +231,17 @@ def _time_of(iso: str) -> float:
 
 
 def _saw_station(config: Config, outbox: Outbox, study: str, source: str, when: float) -> None:
-    """Remember that `source` sent to `study` at `when` (for the silence check)."""
+    """Remember that `source` sent to `study` at `when` (for the silence check), in the state
+    every host shares: a station is seen by whichever host finished its upload."""
     after = config.stations.silent_after
     if after is None:
         return
-    doc = outbox.read_state(STATIONS)
-    seen = doc.setdefault(source, {"last": 0.0, "studies": [], "announced": None})
-    changed = False
-    if when - float(seen.get("last", 0.0)) > after * LAST_SEEN_SLACK:
-        seen["last"] = when
-        changed = True
-    if study not in seen.setdefault("studies", []):
-        seen["studies"] = sorted([*seen["studies"], study])
-        changed = True
-    if changed:
-        outbox.write_state(STATIONS, doc)
+    with Decisions(config, outbox).state(STATIONS) as doc:
+        seen = doc.setdefault(source, {"last": 0.0, "studies": [], "announced": None})
+        if when - float(seen.get("last", 0.0)) > after * LAST_SEEN_SLACK:
+            seen["last"] = when
+        if study not in seen.setdefault("studies", []):
+            seen["studies"] = sorted([*seen["studies"], study])
 
 
 def _source(entry: str) -> str:
@@ -350,70 +398,70 @@ def next_level(levels: tuple[int, ...], announced: int, percent: float) -> tuple
     return 0, announced
 
 
-def check_disks(config: Config, outbox: Outbox, now: float) -> None:
-    doc = outbox.read_state(LEVELS)
-    changed = False
+def fs_key(what: str, studies: list[str]) -> str:
+    """A file system's name in the shared state: what it holds, not where this host mounts
+    it (the hosts' mount paths may differ), so every host names it alike."""
+    return f"{what}:{','.join(sorted(studies))}"
+
+
+def check_disks(config: Config, decisions: Decisions, outbox: Outbox, now: float) -> None:
+    measured = []
     for mount, (what, studies) in _file_systems(config).items():
-        key = str(mount)
         try:
-            percent = percent_used(mount)
+            measured.append((mount, what, studies, percent_used(mount)))
         except OSError as exc:
             log.warning("cannot check the disk of %s: %s", mount, exc.strerror)
-            continue
-        state = doc.setdefault(key, {"announced": 0, "crossings": 0})
-        level, announced = next_level(config.disk.warn_percent, state["announced"], percent)
-        if level:
-            crossing = state["crossings"] + 1
-            digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-            outbox.record(
-                Notice(
-                    id=f"disk.{digest}.{level}.{crossing}",
-                    kind="disk",
-                    created=now,
-                    mount=key,
-                    what=what,
-                    studies=tuple(sorted(studies)),
-                    level=level,
-                    percent=round(percent, 1),
+    with decisions.state(LEVELS) as doc:
+        for old in [key for key in doc if key.startswith("/")]:
+            del doc[old]  # keyed by this host's mount point before the state was shared
+        for mount, what, studies, percent in measured:
+            key = fs_key(what, studies)
+            state = doc.setdefault(key, {"announced": 0, "crossings": 0})
+            level, announced = next_level(config.disk.warn_percent, state["announced"], percent)
+            if level:
+                crossing = state["crossings"] + 1
+                digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+                outbox.record(
+                    Notice(
+                        id=f"disk.{digest}.{level}.{crossing}",
+                        kind="disk",
+                        created=now,
+                        mount=str(mount),
+                        what=what,
+                        studies=tuple(sorted(studies)),
+                        level=level,
+                        percent=round(percent, 1),
+                    )
                 )
-            )
-            log.warning("%s (%s) is %.1f%% full: level %d%%", key, what, percent, level)
-            state["crossings"] = crossing
-        if announced != state["announced"] or level:
+                log.warning("%s (%s) is %.1f%% full: level %d%%", mount, what, percent, level)
+                state["crossings"] = crossing
             state["announced"] = announced
-            changed = True
-    if changed:
-        outbox.write_state(LEVELS, doc)
 
 
 # -- silent stations ----------------------------------------------------------------------------
 
 
-def check_stations(config: Config, outbox: Outbox, now: float) -> None:
+def check_stations(config: Config, decisions: Decisions, outbox: Outbox, now: float) -> None:
     after = config.stations.silent_after
     if after is None:
         return
-    doc = outbox.read_state(STATIONS)
-    changed = False
-    for source, seen in sorted(doc.items()):
-        last = float(seen.get("last", 0.0))
-        if not last or now - last <= after or seen.get("announced") == last:
-            continue
-        outbox.record(
-            Notice(
-                id=f"silent.{source}.{int(last * 1000)}",
-                kind="silent",
-                created=now,
-                source=source,
-                studies=tuple(seen.get("studies", ())),
-                last_seen=last,
+    with decisions.state(STATIONS) as doc:
+        for source, seen in sorted(doc.items()):
+            last = float(seen.get("last", 0.0))
+            if not last or now - last <= after or seen.get("announced") == last:
+                continue
+            outbox.record(
+                Notice(
+                    id=f"silent.{source}.{int(last * 1000)}",
+                    kind="silent",
+                    created=now,
+                    source=source,
+                    studies=tuple(seen.get("studies", ())),
+                    last_seen=last,
+                )
             )
-        )
-        log.warning("station %s has sent nothing since %s", source, last)
-        seen["announced"] = last
-        changed = True
-    if changed:
-        outbox.write_state(STATIONS, doc)
+            log.warning("station %s has sent nothing since %s", source, last)
+            seen["announced"] = last
 
 
 def after_pass(config: Config, clock: Callable[[], float] = time.time) -> None:
@@ -423,9 +471,10 @@ def after_pass(config: Config, clock: Callable[[], float] = time.time) -> None:
         return
     try:
         outbox = Outbox(config.state_dir)
+        decisions = Decisions(config, outbox)
         now = clock()
-        check_disks(config, outbox, now)
-        check_stations(config, outbox, now)
+        check_disks(config, decisions, outbox, now)
+        check_stations(config, decisions, outbox, now)
     except OSError as exc:
         log.error("the disk and station checks failed: %s", exc)
 

@@ -234,7 +234,10 @@ def test_init_names_a_missing_parent_and_what_it_already_made(tmp_path: Path) ->
         f"cannot create {tmp_path}/srv/lib/dittohead: the folder {tmp_path}/srv above it "
         f"does not exist; create it (mkdir -p {tmp_path}/srv/lib"
     )
-    assert message.endswith(f"(already done: created {tmp_path}/new-dropbox (0755))")
+    assert message.endswith(
+        f"(already done: created {tmp_path}/new-dropbox (0755); "
+        f"created {tmp_path}/new-dropbox/.notices (0700))"
+    )
     assert not (tmp_path / "srv").exists()  # nothing made above init's own folders
 
 

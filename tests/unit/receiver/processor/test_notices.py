@@ -195,7 +195,8 @@ def _fill_to(path: Path, percent: float) -> None:
 
 def test_a_silent_station_is_announced_once_until_it_sends_again(tmp_path: Path) -> None:
     server = mail_server(tmp_path, 25, stations={"silent_after": "12h"})
-    state_file = server.config.state_dir / "notices" / "stations.json"
+    # Shared by the hosts: in the dropbox (init made the folder).
+    state_file = server.config.dropbox / ".notices" / "stations.json"
     hour = 3600.0
     server.commit({"a.txt": b"a"})
     run_once(server.config)
@@ -227,6 +228,26 @@ def test_a_silent_station_is_announced_once_until_it_sends_again(tmp_path: Path)
     assert len(queued(server)) == 2
     notices.after_pass(server.config, clock=lambda: again + 14 * hour)
     assert len(queued(server)) == 2
+
+
+def test_without_the_shared_folder_the_state_stays_on_this_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dropbox that 'init' has not yet given its .notices/ folder (an upgrade): one host
+    goes on as before, its state in <state_dir>/notices/, and says why once."""
+    server = mail_server(tmp_path, 25, stations={"silent_after": "1h"})
+    (server.config.dropbox / ".notices").rmdir()
+    monkeypatch.setattr(notices, "_UNSHARED", set())  # nothing said yet in this process
+    server.commit({"a.txt": b"a"})
+    server.commit({"b.txt": b"b"})
+    run_once(server.config)
+    local = server.config.state_dir / "notices" / "stations.json"
+    last = json.loads(local.read_text())["brogden-a"]["last"]
+    notices.after_pass(server.config, clock=lambda: last + 7200)
+    assert [n.kind for n in queued(server)] == ["silent"]
+    assert not (server.config.dropbox / ".notices").exists()
+    said = [r for r in caplog.records if ".notices is missing" in r.getMessage()]
+    assert len(said) == 1  # once per process, not at every upload and pass
 
 
 def test_a_station_that_never_sent_is_never_silent(tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ class Decisions:
                 shared,
             )
         self.dir = shared if self.shared else outbox.dir
+        #: where this host kept the state before the dropbox had .notices/ (an upgrade)
+        self.local = outbox.dir
 
     @contextlib.contextmanager
     def state(self, name: str) -> Iterator[dict[str, Any]]:
@@ -191,11 +193,23 @@ class Decisions:
         try:
             doc = json.loads((self.dir / name).read_bytes())
         except FileNotFoundError:
-            return {}
+            if self.dir == self.local:
+                return {}
+            # The first decision in a new .notices/ starts from what this host knew before
+            # (an upgraded dropbox): stations seen stay seen, a level announced stays announced.
+            return Decisions._from(self.local / name)
         except ValueError:
             # Only ever replaced whole; a damaged file means someone edited it: start afresh
             # (at worst one notice is repeated) rather than stop the pass.
             log.warning("%s is damaged; its state starts afresh", self.dir / name)
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @staticmethod
+    def _from(path: Path) -> dict[str, Any]:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
             return {}
         return doc if isinstance(doc, dict) else {}
 
@@ -413,7 +427,12 @@ def check_disks(config: Config, decisions: Decisions, outbox: Outbox, now: float
             log.warning("cannot check the disk of %s: %s", mount, exc.strerror)
     with decisions.state(LEVELS) as doc:
         for old in [key for key in doc if key.startswith("/")]:
-            del doc[old]  # keyed by this host's mount point before the state was shared
+            # Keyed by this host's mount point before the state was shared (an upgrade): a
+            # level announced then stays announced under the file system's new name.
+            state = doc.pop(old)
+            for mount, what, studies, _ in measured:
+                if str(mount) == old:
+                    doc.setdefault(fs_key(what, studies), state)
         for mount, what, studies, percent in measured:
             key = fs_key(what, studies)
             state = doc.setdefault(key, {"announced": 0, "crossings": 0})

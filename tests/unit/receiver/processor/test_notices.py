@@ -178,6 +178,48 @@ def test_a_real_disk_crossing_a_level_is_announced_once(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.root
+def test_an_upgrade_to_the_shared_state_keeps_what_this_host_announced(tmp_path: Path) -> None:
+    """Before .notices/ existed, a host kept its levels keyed by its mount point and its
+    stations in <state_dir>/notices/: the first shared decision starts from them, so the
+    upgrade announces no crossing again and forgets no station."""
+    server = mail_server(
+        tmp_path, 25, disk={"warn_percent": [50, 80]}, stations={"silent_after": "7d"}
+    )
+    disk = server.destination.parent
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    assert mounted.returncode == 0, mounted.stderr.decode()
+    try:
+        init(server.config)
+        local = server.config.state_dir / "notices"
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "levels.json").write_text(
+            json.dumps({str(disk): {"announced": 50, "crossings": 1}})
+        )
+        old_station = {"brogden-old": {"last": 1.0e9, "studies": [STUDY], "announced": 1.0e9}}
+        (local / "stations.json").write_text(json.dumps(old_station))
+        _fill_to(disk / "fill", 60)
+        run_once(server.config)
+        assert kinds(server) == []  # 50% was announced before the upgrade
+        shared = server.config.dropbox / ".notices"
+        levels = json.loads((shared / "levels.json").read_text())
+        assert levels[notices.fs_key("destination", [STUDY])]["announced"] == 50
+        assert not [key for key in levels if key.startswith("/")]
+        server.commit({"a.txt": b"a"})  # a station seen: the first shared stations decision
+        run_once(server.config)
+        seen = json.loads((shared / "stations.json").read_text())
+        assert {"brogden-old", "brogden-a"} <= set(seen)
+        _fill_to(disk / "fill", 85)
+        run_once(server.config)
+        assert [(n.kind, n.level) for n in queued(server)] == [("disk", 80)]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def _fill_to(path: Path, percent: float) -> None:
     path.unlink(missing_ok=True)
     st = os.statvfs(path.parent)

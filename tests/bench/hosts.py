@@ -9,6 +9,9 @@ mocked as in tests/unit/receiver/processor/test_multihost.py); then that many re
 ``dittohead-processor --once`` processes, each with its own config and state_dir, are started
 at once and timed until the last exits. Prints uploads/s, files/s and MiB/s per host count.
 Run as root (the entries are chowned to their uploaders).
+
+`tests/bench/gluster_hosts.py` runs the same measurement with the dropbox and study tree on a
+GlusterFS volume, each processor through a mount of its own.
 """
 
 from __future__ import annotations
@@ -19,21 +22,53 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.support.server import make_server
-from tests.unit.receiver.processor.test_multihost import UPLOADERS, commit_as, host_config, start
+import yaml
+
+from tests.support.server import Server, make_server, write_config
+from tests.unit.receiver.processor.test_multihost import UPLOADERS, commit_as, start
 
 
-def run(base: Path, hosts: int, entries: int, files: int, size: int) -> tuple[float, int]:
-    if base.exists():
-        shutil.rmtree(base)
-    base.mkdir(parents=True)
-    server = make_server(base)
-    configs = [host_config(server, f"h{i}", "5m") for i in range(hosts)]
+def host_configs(server: Server, views: list[Path], local: Path) -> list[Path]:
+    """One config per host, `views[i]` being where host i sees ``server.base`` (its own mount of
+    a shared file system, or the same folder): the server's dropbox and study tree through that
+    view, and the host's own ``state_dir``, socket and ``cluster.host`` below `local` (the
+    host's local disk, as docs/admins/scale-out.md asks)."""
+    doc: dict[str, Any] = yaml.safe_load(server.config_path.read_text())
+    paths = []
+    for i, view in enumerate(views):
+        name = f"h{i}"
+        mine = dict(doc)
+        mine["dropbox"] = str(view / Path(doc["dropbox"]).relative_to(server.base))
+        mine["studies"] = {
+            study: {
+                **spec,
+                "destination": str(view / Path(spec["destination"]).relative_to(server.base)),
+            }
+            for study, spec in doc["studies"].items()
+        }
+        mine["state_dir"] = str(local / f"state-{name}")
+        mine["socket"] = str(local / f"run-{name}" / "processor.sock")
+        mine["cluster"] = {"host": name, "lease": "5m"}
+        path = local / f"{name}.yaml"
+        write_config(path, mine)
+        paths.append(path)
+    return paths
+
+
+def measure(
+    server: Server, configs: list[Path], entries: int, files: int, size: int
+) -> tuple[float, float]:
+    """Commit `entries` entries of `files` files of `size` random bytes into the server's inbox,
+    write everything back, then start one ``dittohead-processor --once`` per config at once:
+    the seconds it took to commit, and until the last processor ended (the inbox then empty)."""
+    began = time.monotonic()
     for n in range(entries):
         data = {f"s{n}/f{i}.bin": os.urandom(size) for i in range(files)}
         commit_as(server, UPLOADERS[n % len(UPLOADERS)], data, "brogden-a")
     os.sync()
+    committed = time.monotonic() - began
     began = time.monotonic()
     procs = [start(c) for c in configs]
     for proc in procs:
@@ -44,6 +79,16 @@ def run(base: Path, hosts: int, entries: int, files: int, size: int) -> tuple[fl
     left = os.listdir(server.inbox)
     if left:
         raise RuntimeError(f"left in the inbox: {left}")
+    return committed, seconds
+
+
+def run(base: Path, hosts: int, entries: int, files: int, size: int) -> tuple[float, int]:
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    server = make_server(base)
+    configs = host_configs(server, [base] * hosts, base)
+    _, seconds = measure(server, configs, entries, files, size)
     return seconds, entries
 
 

@@ -42,18 +42,6 @@ from tests.support.invariants import tree_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-#: what scale-out.md asks of every host's mount: no FUSE attribute or entry caching
-COHERENT_OPTIONS = "acl,attribute-timeout=0,entry-timeout=0,negative-timeout=0"
-#: ... and of the volume: the client-side caches off (md-cache is stat-prefetch; measured: with
-#: md-cache alone off, a locked append still missed the one before now and then)
-CLIENT_CACHES = (
-    "performance.stat-prefetch",
-    "performance.quick-read",
-    "performance.write-behind",
-    "performance.open-behind",
-    "performance.io-cache",
-    "performance.read-ahead",
-)
 LEASE = 2.0
 
 
@@ -89,35 +77,12 @@ def locked_appends(one: Path, two: Path, rounds: int = 100) -> list[int]:
     return [int(line) for line in (one / name).read_text().split()]
 
 
-def caches_off(vol: gluster.Volume, value: str) -> None:
-    for option in CLIENT_CACHES:
-        vol.gluster("volume", "set", vol.name, option, value)
-    # glusterd hands the new graph to the clients asynchronously: wait until it says it is set
-    deadline = time.monotonic() + 10
-    while vol.gluster("volume", "get", vol.name, CLIENT_CACHES[0]).split()[-1] != value:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1)  # and let mounted clients switch graphs
-
-
 @pytest.fixture(scope="module")
 def coherent(glusterfs: gluster.Volume) -> Iterator[list[Path]]:
-    """The volume with md-cache off, mounted twice more without FUSE caching (the two hosts)."""
-    caches_off(glusterfs, "off")
-    points: list[Path] = []
-    source = f"{glusterfs.server}:/{glusterfs.name}"
-    try:
-        for i in (1, 2):
-            point = glusterfs.base / f"coherent{i}"
-            point.mkdir()
-            run("mount", "-t", "glusterfs", "-o", COHERENT_OPTIONS, source, point)
-            points.append(point)
+    """The volume with the client caches off, mounted twice more without FUSE caching (the two
+    hosts)."""
+    with gluster.coherent_mounts(glusterfs, 2) as points:
         yield points
-    finally:
-        for point in points:
-            run("umount", point, check=False)
-        for option in CLIENT_CACHES:
-            glusterfs.gluster("volume", "reset", glusterfs.name, option)
 
 
 def test_locks_exclude_across_mounts_and_locked_appends_are_seen_only_without_caches(
@@ -151,11 +116,11 @@ def test_locks_exclude_across_mounts_and_locked_appends_are_seen_only_without_ca
         assert locked_appends(one, two) == list(range(1, 201))
     # With the defaults (md-cache on, 1 s FUSE attribute cache) it does not: the lock is
     # exclusive, yet a mount reads a stale size and writes a number the other one wrote.
-    caches_off(glusterfs, "on")
+    gluster.client_caches(glusterfs, "on")
     try:
         stale = locked_appends(glusterfs.mounts[0], glusterfs.mounts[1])
     finally:
-        caches_off(glusterfs, "off")
+        gluster.client_caches(glusterfs, "off")
     assert len(set(stale)) < len(stale), "GlusterFS's defaults became coherent: update the docs"
 
 

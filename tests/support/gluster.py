@@ -32,6 +32,19 @@ GLUSTERD = Path("/usr/sbin/glusterd")
 MOUNT_HELPER = Path("/sbin/mount.glusterfs")
 #: what glusterd keeps below these, bind-mounted from the test's own folders
 STATE_DIRS = (Path("/var/lib/glusterd"), Path("/var/log/glusterfs"), Path("/run/gluster"))
+#: what docs/admins/scale-out.md asks of every host's mount when several hosts share the volume:
+#: no FUSE attribute, entry or negative-lookup caching
+COHERENT_OPTIONS = "acl,attribute-timeout=0,entry-timeout=0,negative-timeout=0"
+#: ... and of the volume: the client-side caches off (md-cache is stat-prefetch; measured: with
+#: md-cache alone off, a locked append still missed the one before now and then)
+CLIENT_CACHES = (
+    "performance.stat-prefetch",
+    "performance.quick-read",
+    "performance.write-behind",
+    "performance.open-behind",
+    "performance.io-cache",
+    "performance.read-ahead",
+)
 
 
 def _run(*argv: str | Path, check: bool = True, timeout: float = 60) -> str:
@@ -92,9 +105,10 @@ def _free_subnet() -> int:
 
 
 @contextmanager
-def volume(copies: int = 2) -> Iterator[Volume]:
-    """A fresh volume, mounted `copies` times (with POSIX ACLs on)."""
-    base = Path(tempfile.mkdtemp(prefix="dittohead-gluster-"))
+def volume(copies: int = 2, under: Path | None = None) -> Iterator[Volume]:
+    """A fresh volume, mounted `copies` times (with POSIX ACLs on); its brick and glusterd's
+    state in a new folder below `under` (default: the system's temporary folder)."""
+    base = Path(tempfile.mkdtemp(prefix="dittohead-gluster-", dir=under))
     base.chmod(0o755)  # the deployments on the volume have users who must pass through
     tag = secrets.token_hex(3)
     n = _free_subnet()
@@ -115,6 +129,42 @@ def volume(copies: int = 2) -> Iterator[Volume]:
         yield vol
     finally:
         _stop(vol)
+
+
+def client_caches(vol: Volume, value: str) -> None:
+    """Turn the volume's client-side caches (`CLIENT_CACHES`) "on" or "off", and wait until the
+    mounted clients have the new setting."""
+    for option in CLIENT_CACHES:
+        vol.gluster("volume", "set", vol.name, option, value)
+    # glusterd hands the new graph to the clients asynchronously: wait until it says it is set
+    deadline = time.monotonic() + 10
+    while vol.gluster("volume", "get", vol.name, CLIENT_CACHES[0]).split()[-1] != value:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{CLIENT_CACHES[0]} did not become {value} within 10 s")
+        time.sleep(0.1)
+    time.sleep(1)  # and let mounted clients switch graphs
+
+
+@contextmanager
+def coherent_mounts(vol: Volume, count: int) -> Iterator[list[Path]]:
+    """The volume as several hosts must mount it (docs/admins/scale-out.md): the client caches
+    off and `count` more mounts with `COHERENT_OPTIONS`; afterwards unmounted and the caches'
+    options reset to the volume's defaults."""
+    client_caches(vol, "off")
+    points: list[Path] = []
+    source = f"{vol.server}:/{vol.name}"
+    try:
+        for i in range(1, count + 1):
+            point = vol.base / f"coherent{i}"
+            point.mkdir()
+            _run("mount", "-t", "glusterfs", "-o", COHERENT_OPTIONS, source, point)
+            points.append(point)
+        yield points
+    finally:
+        for point in points:
+            _run("umount", point, check=False)
+        for option in CLIENT_CACHES:
+            vol.gluster("volume", "reset", vol.name, option)
 
 
 def _start(vol: Volume, host_end: str, ns_end: str, host_address: str) -> None:

@@ -21,10 +21,10 @@ from dittohead.receiver.config.model import Config, load_config
 from dittohead.receiver.processor import notices
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.notices import Notice
+from tests.support.disks import fill_to, small_disk
 from tests.support.mail import mail_server
 from tests.support.server import STUDY, Server
 from tests.unit.receiver.processor.test_multihost import host_config
-from tests.unit.receiver.processor.test_notices import _fill_to
 
 pytestmark = pytest.mark.usefixtures("fs_mode")
 
@@ -78,52 +78,46 @@ def test_a_station_served_by_one_host_is_not_called_silent_by_the_other(tmp_path
 def test_a_disk_crossing_is_announced_by_one_host_and_rearmed_below(tmp_path: Path) -> None:
     server = mail_server(tmp_path, 25, disk={"warn_percent": [50, 80]})
     disk = server.destination.parent
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-        capture_output=True,
-        check=False,
-    )
-    assert mounted.returncode == 0, mounted.stderr.decode()
-    # Beta mounts the same file system elsewhere: its path differs, the decision must not.
-    elsewhere = tmp_path / "beta-mount"
-    elsewhere.mkdir()
-    bound = subprocess.run(
-        ["mount", "--bind", str(disk), str(elsewhere)], capture_output=True, check=False
-    )
-    try:
-        assert bound.returncode == 0, bound.stderr.decode()
-        init(server.config)
-        alpha = load_config(host_config(server, "alpha", "1m"))
-        beta_path = host_config(server, "beta", "1m")
-        doc = beta_path.read_text().replace(str(disk), str(elsewhere))
-        beta_path.write_text(doc)
-        beta = load_config(beta_path)
-        for host in (alpha, beta):
-            init(host)  # on every host, as the admin does: its state_dir
-        assert beta.study(STUDY).destination.parent == elsewhere
+    with small_disk(disk):
+        # Beta mounts the same file system elsewhere: its path differs, the decision must not.
+        elsewhere = tmp_path / "beta-mount"
+        elsewhere.mkdir()
+        bound = subprocess.run(
+            ["mount", "--bind", str(disk), str(elsewhere)], capture_output=True, check=False
+        )
+        try:
+            assert bound.returncode == 0, bound.stderr.decode()
+            init(server.config)
+            alpha = load_config(host_config(server, "alpha", "1m"))
+            beta_path = host_config(server, "beta", "1m")
+            doc = beta_path.read_text().replace(str(disk), str(elsewhere))
+            beta_path.write_text(doc)
+            beta = load_config(beta_path)
+            for host in (alpha, beta):
+                init(host)  # on every host, as the admin does: its state_dir
+            assert beta.study(STUDY).destination.parent == elsewhere
 
-        def both(first: Config, second: Config) -> list[Notice]:
-            for host in (first, second, first, second):
-                notices.after_pass(host)
-            return queued(alpha) + queued(beta)
+            def both(first: Config, second: Config) -> list[Notice]:
+                for host in (first, second, first, second):
+                    notices.after_pass(host)
+                return queued(alpha) + queued(beta)
 
-        assert both(alpha, beta) == []
-        fill = disk / "fill"
-        _fill_to(fill, 60)
-        (first,) = both(alpha, beta)
-        assert queued(alpha) == [first] and (first.kind, first.level) == ("disk", 50)
-        assert first.studies == (STUDY,) and first.mount == str(disk)
-        _fill_to(fill, 49)  # within the hysteresis: still announced, for both hosts
-        assert len(both(beta, alpha)) == 1
-        _fill_to(fill, 10)  # clearly below: re-armed, for both hosts
-        assert len(both(beta, alpha)) == 1
-        _fill_to(fill, 55)
-        second = [n for n in both(beta, alpha) if n != first]
-        assert queued(beta) == second  # this time beta came first, and alone
-        assert [(n.level, n.mount) for n in second] == [(50, str(elsewhere))]
-        assert second[0].id != first.id
-        _fill_to(fill, 85)
-        assert sorted(n.level for n in both(alpha, beta)) == [50, 50, 80]
-    finally:
-        subprocess.run(["umount", "-l", str(elsewhere)], check=False)
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+            assert both(alpha, beta) == []
+            fill = disk / "fill"
+            fill_to(fill, 60)
+            (first,) = both(alpha, beta)
+            assert queued(alpha) == [first] and (first.kind, first.level) == ("disk", 50)
+            assert first.studies == (STUDY,) and first.mount == str(disk)
+            fill_to(fill, 49)  # within the hysteresis: still announced, for both hosts
+            assert len(both(beta, alpha)) == 1
+            fill_to(fill, 10)  # clearly below: re-armed, for both hosts
+            assert len(both(beta, alpha)) == 1
+            fill_to(fill, 55)
+            second = [n for n in both(beta, alpha) if n != first]
+            assert queued(beta) == second  # this time beta came first, and alone
+            assert [(n.level, n.mount) for n in second] == [(50, str(elsewhere))]
+            assert second[0].id != first.id
+            fill_to(fill, 85)
+            assert sorted(n.level for n in both(alpha, beta)) == [50, 50, 80]
+        finally:
+            subprocess.run(["umount", "-l", str(elsewhere)], check=False)

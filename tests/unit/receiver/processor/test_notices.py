@@ -17,6 +17,7 @@ from dittohead.receiver.admin.init_cmd import init
 from dittohead.receiver.processor import notices
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.notices import Notice, next_level
+from tests.support.disks import fill_to, small_disk
 from tests.support.mail import mail_server
 from tests.support.server import STUDY, Server
 
@@ -143,39 +144,31 @@ def test_a_real_disk_crossing_a_level_is_announced_once(tmp_path: Path) -> None:
     # The destination's parent becomes a small file system of its own; init makes the
     # destination again on it.
     disk = server.destination.parent
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-        capture_output=True,
-        check=False,
-    )
-    assert mounted.returncode == 0, mounted.stderr.decode()
-    try:
+    with small_disk(disk):
         init(server.config)
         run_once(server.config)
         assert kinds(server) == []
         fill = disk / "fill"
-        _fill_to(fill, 60)
+        fill_to(fill, 60)
         run_once(server.config)
         run_once(server.config)
         (first,) = queued(server)
         assert (first.kind, first.level, first.what) == ("disk", 50, "destination")
         assert first.studies == (STUDY,) and first.mount == str(disk)
         assert 50 <= first.percent < 80
-        _fill_to(fill, 49)  # below 50 but not 2 points below: still announced
+        fill_to(fill, 49)  # below 50 but not 2 points below: still announced
         run_once(server.config)
         assert len(queued(server)) == 1
-        _fill_to(fill, 10)  # clearly below: re-armed
+        fill_to(fill, 10)  # clearly below: re-armed
         run_once(server.config)
-        _fill_to(fill, 55)
+        fill_to(fill, 55)
         run_once(server.config)
         levels = sorted((n.level, n.id) for n in queued(server))
         assert [lv for lv, _ in levels] == [50, 50]
         assert levels[0][1] != levels[1][1]
-        _fill_to(fill, 85)
+        fill_to(fill, 85)
         run_once(server.config)
         assert sorted(n.level for n in queued(server)) == [50, 50, 80]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.root
@@ -187,13 +180,7 @@ def test_an_upgrade_to_the_shared_state_keeps_what_this_host_announced(tmp_path:
         tmp_path, 25, disk={"warn_percent": [50, 80]}, stations={"silent_after": "7d"}
     )
     disk = server.destination.parent
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-        capture_output=True,
-        check=False,
-    )
-    assert mounted.returncode == 0, mounted.stderr.decode()
-    try:
+    with small_disk(disk):
         init(server.config)
         local = server.config.state_dir / "notices"
         local.mkdir(parents=True, exist_ok=True)
@@ -202,7 +189,7 @@ def test_an_upgrade_to_the_shared_state_keeps_what_this_host_announced(tmp_path:
         )
         old_station = {"brogden-old": {"last": 1.0e9, "studies": [STUDY], "announced": 1.0e9}}
         (local / "stations.json").write_text(json.dumps(old_station))
-        _fill_to(disk / "fill", 60)
+        fill_to(disk / "fill", 60)
         run_once(server.config)
         assert kinds(server) == []  # 50% was announced before the upgrade
         shared = server.config.dropbox / ".notices"
@@ -213,23 +200,9 @@ def test_an_upgrade_to_the_shared_state_keeps_what_this_host_announced(tmp_path:
         run_once(server.config)
         seen = json.loads((shared / "stations.json").read_text())
         assert {"brogden-old", "brogden-a"} <= set(seen)
-        _fill_to(disk / "fill", 85)
+        fill_to(disk / "fill", 85)
         run_once(server.config)
         assert [(n.kind, n.level) for n in queued(server)] == [("disk", 80)]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def _fill_to(path: Path, percent: float) -> None:
-    path.unlink(missing_ok=True)
-    st = os.statvfs(path.parent)
-    total = st.f_blocks * st.f_frsize
-    used = (st.f_blocks - st.f_bfree) * st.f_frsize
-    want = int(total * percent / 100) - used
-    with open(path, "wb") as f:
-        f.write(b"\x01" * max(want, 0))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # -- silent stations -----------------------------------------------------------------------

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.hosts import UPLOADERS, commit_as, start
 from tests.support.server import Server, make_server, write_config
-from tests.unit.receiver.processor.test_multihost import UPLOADERS, commit_as, start
 
 
 def host_configs(server: Server, views: list[Path], local: Path) -> list[Path]:

@@ -423,22 +423,30 @@ class Pack:
         remaining = item.size - len(sample)
         self.bytes_done += len(sample)
         while remaining:
-            want = buf[: min(remaining, READ_SIZE)]
-            n = _read_into(fd, want, item)
-            if not n:
-                raise _changed(item.path)  # shorter than when it was scanned
-            data = want[:n]
-            sha.update(data)
+            data = self._read_hashed(fd, item, buf, remaining, sha)
             piece = compressor.compress(data)
             if piece:
                 frame.append(piece)
-            remaining -= n
-            self.bytes_done += n
+            remaining -= len(data)
         frame.append(compressor.flush())
         if sum(map(len, frame)) > squeeze.FILE_RATIO * item.size:
             self.bytes_done -= item.size  # `_file` reads (and counts) it again
             return None
         return frame
+
+    def _read_hashed(
+        self, fd: int, item: FileItem, buf: memoryview, remaining: int, sha: hashlib._Hash
+    ) -> memoryview:
+        """The file's next read (at most `READ_SIZE` of the `remaining` bytes, into `buf`),
+        hashed into `sha` and counted in `bytes_done`."""
+        want = buf[: min(remaining, READ_SIZE)]
+        n = _read_into(fd, want, item)
+        if not n:
+            raise _changed(item.path)  # shorter than when it was scanned
+        data = want[:n]
+        sha.update(data)
+        self.bytes_done += n
+        return data
 
     def _file(
         self, item: FileItem, path: str, out: bytearray, buf: memoryview, *, fd: int = -1
@@ -455,14 +463,9 @@ class Pack:
             sha = hashlib.sha256()
             remaining = item.size
             while remaining:
-                want = buf[: min(remaining, READ_SIZE)]
-                n = _read_into(fd, want, item)
-                if not n:
-                    raise _changed(item.path)  # shorter than when it was scanned
-                data = want[:n]
-                sha.update(data)
+                data = self._read_hashed(fd, item, buf, remaining, sha)
+                n = len(data)
                 remaining -= n
-                self.bytes_done += n
                 if n >= CHUNK_SIZE:
                     if out:
                         yield bytes(out)

@@ -229,11 +229,12 @@ def replace_file(
     *,
     mode: int = 0o600,
     gid: int | None = None,
+    sync_folder: bool = False,
 ) -> None:
     """Replace `target` with the concatenated `chunks` so that a crash leaves the old content or
     the new, never part of it: a temporary file beside it (never through a link), written,
     given `mode` (and group `gid`), synced, renamed over `target`; removed if anything fails.
-    Syncing the folder, where the rename must be durable at once, is the caller's part."""
+    With `sync_folder` the folder is fsynced too, for a rename that must be durable at once."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -251,6 +252,8 @@ def replace_file(
         with suppress(OSError):
             os.unlink(tmp)
         raise
+    if sync_folder:
+        fsync_folder(target.parent)
 
 
 class SyncAhead:

@@ -90,8 +90,7 @@ class Journal:
         return self.dir / f"{entry}.json"
 
     def write(self, item: JournalEntry) -> None:
-        fsops.replace_file(self._path(item.entry), item.json_chunks())
-        fsops.fsync_folder(self.dir)
+        fsops.replace_file(self._path(item.entry), item.json_chunks(), sync_folder=True)
 
     def read(self, entry: str) -> JournalEntry | None:
         try:
@@ -115,7 +114,6 @@ class Journal:
         fsops.remove_leftover_temps(old)  # host-local: only this host's processor wrote there
         for path in sorted(old.glob("*.json")):
             if not path.name.startswith(".") and not self._path(path.stem).exists():
-                fsops.replace_file(self._path(path.stem), (path.read_bytes(),))
-                fsops.fsync_folder(self.dir)
+                fsops.replace_file(self._path(path.stem), (path.read_bytes(),), sync_folder=True)
             path.unlink()
         fsops.fsync_folder(old)

@@ -236,8 +236,7 @@ class Claims:
         return [rec for rec in self.leases() if rec.publishing]
 
     def _write(self, rec: LeaseRecord) -> None:
-        fsops.replace_file(self._path(rec.entry), (rec.to_json(),))
-        fsops.fsync_folder(self.dir)
+        fsops.replace_file(self._path(rec.entry), (rec.to_json(),), sync_folder=True)
 
     def check(self, entry: str) -> None:
         """Raise `LeaseLost` unless our lease on `entry` is still the one on disk (caller holds

@@ -141,8 +141,9 @@ class Outbox:
         """Queue `notice` unless its id was recorded before; True when it was queued now."""
         if self.known(notice.id):
             return False
-        fsops.replace_file(self.queue / f"{notice.id}.json", [notice.to_json()], mode=0o600)
-        fsops.fsync_folder(self.queue)
+        fsops.replace_file(
+            self.queue / f"{notice.id}.json", [notice.to_json()], mode=0o600, sync_folder=True
+        )
         log.info("notice %s queued for mail", notice.id)
         return True
 
@@ -184,32 +185,24 @@ class Decisions:
                 yield doc
                 after = json.dumps(doc, sort_keys=True)
                 if after != before:
-                    fsops.replace_file(self.dir / name, [after.encode()])
-                    fsops.fsync_folder(self.dir)
+                    fsops.replace_file(self.dir / name, [after.encode()], sync_folder=True)
         finally:
             lock.close()
 
     def _read(self, name: str) -> dict[str, Any]:
+        path = self.dir / name
+        if self.dir != self.local and not path.exists():
+            # The first decision in a new .notices/ starts from what this host knew before (an
+            # upgraded dropbox): stations seen stay seen, levels announced stay announced.
+            path = self.local / name
         try:
-            doc = json.loads((self.dir / name).read_bytes())
+            doc = json.loads(path.read_bytes())
         except FileNotFoundError:
-            if self.dir == self.local:
-                return {}
-            # The first decision in a new .notices/ starts from what this host knew before
-            # (an upgraded dropbox): stations seen stay seen, a level announced stays announced.
-            return Decisions._from(self.local / name)
+            return {}
         except ValueError:
             # Only ever replaced whole; a damaged file means someone edited it: start afresh
             # (at worst one notice is repeated) rather than stop the pass.
-            log.warning("%s is damaged; its state starts afresh", self.dir / name)
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    @staticmethod
-    def _from(path: Path) -> dict[str, Any]:
-        try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            log.warning("%s is damaged; its state starts afresh", path)
             return {}
         return doc if isinstance(doc, dict) else {}
 

@@ -18,72 +18,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from dittohead.receiver.dropbox import claims_dir
 from dittohead.receiver.processor.lease import Claims, Holder, LeaseLost
 from dittohead.receiver.processor.ledger import Ledger, check_chain
+from tests.support.hosts import UPLOADERS, commit_as, finish, host_config, start
 from tests.support.invariants import ledger_of, tree_files
 from tests.support.ledger import make_record
-from tests.support.server import STUDY, Server, make_server, write_config
+from tests.support.server import STUDY, Server, make_server
 
 # Every test also with the file-system fallbacks forced (fscaps: link()+unlink(), named temporary
 # files, fsync per file), as on a GlusterFS mount; the processes started inherit the variable.
 pytestmark = pytest.mark.usefixtures("fs_mode")
 
-REPO = Path(__file__).resolve().parents[4]
-UPLOADERS = (7001, 7002, 7003)
-RUNNER = (
-    "import sys\n"
-    "from dittohead.receiver.processor import finalize\n"
-    f"finalize.may_upload = lambda uid, groups: uid in {UPLOADERS!r}  # mocked accounts\n"
-    "from dittohead.receiver.processor.service import main\n"
-    "sys.exit(main(['--config', sys.argv[1], '--once']))\n"
-)
 ADMIN = Path(sys.executable).parent / "dittohead-admin"
-
-
-def host_config(server: Server, host: str, lease: str) -> Path:
-    """A config of its own for `host`: same dropbox and tree, own state_dir and socket."""
-    doc: dict[str, Any] = yaml.safe_load(server.config_path.read_text())
-    doc["state_dir"] = str(server.base / f"state-{host}")
-    doc["socket"] = str(server.base / f"run-{host}" / "processor.sock")
-    doc["cluster"] = {"host": host, "lease": lease}
-    doc["sources"]["brogden-b"] = "Brogden B"
-    path = server.base / f"{host}.yaml"
-    write_config(path, doc)
-    return path
-
-
-def start(config: Path, crash: str | None = None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "DITTOHEAD_TEST_CRASH_AT"}
-    if crash:
-        env["DITTOHEAD_TEST_CRASH_AT"] = crash
-    return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(config)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def finish(proc: subprocess.Popen[bytes]) -> str:
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode not in (0, -signal.SIGKILL):
-        raise AssertionError(f"exit {proc.returncode}: {err.decode()}")
-    return err.decode()
-
-
-def commit_as(server: Server, uid: int, files: dict[str, bytes], source: str) -> str:
-    name = server.commit(files, source=source)
-    entry = server.inbox / name
-    for path in [entry, *entry.rglob("*")]:
-        os.chown(path, uid, -1, follow_symlinks=False)
-    return name
 
 
 def admin_verify(server: Server) -> subprocess.CompletedProcess[str]:

@@ -22,9 +22,9 @@ from dittohead.receiver.processor import notices
 from dittohead.receiver.processor.finalize import run_once
 from dittohead.receiver.processor.notices import Notice
 from tests.support.disks import fill_to, small_disk
+from tests.support.hosts import host_config
 from tests.support.mail import mail_server
 from tests.support.server import STUDY, Server
-from tests.unit.receiver.processor.test_multihost import host_config
 
 pytestmark = pytest.mark.usefixtures("fs_mode")
 
